@@ -1,0 +1,1 @@
+"""Network architectures (one code path for 2D and 3D)."""
