@@ -52,7 +52,7 @@ def label_centroids(labelmap: sitk.Image, labels, names=None) -> list:
     names = _names(labels, names)
     indices = label_indices(labelmap, labels)
     return [ControlPoint(name, to_point3(geometry.index_to_physical(indices[int(lab)].mean(axis=0))),
-                         properties={"label": int(lab), "voxels": len(indices[int(lab)])})
+                         properties={"label_value": int(lab), "voxels": len(indices[int(lab)])})
             for lab, name in zip(labels, names)]
 
 
@@ -83,7 +83,7 @@ def label_extreme_points(labelmap: sitk.Image, labels, names=None) -> list:
             for suffix, voxel in (("min", lo), ("max", hi)):
                 points.append(ControlPoint(f"{name}_{AXIS_NAMES[axis]}{suffix}",
                                            to_point3(geometry.index_to_physical(voxel)),
-                                           properties={"label": int(lab)}))
+                                           properties={"label_value": int(lab)}))
     return points
 
 

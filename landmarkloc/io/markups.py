@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +27,7 @@ MARKUPS_SCHEMA = (
 )
 COORDINATE_SYSTEMS = ("LPS", "RAS")
 _PROPERTY_SEPARATOR = "; "
+_CSV_COLUMNS = ("label", "x", "y", "z", "coordinate_system", "selected", "description")
 
 
 @dataclass
@@ -206,9 +206,12 @@ def points_to_csv(points, coordinate_system: str = "LPS") -> str:
     keys = []
     for p in points:
         keys += [k for k in p.properties if k not in keys]
+    clash = set(keys) & set(_CSV_COLUMNS)
+    if clash:
+        raise ValueError(f"point properties {sorted(clash)} clash with the CSV's own columns")
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["label", "x", "y", "z", "coordinate_system", "selected", "description", *keys])
+    writer.writerow([*_CSV_COLUMNS, *keys])
     for p in points:
         x, y, z = _to_system(p.position, cs)
         writer.writerow([p.label, repr(x), repr(y), repr(z), cs, int(p.selected), p.description,
@@ -338,8 +341,8 @@ def _read_csv(path: Path) -> list:
         cs = str(row.get("coordinate_system") or "LPS").upper()
         if cs not in COORDINATE_SYSTEMS:
             raise InputError(f"{where}: unsupported coordinate system {cs!r}")
-        known = {"label", "x", "y", "z", "coordinate_system", "selected", "description"}
-        props = {k: _parse_value(v) for k, v in row.items() if k not in known and k is not None and v not in ("", None)}
+        props = {k: _parse_value(v) for k, v in row.items()
+                 if k not in _CSV_COLUMNS and k is not None and v not in ("", None)}
         points.append(ControlPoint(label=row["label"], position=_from_system([row["x"], row["y"], row["z"]], cs, where),
                                    description=row.get("description") or "",
                                    selected=str(row.get("selected", "1")).strip() not in ("0", "false", "False"),
@@ -402,7 +405,3 @@ def points_by_label(points) -> dict:
             raise InputError(f"label {p.label!r} appears more than once")
         out[p.label] = p
     return out
-
-
-def is_finite_number(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

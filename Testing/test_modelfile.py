@@ -1,0 +1,56 @@
+"""Model files are safetensors + JSON; damaged, tampered or pickled models are refused."""
+
+import json
+
+import pytest
+import torch
+
+from landmarkloc.errors import ModelError
+from landmarkloc.io.modelfile import load_model, read_metadata, save_model
+
+
+def _save(tmp_path):
+    tensors = {"conv.weight": torch.arange(12.0).reshape(3, 4), "bias": torch.ones(3)}
+    save_model(tmp_path / "m", tensors, {"kind": "fcn", "landmarks": ["a", "b"]})
+    return tensors
+
+
+def test_round_trip_by_either_file(tmp_path):
+    tensors = _save(tmp_path)
+    for name in ("m", "m.safetensors", "m.json"):
+        loaded, meta = load_model(tmp_path / name, kind="fcn")
+        assert meta["landmarks"] == ["a", "b"] and meta["format_version"] == 1
+        assert torch.equal(loaded["conv.weight"], tensors["conv.weight"])
+
+
+def test_wrong_kind_and_tampering_are_refused(tmp_path):
+    _save(tmp_path)
+    with pytest.raises(ModelError, match="'rpr' model is needed"):
+        load_model(tmp_path / "m", kind="rpr")
+    data = bytearray((tmp_path / "m.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (tmp_path / "m.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256"):
+        load_model(tmp_path / "m")
+
+
+def test_truncated_weights_and_bad_metadata(tmp_path):
+    _save(tmp_path)
+    meta = json.loads((tmp_path / "m.json").read_text())
+    (tmp_path / "m.safetensors").write_bytes((tmp_path / "m.safetensors").read_bytes()[:40])
+    with pytest.raises(ModelError):
+        load_model(tmp_path / "m")
+    meta["format_version"] = 99
+    (tmp_path / "m.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="format version"):
+        read_metadata(tmp_path / "m")
+    (tmp_path / "m.json").write_text("{broken")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        read_metadata(tmp_path / "m")
+
+
+def test_pickle_checkpoints_are_refused_without_being_opened(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"anything")
+    with pytest.raises(ModelError, match="pickle"):
+        load_model(path)

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up .venv and run the linter and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh test,slicer
+.venv/bin/ruff check landmarkloc Testing
+.venv/bin/python -m pytest "$@"
