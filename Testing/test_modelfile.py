@@ -54,3 +54,32 @@ def test_pickle_checkpoints_are_refused_without_being_opened(tmp_path):
     path.write_bytes(b"anything")
     with pytest.raises(ModelError, match="pickle"):
         load_model(path)
+
+
+def test_import_model_converts_a_weights_only_checkpoint(tmp_path):
+    from landmarkloc.cli import main
+
+    torch.save({"state_dict": {"module.w": torch.ones(2, 2)}}, tmp_path / "c.pth")
+    (tmp_path / "meta.json").write_text(json.dumps({"kind": "fcn", "sha256": "stale"}))
+    assert main(["import-model", str(tmp_path / "c.pth"), "--metadata", str(tmp_path / "meta.json"),
+                 "-o", str(tmp_path / "converted")]) == 0
+    tensors, meta = load_model(tmp_path / "converted", kind="fcn")
+    assert torch.equal(tensors["w"], torch.ones(2, 2)) and meta["sha256"] != "stale"
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_import_model_refuses_a_checkpoint_with_code(tmp_path, capsys):
+    from landmarkloc.cli import main
+
+    torch.save({"w": torch.ones(1), "evil": _Evil()}, tmp_path / "evil.pt")
+    (tmp_path / "meta.json").write_text(json.dumps({"kind": "fcn"}))
+    assert main(["import-model", str(tmp_path / "evil.pt"), "--metadata", str(tmp_path / "meta.json"),
+                 "-o", str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    assert "this must never run" not in captured.out
+    assert "weights-only" in captured.err
+    assert not (tmp_path / "out.safetensors").exists()

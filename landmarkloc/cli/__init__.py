@@ -14,8 +14,8 @@ from .. import __version__
 from ..errors import InputError, LandmarkLocError
 from ..runtime import DEVICE_CHOICES
 
-# Module names in this package; each defines register(subparsers) and run(args).
-SUBCOMMANDS = ["derive", "evaluate"]
+# Subcommands; each is the module of that name (dashes as underscores) with register(subparsers) and run(args).
+SUBCOMMANDS = ["derive", "evaluate", "import-model"]
 
 EXIT_USER_ERROR = 2
 
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in SUBCOMMANDS:
-        importlib.import_module(f"{__name__}.{name}").register(sub)
+        importlib.import_module(f"{__name__}.{name.replace('-', '_')}").register(sub)
     return parser
 
 
