@@ -105,18 +105,18 @@ def test_directions_fixture_is_orthonormal():
         np.testing.assert_allclose(d @ d.T, np.eye(3), atol=1e-12)
 
 
-def test_canonical_grid_is_axis_aligned_and_keeps_anatomy_in_place(direction):
-    from landmarkloc.geometry.resample import resample_to_canonical
+def test_model_grid_shows_the_same_anatomy_for_any_axis_order(direction):
+    from landmarkloc.geometry.resample import to_model_grid
 
     arr = np.zeros((30, 34, 40), np.float32)
     kk, jj, ii = np.meshgrid(*[np.arange(n) for n in arr.shape], indexing="ij")
     arr[:] = np.exp(-((ii - 21.3) ** 2 / 18 + (jj - 15.2) ** 2 / 10 + (kk - 12.7) ** 2 / 14))
     image = make_image(arr, (0.9, 1.2, 1.7), (10.0, -20.0, 30.0), direction)
-    canonical = resample_to_canonical(image, 1.5)
-    np.testing.assert_allclose(canonical.GetDirection(), np.eye(3).ravel())
-    np.testing.assert_allclose(_blob_centroid(canonical), _blob_centroid(image), atol=0.3)
-    # The RAS-stored image is the LPS one mirrored in memory: on the canonical grid they coincide.
-    lps = resample_to_canonical(make_image(arr, (1, 1, 1), (0, 0, 0), DIRECTIONS["LPS"]), 1.0)
-    ras = resample_to_canonical(make_image(arr[:, ::-1, ::-1].copy(), (1, 1, 1), (39, 33, 0), DIRECTIONS["RAS"]), 1.0)
+    grid = to_model_grid(image, 1.5)
+    assert np.all(np.diag(np.array(grid.GetDirection()).reshape(3, 3)) > 0.5)  # axes run along +L, +P, +S
+    np.testing.assert_allclose(_blob_centroid(grid), _blob_centroid(image), atol=0.3)
+    # The RAS-stored image is the LPS one mirrored in memory: on the model grid they coincide.
+    lps = to_model_grid(make_image(arr, (1, 1, 1), (0, 0, 0), DIRECTIONS["LPS"]), 1.0)
+    ras = to_model_grid(make_image(arr[:, ::-1, ::-1].copy(), (1, 1, 1), (39, 33, 0), DIRECTIONS["RAS"]), 1.0)
     np.testing.assert_allclose(sitk.GetArrayFromImage(ras), sitk.GetArrayFromImage(lps), atol=1e-5)
     np.testing.assert_allclose(ras.GetOrigin(), lps.GetOrigin(), atol=1e-9)

@@ -8,7 +8,8 @@ import SimpleITK as sitk
 import torch
 
 from landmarkloc.errors import ModelError
-from landmarkloc.inference.patches import canonical_orientation, extract_patches, prepare_volume, sample_patches
+from landmarkloc.geometry.resample import canonical_orientation
+from landmarkloc.inference.patches import extract_patches, prepare_volume, sample_patches
 from landmarkloc.io.modelfile import save_model
 from landmarkloc.networks.pnet import Pnet, PnetConfig, load_rpr_model, relative_offset, rpr_metadata
 from landmarkloc.training.rpr import PairSampler, rpr_preset, with_overrides

@@ -1,7 +1,7 @@
 """Overview figures: orthogonal slices through the landmarks, with labels and boxes (PNG).
 
-Slices are taken on the canonical axis-aligned grid so that anatomy appears
-upright whatever the scanner's axes; axial and coronal views follow the
+Slices are taken on the canonical (LPS axis order) grid so that anatomy appears
+upright whatever the file's axis order; axial and coronal views follow the
 radiological convention (patient's right on the viewer's left).
 """
 
@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .geometry.frames import ImageGeometry
-from .geometry.resample import resample_to_canonical
+from .geometry.resample import to_model_grid
 from .io.atomic import atomic_path
 
 # (title, axis fixed by the slice, (row axis, column axis)) in LPS axes 0=x(L), 1=y(P), 2=z(S)
@@ -37,9 +37,9 @@ def render_overview(image: sitk.Image, points, path, boxes=(), title: str = "", 
 
     ndim = image.GetDimension()
     spacing = float(min(image.GetSpacing()))
-    canon = resample_to_canonical(image, spacing)
+    canon = to_model_grid(image, spacing)
     geo = ImageGeometry.from_image(canon)
-    arr = sitk.GetArrayFromImage(canon)  # [k, j, i] on an identity-direction grid
+    arr = sitk.GetArrayFromImage(canon)  # [k, j, i], axes ordered and signed as L, P, S
     vmin, vmax = _display_range(arr)
     pos = np.array([p.position[:ndim] for p in points]) if len(points) else np.zeros((0, ndim))
     idx = geo.physical_to_index(pos) if len(pos) else pos

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -24,32 +26,31 @@ def resampled_geometry(geometry: ImageGeometry, spacing) -> ImageGeometry:
     return ImageGeometry(origin=origin, spacing=new_spacing, direction=geometry.direction, size=tuple(size))
 
 
-def canonical_geometry(geometry: ImageGeometry, spacing) -> ImageGeometry:
-    """An axis-aligned (identity direction, LPS) grid at ``spacing`` covering the whole image.
+def canonical_orientation(image: sitk.Image) -> sitk.Image:
+    """Permute and flip the image axes to the nearest LPS axes (no interpolation, positions unchanged).
 
-    Networks are trained and run on this grid, so they always see anatomy in
-    the same orientation whatever the scanner's axes (sagittal IXI scans,
-    RAS-stored NIfTI, oblique acquisitions) - positions map back exactly
-    through physical space.
+    Networks are trained and run on such grids, so they always see anatomy in
+    the same orientation whatever the file's axis order (sagittal IXI scans,
+    RAS-stored NIfTI); an oblique scan keeps its small residual rotation in the
+    direction matrix, so physical positions stay exact.
     """
-    new_spacing = spacing_vector(spacing, geometry.ndim)
-    edges = np.array(np.meshgrid(*[(-0.5, s - 0.5) for s in geometry.size], indexing="ij")).reshape(geometry.ndim, -1).T
-    corners = geometry.index_to_physical(edges)
-    lo, hi = corners.min(axis=0), corners.max(axis=0)
-    size = np.maximum(1, np.round((hi - lo) / new_spacing - 1e-6)).astype(int)
-    origin = (lo + hi) / 2.0 - (size - 1) * new_spacing / 2.0
-    return ImageGeometry(origin=origin, spacing=new_spacing, direction=np.eye(geometry.ndim), size=tuple(size))
+    ndim = image.GetDimension()
+    direction = np.array(image.GetDirection()).reshape(ndim, ndim)
+    # order[m] = the image axis that runs closest to physical axis m
+    order = max(itertools.permutations(range(ndim)),
+                key=lambda perm: sum(abs(direction[m, perm[m]]) for m in range(ndim)))
+    if list(order) != list(range(ndim)):
+        image = sitk.PermuteAxes(image, [int(a) for a in order])
+    direction = np.array(image.GetDirection()).reshape(ndim, ndim)
+    flips = [bool(direction[m, m] < 0) for m in range(ndim)]
+    if any(flips):
+        image = sitk.Flip(image, flips)
+    return image
 
 
-def resample_to_canonical(image: sitk.Image, spacing, interpolator: str = "linear",
-                          default_value: float = 0.0) -> sitk.Image:
-    """Resample to the axis-aligned grid of :func:`canonical_geometry` (what the networks see)."""
-    geometry = ImageGeometry.from_image(image)
-    target = canonical_geometry(geometry, spacing)
-    if (np.allclose(geometry.direction, np.eye(geometry.ndim)) and np.allclose(target.spacing, geometry.spacing)
-            and target.size == geometry.size and np.allclose(target.origin, geometry.origin)):
-        return image
-    return resample_to_grid(image, target, interpolator, default_value)
+def to_model_grid(image: sitk.Image, spacing, interpolator: str = "linear") -> sitk.Image:
+    """What a network sees: canonical axis order, then the model's spacing."""
+    return resample_to_spacing(canonical_orientation(image), spacing, interpolator)
 
 
 def resample_to_grid(image: sitk.Image, geometry: ImageGeometry, interpolator: str = "linear",

@@ -16,7 +16,6 @@ Both use the same convention: the patch of centre voxel ``c`` covers voxels
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,23 +26,7 @@ import torch.nn.functional as F
 from landmarkloc.errors import InputError
 from landmarkloc.geometry.frames import ImageGeometry
 from landmarkloc.geometry.intensity import get_preset, normalize
-from landmarkloc.geometry.resample import resample_to_spacing
-
-
-def canonical_orientation(image: sitk.Image) -> sitk.Image:
-    """Permute and flip the image axes to the nearest LPS axes (physical positions unchanged)."""
-    ndim = image.GetDimension()
-    direction = np.array(image.GetDirection()).reshape(ndim, ndim)
-    # order[m] = the image axis that runs closest to physical axis m
-    order = max(itertools.permutations(range(ndim)),
-                key=lambda perm: sum(abs(direction[m, perm[m]]) for m in range(ndim)))
-    if list(order) != list(range(ndim)):
-        image = sitk.PermuteAxes(image, [int(a) for a in order])
-    direction = np.array(image.GetDirection()).reshape(ndim, ndim)
-    flips = [bool(direction[m, m] < 0) for m in range(ndim)]
-    if any(flips):
-        image = sitk.Flip(image, flips)
-    return image
+from landmarkloc.geometry.resample import canonical_orientation, resample_to_spacing
 
 
 @dataclass
