@@ -1,0 +1,1 @@
+"""Localization with trained models (global-to-local FCN, one-shot agent)."""

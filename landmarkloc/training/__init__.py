@@ -1,0 +1,1 @@
+"""Trainers and training-target construction (single process or torchrun DDP)."""
