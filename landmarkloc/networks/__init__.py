@@ -1,1 +1,1 @@
-"""Neural networks (FCN global/local, Pnet): one code path for 2D and 3D."""
+"""Network architectures (one code path for 2D and 3D)."""

@@ -1,1 +1,1 @@
-"""Trainers and training-target construction (single process or torchrun DDP)."""
+"""Trainers for the FCN and the RPR projection network (single process or torchrun DDP)."""

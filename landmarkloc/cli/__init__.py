@@ -1,0 +1,68 @@
+"""The ``landmarkloc`` command: one subcommand per module in this package.
+
+User errors (``LandmarkLocError``) end with a one-line message on stderr and
+exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .. import __version__
+from ..errors import InputError, LandmarkLocError
+from ..runtime import DEVICE_CHOICES
+
+# Module names in this package; each defines register(subparsers) and run(args).
+SUBCOMMANDS = ["derive", "evaluate"]
+
+EXIT_USER_ERROR = 2
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
+                        help="where the network runs (auto: cuda, then mps, then cpu; default: auto)")
+
+
+def add_quiet_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or progress messages")
+
+
+def parse_floats(text: str, what: str) -> list:
+    """Comma-separated numbers from the command line, with a clear error."""
+    try:
+        return [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="landmarkloc",
+        description="Automatic anatomical landmark and organ-box localization (LPS millimetres throughout).",
+        epilog="Run 'landmarkloc COMMAND --help' for a command's options and an example.",
+    )
+    parser.add_argument("--version", action="version", version=f"landmarkloc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LandmarkLocError as exc:
+        print(f"landmarkloc {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"landmarkloc {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

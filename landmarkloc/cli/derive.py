@@ -1,0 +1,61 @@
+"""``landmarkloc derive``: reference points or boxes from a label map."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import InputError
+from ..geometry.labels import label_boxes, label_centroids, label_extreme_points
+from ..io.image import read_image
+from ..io.markups import write_boxes, write_points
+
+EXAMPLE = """example:
+  landmarkloc derive seg/IXI002.nii.gz --labels 35,47,48 --names BrainStem,Hippocampus_R,Hippocampus_L \\
+      --kind extreme -o support.mrk.json
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("derive", help="points (centroids, six extreme points) or boxes from a label map",
+                       description="Turn a label map into reference landmarks (structure centroids), the six "
+                       "extreme points of each structure (a one-shot support annotation) or bounding boxes "
+                       "(ROIs). Positions are physical, in the label map's space.",
+                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("labelmap", help="label map image (NIfTI, NRRD, MHA, DICOM folder)")
+    p.add_argument("--labels", required=True, help="comma-separated label values, e.g. 35,47,48")
+    p.add_argument("--names", help="comma-separated names, one per label (default: the label values)")
+    p.add_argument("--kind", choices=("centroid", "extreme", "box"), default="centroid",
+                   help="centroid: one point per label; extreme: six points per label along the image axes; "
+                   "box: one ROI per label (default: centroid)")
+    p.add_argument("--coordinate-system", choices=("LPS", "RAS"), default="LPS",
+                   help="coordinate system written to the file (default: LPS, Slicer's default)")
+    p.add_argument("--spacing", type=float, help="pixel size in mm, needed for 2D picture formats")
+    p.add_argument("-o", "--output", required=True, help="output .mrk.json, .fcsv or .csv (boxes: .mrk.json)")
+    p.set_defaults(func=run)
+
+
+def parse_labels(text: str) -> list:
+    try:
+        labels = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--labels must be comma-separated integers, got {text!r}") from None
+    if not labels:
+        raise InputError("--labels is empty")
+    return labels
+
+
+def run(args) -> int:
+    labels = parse_labels(args.labels)
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    labelmap = read_image(args.labelmap, spacing=args.spacing)
+    if args.kind == "box":
+        boxes = label_boxes(labelmap, labels, names)
+        write_boxes(args.output, boxes, args.coordinate_system)
+        print(f"wrote {len(boxes)} boxes to {Path(args.output)}")
+        return 0
+    derive = label_centroids if args.kind == "centroid" else label_extreme_points
+    points = derive(labelmap, labels, names)
+    write_points(args.output, points, args.coordinate_system)
+    print(f"wrote {len(points)} points to {Path(args.output)}")
+    return 0

@@ -1,0 +1,73 @@
+"""Resampling, cropping and padding that keep the physical geometry exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from .frames import ImageGeometry
+
+_INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}
+
+
+def spacing_vector(spacing, ndim: int) -> np.ndarray:
+    s = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
+    return np.repeat(s, ndim) if s.size == 1 else s
+
+
+def resampled_geometry(geometry: ImageGeometry, spacing) -> ImageGeometry:
+    """The grid with the new spacing that covers the same physical extent (voxel edges aligned)."""
+    new_spacing = spacing_vector(spacing, geometry.ndim)
+    size = np.maximum(1, np.round(geometry.extent_mm / new_spacing)).astype(int)
+    # The first voxel's outer edge stays where it was: shift the centre by half the change.
+    origin = geometry.origin + geometry.direction @ ((new_spacing - geometry.spacing) / 2.0)
+    return ImageGeometry(origin=origin, spacing=new_spacing, direction=geometry.direction, size=tuple(size))
+
+
+def resample_to_grid(image: sitk.Image, geometry: ImageGeometry, interpolator: str = "linear",
+                     default_value: float = 0.0) -> sitk.Image:
+    """Resample ``image`` onto an arbitrary grid (physical space is the common frame)."""
+    f = sitk.ResampleImageFilter()
+    f.SetOutputOrigin(tuple(geometry.origin))
+    f.SetOutputSpacing(tuple(geometry.spacing))
+    f.SetOutputDirection(tuple(geometry.direction.ravel()))
+    f.SetSize([int(s) for s in geometry.size])
+    f.SetInterpolator(_INTERPOLATORS[interpolator])
+    f.SetDefaultPixelValue(float(default_value))
+    f.SetOutputPixelType(image.GetPixelID())
+    return f.Execute(image)
+
+
+def resample_to_spacing(image: sitk.Image, spacing, interpolator: str = "linear",
+                        default_value: float = 0.0) -> sitk.Image:
+    """Resample to ``spacing`` mm (linear for images, 'nearest' for label maps), same extent and axes."""
+    geometry = ImageGeometry.from_image(image)
+    target = resampled_geometry(geometry, spacing)
+    if np.allclose(target.spacing, geometry.spacing) and target.size == geometry.size:
+        return image
+    return resample_to_grid(image, target, interpolator, default_value)
+
+
+def crop_or_pad(image: sitk.Image, start, size, pad_value: float = 0.0) -> sitk.Image:
+    """The region [start, start + size) in ITK index order; parts outside the image are padded.
+
+    The result's origin is the physical position of index ``start``, so every
+    voxel keeps its physical position.
+    """
+    geometry = ImageGeometry.from_image(image)
+    start = np.asarray(start, dtype=int)
+    size = np.asarray(size, dtype=int)
+    arr = sitk.GetArrayViewFromImage(image)
+    out = np.full(tuple(size[::-1]), pad_value, dtype=arr.dtype)
+    src_lo = np.maximum(start, 0)
+    src_hi = np.minimum(start + size, np.asarray(geometry.size))
+    if np.all(src_hi > src_lo):
+        dst_lo = src_lo - start
+        dst_hi = dst_lo + (src_hi - src_lo)
+        src = tuple(slice(lo, hi) for lo, hi in zip(src_lo[::-1], src_hi[::-1]))
+        dst = tuple(slice(lo, hi) for lo, hi in zip(dst_lo[::-1], dst_hi[::-1]))
+        out[dst] = arr[src]
+    result = sitk.GetImageFromArray(out)
+    cropped = ImageGeometry(origin=geometry.index_to_physical(start), spacing=geometry.spacing,
+                            direction=geometry.direction, size=tuple(size))
+    return cropped.apply_to(result)

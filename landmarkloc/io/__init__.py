@@ -1,0 +1,1 @@
+"""Reading and writing images, markups, model files and dataset descriptions."""

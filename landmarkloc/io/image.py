@@ -1,0 +1,172 @@
+"""Read and write images with their full physical geometry (SimpleITK).
+
+Every image comes back as a float32 scalar ``SimpleITK.Image`` of dimension 2
+or 3 with validated geometry. 2D photographs/X-ray formats do not store a
+trustworthy pixel size, so the caller must give one: guessing 1 mm would make
+every millimetre we report wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError
+from ..geometry.frames import ImageGeometry
+from .atomic import atomic_path
+
+PLAIN_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for s in (".nii.gz",):
+        if name.endswith(s):
+            return s
+    return path.suffix.lower()
+
+
+def is_plain_2d(path) -> bool:
+    """Whether ``path`` is a 2D picture format without a reliable pixel size."""
+    return _suffix(Path(path)) in PLAIN_2D_SUFFIXES
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise InputError(f"{folder} is a folder without a DICOM series (give an image file or a DICOM folder)")
+    files_per_series = [reader.GetGDCMSeriesFileNames(str(folder), s) for s in series]
+    files = max(files_per_series, key=len)  # several series: take the largest, the usual volume
+    if len(files) < 2:
+        raise InputError(f"DICOM series in {folder} has a single slice; a volume is needed")
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"cannot read the DICOM series in {folder}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if "Exception" not in ln and not ln.startswith("/")]
+    return (useful or lines or ["unknown error"])[-1][:200]
+
+
+def _to_grey(image: sitk.Image) -> sitk.Image:
+    """RGB(A) -> one grey channel: the channel itself when all are equal, else luminance."""
+    n = image.GetNumberOfComponentsPerPixel()
+    arr = sitk.GetArrayFromImage(image).astype(np.float32)
+    rgb = arr[..., :3] if n >= 3 else arr[..., :1]
+    if n >= 3 and not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+        grey = rgb @ _LUMA.astype(np.float32)
+    else:
+        grey = rgb[..., 0]
+    out = sitk.GetImageFromArray(grey)
+    out.CopyInformation(image)
+    return out
+
+
+def read_image(path, spacing=None, allow_single_slice: bool = True) -> sitk.Image:
+    """Read an image file or DICOM folder as a float32 scalar image with validated geometry.
+
+    ``spacing`` (a number or one value per axis, in mm) sets the pixel size of
+    2D picture formats (PNG, JPEG, BMP, TIFF), which is required for them, and
+    overrides the stored spacing of other formats.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"image not found: {path}")
+    if path.is_dir():
+        image = _read_dicom_series(path)
+    else:
+        if path.stat().st_size == 0:
+            raise InputError(f"image file is empty: {path}")
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            raise InputError(f"cannot read {path.name} as an image: {_first_line(exc)}") from None
+    dim = image.GetDimension()
+    if dim == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+        dim = 3
+    if dim not in (2, 3):
+        raise InputError(f"{path.name} is a {dim}D image; only 2D and 3D scalar images are supported")
+    ncomp = image.GetNumberOfComponentsPerPixel()
+    if ncomp > 1:
+        if dim == 3 and image.GetSize()[2] > 1 or ncomp not in (2, 3, 4):
+            raise InputError(f"{path.name} has {ncomp} components per voxel; a scalar image is needed")
+        image = _to_grey(image)
+    if dim == 3 and image.GetSize()[2] == 1 and is_plain_2d(path):
+        image = image[:, :, 0]
+        dim = 2
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    if spacing is not None:
+        values = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
+        if values.size == 1:
+            values = np.repeat(values, dim)
+        if values.size != dim:
+            raise InputError(f"--spacing needs 1 or {dim} values for the {dim}D image {path.name}")
+        if not np.all(np.isfinite(values)) or np.any(values <= 0):
+            raise InputError(f"spacing must be positive, got {tuple(values)}")
+        image.SetSpacing(tuple(float(v) for v in values))
+    elif is_plain_2d(path):
+        raise InputError(
+            f"{path.name} does not store a reliable pixel size; give it in mm, e.g. --spacing 0.1"
+        )
+    check_image(image, name=path.name, allow_single_slice=allow_single_slice)
+    return image
+
+
+def check_image(image: sitk.Image, name: str = "image", allow_single_slice: bool = True) -> ImageGeometry:
+    """Validate geometry and voxel values of an image already in memory (from a file or from Slicer)."""
+    geometry = ImageGeometry.from_image(image)
+    size = np.array(geometry.size)
+    in_plane = size[:2]
+    if np.any(in_plane < 2) or (not allow_single_slice and np.any(size < 2)):
+        raise InputError(f"{name} is too small to localize anything (size {tuple(size)})")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{name} is not a scalar image")
+    arr = sitk.GetArrayViewFromImage(image)
+    if not np.isfinite(arr).all():
+        raise InputError(f"{name} contains NaN or infinite voxel values")
+    return geometry
+
+
+def squeeze_single_slice(image: sitk.Image) -> sitk.Image:
+    """A 3D image with one slice (how Slicer holds a 2D picture) -> the 2D image, geometry kept.
+
+    Only valid when the slice's in-plane axes lie in the physical x-y plane, so
+    that the 2D coordinates are the first two LPS coordinates of the 3D points.
+    """
+    if image.GetDimension() == 2:
+        return image
+    if image.GetSize()[2] != 1:
+        raise InputError("a 2D model needs a 2D image or a single-slice volume")
+    geometry = ImageGeometry.from_image(image)
+    if np.abs(geometry.direction[2, :2]).max() > 1e-6:
+        raise InputError("this single-slice volume is not in the x-y plane; it cannot be used as a 2D image")
+    out = image[:, :, 0]
+    out.SetOrigin(tuple(geometry.origin[:2]))
+    out.SetSpacing(tuple(geometry.spacing[:2]))
+    out.SetDirection(tuple(geometry.direction[:2, :2].ravel()))
+    return out
+
+
+def write_image(image: sitk.Image, path) -> None:
+    """Write an image atomically; the format follows the file name's suffix."""
+    with atomic_path(path) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), True)
+        except RuntimeError as exc:
+            raise InputError(f"cannot write image {path}: {_first_line(exc)}") from None
+
+
+def image_from_array(array: np.ndarray, geometry: ImageGeometry) -> sitk.Image:
+    """Wrap a numpy array indexed [k, j, i] as an image on ``geometry``'s grid."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    return geometry.apply_to(image)

@@ -1,0 +1,100 @@
+"""Model files: ``NAME.safetensors`` (weights) + ``NAME.json`` (metadata), never pickle.
+
+safetensors holds tensors only, so loading a model cannot run code. The JSON
+records what the weights need to be used correctly (kind, dimensionality,
+landmark names, spacing, intensity preset, architecture) and the sha256 of the
+weights file, checked at load so a damaged or swapped file is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from ..errors import ModelError
+from .atomic import atomic_path, write_text_atomic
+
+FORMAT_VERSION = 1
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
+
+
+def sha256_of(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_paths(path) -> tuple:
+    """(weights, metadata) paths for a model given by either file or the common stem."""
+    path = Path(path)
+    name = path.name
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ModelError(f"{name} is a pickle-based checkpoint; those can run code when loaded and are refused. "
+                         "Convert it once with 'landmarkloc import-model' (weights only) if you trust it.")
+    if name.endswith(".safetensors"):
+        stem = path.with_name(name[: -len(".safetensors")])
+    elif name.endswith(".json"):
+        stem = path.with_name(name[: -len(".json")])
+    else:
+        stem = path
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def save_model(path, tensors: dict, metadata: dict) -> tuple:
+    """Write weights and metadata (with format version and sha256); returns both paths."""
+    from safetensors.torch import save_file
+
+    weights, meta_path = model_paths(path)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(weights) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        digest = sha256_of(tmp)
+    meta = dict(metadata)
+    meta.update({"format_version": FORMAT_VERSION, "weights": weights.name, "sha256": digest})
+    write_text_atomic(meta_path, json.dumps(meta, indent=2, sort_keys=False) + "\n")
+    return weights, meta_path
+
+
+def read_metadata(path) -> dict:
+    """The validated metadata of a model (no weights loaded)."""
+    _, meta_path = model_paths(path)
+    if not meta_path.is_file():
+        raise ModelError(f"model metadata not found: {meta_path} (a model is NAME.safetensors + NAME.json)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"model metadata {meta_path.name} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"model metadata {meta_path.name} must be a JSON object")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelError(f"{meta_path.name}: unsupported model format version {version!r} "
+                         f"(this landmarkloc reads version {FORMAT_VERSION})")
+    for key in ("kind", "sha256"):
+        if not isinstance(meta.get(key), str):
+            raise ModelError(f"{meta_path.name}: metadata lacks '{key}'")
+    return meta
+
+
+def load_model(path, kind: str = None) -> tuple:
+    """Load (tensors, metadata), checking kind, format version and the weights' sha256."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights, meta_path = model_paths(path)
+    meta = read_metadata(path)
+    if kind is not None and meta["kind"] != kind:
+        raise ModelError(f"{meta_path.name} is a '{meta['kind']}' model, but a '{kind}' model is needed here")
+    if not weights.is_file():
+        raise ModelError(f"model weights not found: {weights}")
+    if sha256_of(weights) != meta["sha256"]:
+        raise ModelError(f"{weights.name} does not match its metadata (sha256 differs): "
+                         "the file is damaged, truncated or was replaced")
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"cannot read weights {weights.name}: {exc}") from None
+    return tensors, meta
