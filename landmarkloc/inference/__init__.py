@@ -1,5 +1,1 @@
-<<<<<<< HEAD
-"""Localization with trained models (global-to-local FCN, one-shot agent)."""
-=======
 """Localization with trained models: global-to-local FCN, one-shot agent, baselines."""
->>>>>>> main
