@@ -203,3 +203,21 @@ def local_config(preset: str, ndim: int, num_landmarks: int, **overrides) -> FCN
         raise ModelError(f"unknown FCN preset {preset!r} (use 'paper' or 'compact')")
     return FCNConfig.from_dict({**base.to_dict(), **overrides})
 
+
+
+class GlobalToLocal(nn.Module):
+    """The global network and (optionally) the bank of local networks, trained and saved together."""
+
+    def __init__(self, global_cfg: FCNConfig, local_cfg: FCNConfig | None = None):
+        super().__init__()
+        if local_cfg is not None and (local_cfg.ndim != global_cfg.ndim
+                                      or local_cfg.num_landmarks != global_cfg.num_landmarks
+                                      or not local_cfg.per_landmark):
+            raise ModelError("the local networks must be a per-landmark bank for the global network's landmarks")
+        self.global_net = FCN(global_cfg)
+        self.local_net = FCN(local_cfg) if local_cfg is not None else None
+
+    def forward(self, global_x: torch.Tensor, local_x: torch.Tensor | None = None):
+        out_global = self.global_net(global_x)
+        out_local = self.local_net(local_x) if local_x is not None and self.local_net is not None else None
+        return out_global, out_local
