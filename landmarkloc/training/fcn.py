@@ -54,6 +54,7 @@ class FCNTrainConfig:
     batch_size: int = 4
     iterations: int = 2000
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"  # or "cosine": decay to 0 over ``iterations`` (short CPU runs settle)
     alpha: float | None = None  # BCE weight; None: the number of landmarks (global), 1 (local)
     validate_every: int = 200
     val_fraction: float = 0.1
@@ -77,13 +78,20 @@ def train_config(preset: str, ndim: int, **overrides) -> FCNTrainConfig:
             base.global_overrides = {"pool_before": (True, True, True, True)}
     elif preset == "compact":
         base = FCNTrainConfig(preset="compact", ndim=ndim, crop_size=48 if ndim == 3 else 128, batch_size=4,
-                              iterations=2000, validate_every=200)
+                              iterations=2000, validate_every=200, lr_schedule="cosine")
     else:
         raise InputError(f"unknown training preset {preset!r} (use 'paper' or 'compact')")
     unknown = set(overrides) - set(FCNTrainConfig.__dataclass_fields__)
     if unknown:
         raise InputError(f"unknown training settings: {sorted(unknown)}")
-    return replace(base, **overrides)
+    cfg = replace(base, **overrides)
+    _check(cfg)
+    return cfg
+
+
+def _check(cfg: FCNTrainConfig) -> None:
+    if cfg.lr_schedule not in ("constant", "cosine"):
+        raise InputError(f"unknown learning-rate schedule {cfg.lr_schedule!r} (constant or cosine)")
 
 
 def network_configs(cfg: FCNTrainConfig, num_landmarks: int) -> tuple:
@@ -284,7 +292,8 @@ def train_fcn(dataset: LandmarkDataset, output, cfg: FCNTrainConfig, val_dataset
         model = GlobalToLocal(global_cfg, local_cfg).to(dev)
         if dev.type == "cuda":
             model = model.to(memory_format=torch.channels_last if cfg.ndim == 2 else torch.channels_last_3d)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+        # AMSGrad as in the reference implementation (GEJansen/landmark_detection)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, amsgrad=True)
         start_it, best, elapsed_before = 0, None, 0.0
         resume_path = _resume_path(output)
         if resume:
@@ -331,6 +340,9 @@ def train_fcn(dataset: LandmarkDataset, output, cfg: FCNTrainConfig, val_dataset
                 l_loss, l_parts = fcn_loss(l_out[0], l_out[1], lcls, lreg, lann, variant, alpha_local)
                 loss = loss + l_loss
                 parts.update({f"local_{k}": v for k, v in l_parts.items()})
+            if cfg.lr_schedule == "cosine":
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * it / cfg.iterations))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
