@@ -9,9 +9,10 @@ from landmarkloc.geometry.frames import ImageGeometry
 from landmarkloc.io.image import write_image
 from landmarkloc.io.markups import ControlPoint, write_points
 
-# Two landmarks: the centres of a bright small blob and a dim larger one (CT-like values; the "ct"
-# window maps their peaks to about 0.96 and 0.52).
-BLOBS = (("Bright", 1400.0, 2.0), ("Dim", 300.0, 3.0))
+# Two landmarks on a soft-tissue background (CT-like values, "ct" window): the centres of a bright
+# blob (peak 1400 HU) and of a dark one (peak -1000 HU).
+BACKGROUND = -200.0
+BLOBS = (("Bright", 1400.0, 2.0), ("Dark", -1000.0, 3.0))
 
 
 def oblique_flipped_direction(ndim: int) -> np.ndarray:
@@ -32,14 +33,14 @@ def blob_image(size, spacing, rng, direction=None, margin=6):
                              direction=oblique_flipped_direction(ndim) if direction is None else direction,
                              size=size)
     grid = np.meshgrid(*[np.arange(n) for n in size], indexing="ij")  # ITK order
-    arr = -1000.0 + rng.normal(0.0, 20.0, size)
+    arr = BACKGROUND + rng.normal(0.0, 20.0, size)
     points, centres = {}, []
     for name, amplitude, radius in BLOBS:
         centre = rng.uniform(margin, np.array(size) - 1 - margin)
         while any(np.linalg.norm(centre - c) < 12 for c in centres):  # distinct blobs
             centre = rng.uniform(margin, np.array(size) - 1 - margin)
         centres.append(centre)
-        arr += (amplitude + 1000.0) * np.exp(-sum((g - c) ** 2 for g, c in zip(grid, centre)) / (2 * radius ** 2))
+        arr += (amplitude - BACKGROUND) * np.exp(-sum((g - c) ** 2 for g, c in zip(grid, centre)) / (2 * radius ** 2))
         points[name] = geometry.index_to_physical(centre)
     image = geometry.apply_to(sitk.GetImageFromArray(arr.T.astype(np.float32)))
     return image, points

@@ -28,7 +28,7 @@ def trained(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("fcn2d")
     write_blob_dataset(root / "train", 24, SIZE, SPACING, seed=1)
-    cfg = train_config("compact", 2, iterations=1500, validate_every=300, crop_size=32, intensity="ct",
+    cfg = train_config("compact", 2, iterations=2500, validate_every=500, crop_size=32, intensity="ct",
                        spacing=(SPACING, SPACING), global_overrides=TINY_GLOBAL, local_overrides=TINY_LOCAL,
                        augment=AugmentConfig(rotation_deg=5, scale=0.05))
     meta = train_fcn(load_dataset(root / "train"), root / "model", cfg, quiet=True)
@@ -43,7 +43,7 @@ def test_localizes_held_out_images_within_one_voxel(trained):
     for image, truth in held_out:
         result = loc.localize(image)
         for lm in result.landmarks:
-            assert lm.found and lm.confidence >= 0.25
+            assert lm.found
             assert np.linalg.norm(lm.position[:2] - truth[lm.name]) < SPACING
             assert lm.position[2] == 0.0
         assert {p.label for p in result.points} == set(truth)
@@ -53,20 +53,14 @@ def test_landmark_outside_the_field_of_view_is_not_found(trained):
     _, _, loc, held_out = trained
     image, truth = held_out[0]
     geometry = ImageGeometry.from_image(image)
-    dim_index = geometry.physical_to_index(truth["Dim"])
-    bright_index = geometry.physical_to_index(truth["Bright"])
-    # keep a window around the bright blob that excludes the dim one by at least 8 voxels
-    for _ in range(50):
-        start = np.round(bright_index - 12 + np.random.default_rng(0).integers(-4, 5, 2)).astype(int)
-        if np.any(np.abs(dim_index - (start + 12)) > 20):
-            break
+    # a 24 x 24 window around the bright blob; the dark one lies outside it in these images
+    start = np.round(geometry.physical_to_index(truth["Bright"]) - 12).astype(int)
     cropped = crop_or_pad(image, start, (24, 24))
-    if ImageGeometry.from_image(cropped).contains(truth["Dim"], margin=8).item():
-        pytest.skip("the generated blobs are too close to crop one away")
+    assert not ImageGeometry.from_image(cropped).contains(truth["Dark"], margin=4).item()
     result = loc.localize(cropped)
     by_name = {lm.name: lm for lm in result.landmarks}
-    assert not by_name["Dim"].found and by_name["Dim"].confidence < 0.25
-    assert "Dim" in result.not_found and "Dim" not in {p.label for p in result.points}
+    assert not by_name["Dark"].found and by_name["Dark"].confidence < 0.05
+    assert "Dark" in result.not_found and "Dark" not in {p.label for p in result.points}
     assert by_name["Bright"].found
     assert np.linalg.norm(by_name["Bright"].position[:2] - truth["Bright"]) < SPACING
 
@@ -88,10 +82,10 @@ def test_evidence_posterior_is_on_the_input_grid_and_peaks_at_the_landmark(train
 def test_refine_from_a_moved_point(trained):
     _, _, loc, held_out = trained
     image, truth = held_out[2]
-    moved = np.append(truth["Dim"] + np.array([4.0, -3.0]), 0.0)
-    point = refine(loc, image, "Dim", moved)
-    assert point.label == "Dim" and point.properties["found"] == 1
-    assert np.linalg.norm(point.position[:2] - truth["Dim"]) < SPACING
+    moved = np.append(truth["Dark"] + np.array([4.0, -3.0]), 0.0)
+    point = refine(loc, image, "Dark", moved)
+    assert point.label == "Dark" and point.properties["found"] == 1
+    assert np.linalg.norm(point.position[:2] - truth["Dark"]) < SPACING
     with pytest.raises(InputError):
         refine(loc, image, "Nasion", moved)
 
@@ -126,7 +120,7 @@ def test_localize_cli_writes_one_file_per_input_with_confidence(trained, tmp_pat
         assert set(points) == set(truth)
         assert 0.25 <= points["Bright"].properties["confidence"] <= 1.0
         assert np.linalg.norm(points["Bright"].position[:2] - truth["Bright"]) < SPACING
-        assert (out / f"img{i}_Bright_posterior.nrrd").is_file() and (out / f"img{i}_Dim_votes.csv").is_file()
+        assert (out / f"img{i}_Bright_posterior.nrrd").is_file() and (out / f"img{i}_Dark_votes.csv").is_file()
     assert "time per image" in capsys.readouterr().out
     assert main(["localize", str(paths[0]), "--model", str(tmp_path / "none.json"), "-o", str(tmp_path / "x.fcsv"),
                  "-q"]) == 2

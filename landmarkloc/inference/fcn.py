@@ -42,7 +42,7 @@ from .fcn_votes import VoteSummary, summarize_votes
 
 MODEL_KIND = "fcn"
 # Below this posterior mass a landmark is reported as not found (e.g. outside the field of view).
-NOT_FOUND_BELOW = 0.25
+NOT_FOUND_BELOW = 0.1
 # Below this confidence a found landmark is flagged as uncertain (selected = False).
 UNCERTAIN_BELOW = 0.5
 
