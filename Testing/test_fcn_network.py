@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from landmarkloc.errors import ModelError
+from landmarkloc.errors import InputError, ModelError
 from landmarkloc.networks.fcn import FCN, FCNConfig, global_config, local_config
 
 
@@ -59,3 +59,16 @@ def test_config_round_trip_and_refusals():
         global_config("huge", 3, 1)
     with pytest.raises(ModelError):
         FCNConfig(ndim=4)
+
+
+def test_training_presets():
+    from landmarkloc.training.fcn import network_configs, train_config
+
+    paper2d = train_config("paper", 2, global_overrides={"head_channels": 128})
+    g, loc = network_configs(paper2d, 19)
+    assert g.patch_size == 32 and g.head_channels == 128  # the paper's ceph network pools before all stages
+    assert paper2d.iterations == 300_000 and loc.patch_size == 2
+    compact = train_config("compact", 3, use_local=False)
+    assert network_configs(compact, 4)[1] is None
+    with pytest.raises(InputError):
+        train_config("compact", 3, lr_schedule="sawtooth")

@@ -84,6 +84,9 @@ def train_config(preset: str, ndim: int, **overrides) -> FCNTrainConfig:
     unknown = set(overrides) - set(FCNTrainConfig.__dataclass_fields__)
     if unknown:
         raise InputError(f"unknown training settings: {sorted(unknown)}")
+    for key in ("global_overrides", "local_overrides"):  # merge with the preset's own changes
+        if key in overrides:
+            overrides[key] = {**getattr(base, key), **overrides[key]}
     cfg = replace(base, **overrides)
     _check(cfg)
     return cfg
