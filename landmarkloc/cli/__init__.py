@@ -15,7 +15,9 @@ from ..errors import InputError, LandmarkLocError
 from ..runtime import DEVICE_CHOICES
 
 # Subcommands; each is the module of that name (dashes as underscores) with register(subparsers) and run(args).
-SUBCOMMANDS = ["derive", "evaluate", "import-model", "train-rpr", "oneshot"]
+SUBCOMMANDS = [
+    "derive", "evaluate", "train-fcn", "localize", "train-rpr", "oneshot", "import-model",
+]
 
 EXIT_USER_ERROR = 2
 

@@ -56,7 +56,9 @@ def main() -> None:
                 w.writerow([str(args.data / "t1" / f"{subject}.nii.gz"),
                             str(args.out / "landmarks" / f"{subject}.mrk.json"),
                             str(args.out / "masks" / f"{subject}.nii.gz")])
-        print(f"{split}: {hi - lo} subjects -> {args.out / f'{split}.csv'}")
+        (args.out / f"{split}_images.txt").write_text(
+            "".join(f"{args.data / 't1' / f'{subject}.nii.gz'}\n" for subject in ids[lo:hi]))
+        print(f"{split}: {hi - lo} subjects -> {args.out / f'{split}.csv'}, {args.out / f'{split}_images.txt'}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,126 @@
+"""A tiny 2D FCN trained here localizes generated landmarks within one voxel (oblique, flipped image)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from fcn_helpers import BLOBS, TINY_GLOBAL, TINY_LOCAL, blob_image, write_blob_dataset
+
+from landmarkloc.cli import main
+from landmarkloc.errors import InputError, ModelError
+from landmarkloc.geometry.frames import ImageGeometry
+from landmarkloc.geometry.resample import crop_or_pad
+from landmarkloc.inference.fcn import Localizer, refine
+from landmarkloc.io.datasets import load_dataset
+from landmarkloc.io.markups import read_points
+from landmarkloc.training.fcn import train_config, train_fcn
+from landmarkloc.training.fcn_sampling import AugmentConfig
+
+SPACING = 1.5
+SIZE = (48, 48)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("fcn2d")
+    write_blob_dataset(root / "train", 24, SIZE, SPACING, seed=1)
+    cfg = train_config("compact", 2, iterations=2500, validate_every=500, crop_size=32, intensity="ct",
+                       spacing=(SPACING, SPACING), global_overrides=TINY_GLOBAL, local_overrides=TINY_LOCAL,
+                       augment=AugmentConfig(rotation_deg=5, scale=0.05))
+    meta = train_fcn(load_dataset(root / "train"), root / "model", cfg, quiet=True)
+    rng = np.random.default_rng(99)
+    held_out = [blob_image(SIZE, SPACING, rng) for _ in range(4)]
+    return root, meta, Localizer.from_file(root / "model.safetensors", "cpu"), held_out
+
+
+def test_localizes_held_out_images_within_one_voxel(trained):
+    _, meta, loc, held_out = trained
+    assert meta["landmark_names"] == [b[0] for b in BLOBS]
+    for image, truth in held_out:
+        result = loc.localize(image)
+        for lm in result.landmarks:
+            assert lm.found
+            assert np.linalg.norm(lm.position[:2] - truth[lm.name]) < SPACING
+            assert lm.position[2] == 0.0
+        assert {p.label for p in result.points} == set(truth)
+
+
+def test_landmark_outside_the_field_of_view_is_not_found(trained):
+    _, _, loc, held_out = trained
+    image, truth = held_out[0]
+    geometry = ImageGeometry.from_image(image)
+    # a 24 x 24 window around the bright blob; the dark one lies outside it in these images
+    start = np.round(geometry.physical_to_index(truth["Bright"]) - 12).astype(int)
+    cropped = crop_or_pad(image, start, (24, 24))
+    assert not ImageGeometry.from_image(cropped).contains(truth["Dark"], margin=4).item()
+    result = loc.localize(cropped)
+    by_name = {lm.name: lm for lm in result.landmarks}
+    assert not by_name["Dark"].found and by_name["Dark"].confidence < 0.05
+    assert "Dark" in result.not_found and "Dark" not in {p.label for p in result.points}
+    assert by_name["Bright"].found
+    assert np.linalg.norm(by_name["Bright"].position[:2] - truth["Bright"]) < SPACING
+
+
+def test_evidence_posterior_is_on_the_input_grid_and_peaks_at_the_landmark(trained):
+    _, _, loc, held_out = trained
+    image, truth = held_out[1]
+    result = loc.localize(image, evidence=["Bright"])
+    posterior = result.evidence["Bright"]
+    assert posterior.GetSize() == image.GetSize() and posterior.GetDirection() == image.GetDirection()
+    arr = sitk.GetArrayFromImage(posterior)
+    peak = np.array(np.unravel_index(np.argmax(arr), arr.shape))[::-1]
+    peak_mm = ImageGeometry.from_image(image).index_to_physical(peak)
+    assert np.linalg.norm(peak_mm - truth["Bright"]) < 8 * SPACING  # within the patch size
+    positions, weights = result.votes["Bright"]
+    assert positions.shape[1] == 3 and weights.shape == (len(positions),)
+
+
+def test_refine_from_a_moved_point(trained):
+    _, _, loc, held_out = trained
+    image, truth = held_out[2]
+    moved = np.append(truth["Dark"] + np.array([4.0, -3.0]), 0.0)
+    point = refine(loc, image, "Dark", moved)
+    assert point.label == "Dark" and point.properties["found"] == 1
+    assert np.linalg.norm(point.position[:2] - truth["Dark"]) < SPACING
+    with pytest.raises(InputError):
+        refine(loc, image, "Nasion", moved)
+
+
+def test_model_file_is_checked_against_its_weights(trained, tmp_path):
+    root, meta, _, _ = trained
+    for key in ("format_version", "sha256", "ndim", "landmark_names", "spacing", "intensity", "patch_size",
+                "sub_image_size", "global_architecture", "local_architecture", "training_data", "validation"):
+        assert key in meta
+    shutil.copy(root / "model.safetensors", tmp_path / "m.safetensors")
+    bad = dict(meta)
+    bad["global_architecture"] = {**meta["global_architecture"], "head_channels": 32}
+    (tmp_path / "m.json").write_text(json.dumps(bad))
+    with pytest.raises(ModelError):
+        Localizer.from_file(tmp_path / "m.json", "cpu")
+    with pytest.raises(InputError):  # a 3D image for a 2D model
+        Localizer.from_file(root / "model.json", "cpu").localize(sitk.Image(8, 8, 8, sitk.sitkFloat32))
+
+
+def test_localize_cli_writes_one_file_per_input_with_confidence(trained, tmp_path, capsys):
+    root, _, _, held_out = trained
+    paths = []
+    for i, (image, _) in enumerate(held_out[:2]):
+        paths.append(tmp_path / f"img{i}.nii.gz")
+        sitk.WriteImage(image, str(paths[-1]))
+    out = tmp_path / "out"
+    code = main(["localize", *map(str, paths), "--model", str(root / "model.safetensors"), "-o", str(out),
+                 "--format", "csv", "--evidence", "--device", "cpu", "-q"])
+    assert code == 0
+    for i, (_, truth) in enumerate(held_out[:2]):
+        points = {p.label: p for p in read_points(out / f"img{i}.csv")}
+        assert set(points) == set(truth)
+        assert 0.25 <= points["Bright"].properties["confidence"] <= 1.0
+        assert np.linalg.norm(points["Bright"].position[:2] - truth["Bright"]) < SPACING
+        assert (out / f"img{i}_Bright_posterior.nrrd").is_file() and (out / f"img{i}_Dark_votes.csv").is_file()
+    assert "time per image" in capsys.readouterr().out
+    assert main(["localize", str(paths[0]), "--model", str(tmp_path / "none.json"), "-o", str(tmp_path / "x.fcsv"),
+                 "-q"]) == 2

@@ -1,0 +1,118 @@
+"""``landmarkloc localize``: landmarks of one or more images with a trained FCN model."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..io.atomic import write_text_atomic
+from ..io.image import read_image, write_image
+from ..io.markups import write_points
+from ..runtime import progress
+from . import add_device_argument, add_quiet_argument, parse_floats
+
+FORMATS = {"mrk.json": ".mrk.json", "fcsv": ".fcsv", "csv": ".csv"}
+
+EXAMPLE = """examples:
+  landmarkloc localize IXI002.nii.gz --model models/ixi16.safetensors -o IXI002.mrk.json
+  landmarkloc localize ceph/images/15*.jpg --spacing 0.1 --model ceph.json -o out/ --format csv --evidence
+  (several inputs: OUT is a folder, one file per input named after it; landmarks that are not found,
+   e.g. outside the field of view, are left out and reported; uncertain ones are written unselected)
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("localize", help="localize landmarks with a trained FCN model",
+                       description="Localize the model's landmarks (global-to-local FCN) in each input image; "
+                       "points are written in the input's physical space (LPS) with a confidence per point.",
+                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", help="input image files or DICOM folders")
+    p.add_argument("--model", required=True, help="model .safetensors or .json")
+    p.add_argument("-o", "--output", required=True, help="output file (one input) or folder (several)")
+    p.add_argument("--spacing", help="pixel size in mm of 2D picture inputs (PNG/JPEG/...), e.g. 0.1")
+    p.add_argument("--format", choices=list(FORMATS), default=None,
+                   help="output format (default: from the output file name, else mrk.json)")
+    p.add_argument("--evidence", action="store_true",
+                   help="also write each landmark's classification posterior (NRRD on the input grid) "
+                   "and its votes (CSV: LPS x, y, z, weight)")
+    p.add_argument("--global-only", action="store_true", help="skip the local refinement stage")
+    add_device_argument(p)
+    add_quiet_argument(p)
+    p.set_defaults(func=run)
+
+
+def _output_paths(images, output: Path, fmt) -> list:
+    if len(images) == 1 and not output.is_dir() and not str(output).endswith(("/", "\\")):
+        if fmt and not output.name.endswith(FORMATS[fmt]):
+            raise InputError(f"output {output.name} does not end with {FORMATS[fmt]} (--format {fmt})")
+        if not any(output.name.lower().endswith(s) for s in FORMATS.values()):
+            raise InputError(f"output {output.name}: use a .mrk.json, .fcsv or .csv file name, or a folder")
+        return [output]
+    suffix = FORMATS[fmt or "mrk.json"]
+    names = [_case_name(Path(p)) for p in images]
+    if len(set(names)) != len(names):
+        raise InputError("several inputs have the same name; their outputs would overwrite each other")
+    return [output / f"{n}{suffix}" for n in names]
+
+
+def _case_name(path: Path) -> str:
+    name = path.name
+    for s in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
+        if name.lower().endswith(s):
+            return name[: -len(s)]
+    return name
+
+
+def _without_format_suffix(path: Path) -> str:
+    for suffix in FORMATS.values():
+        if path.name.lower().endswith(suffix):
+            return str(path)[: -len(suffix)]
+    return str(path)
+
+
+def _write_votes(path: Path, positions: np.ndarray, weights: np.ndarray) -> None:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["x_lps", "y_lps", "z_lps", "weight"])
+    w.writerows([f"{p[0]:.4f}", f"{p[1]:.4f}", f"{p[2]:.4f}", f"{q:.6g}"] for p, q in zip(positions, weights))
+    write_text_atomic(path, out.getvalue())
+
+
+def run(args) -> int:
+    from ..inference.fcn import Localizer
+
+    output = Path(args.output)
+    outputs = _output_paths(args.images, output, args.format)
+    spacing = parse_floats(args.spacing, "--spacing") if args.spacing else None
+    t0 = time.perf_counter()
+    localizer = Localizer.from_file(args.model, args.device)
+    print(f"model loaded in {time.perf_counter() - t0:.2f} s ({len(localizer.names)} landmarks, "
+          f"device {localizer.device})")
+    times = []
+    for image_path, out_path in progress(list(zip(args.images, outputs)), desc="localize", quiet=args.quiet):
+        image = read_image(image_path, spacing=spacing)
+        result = localizer.localize(image, evidence=bool(args.evidence), use_local=not args.global_only)
+        times.append(result.seconds)
+        write_points(out_path, result.points)
+        message = f"{image_path}: {len(result.points)} landmarks in {result.seconds:.3f} s -> {out_path}"
+        if result.not_found:
+            message += f"; not found: {', '.join(result.not_found)}"
+        uncertain = [lm.name for lm in result.landmarks if lm.found and lm.uncertain]
+        if uncertain:
+            message += f"; uncertain: {', '.join(uncertain)}"
+        print(message)
+        if args.evidence:
+            stem = _without_format_suffix(out_path)
+            for name, posterior in result.evidence.items():
+                write_image(posterior, f"{stem}_{name}_posterior.nrrd")
+                _write_votes(Path(f"{stem}_{name}_votes.csv"), *result.votes[name])
+    if times:
+        print(f"time per image (excluding start-up): mean {np.mean(times):.3f} s, max {np.max(times):.3f} s "
+              f"over {len(times)} image(s)")
+    return 0

@@ -1,0 +1,101 @@
+"""``landmarkloc train-fcn``: train a global-to-local FCN landmark model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import InputError
+from ..io.datasets import load_dataset
+from ..training.fcn import train_config, train_fcn
+from ..training.fcn_targets import VARIANTS
+from . import add_device_argument, add_quiet_argument, parse_floats
+
+EXAMPLE = """examples:
+  landmarkloc train-fcn ixi_train/ -o models/ixi16 --intensity mr --model-spacing 2 --max-minutes 45
+  landmarkloc train-fcn ceph/landmarks.csv --spacing 0.1 --model-spacing 0.8 --intensity xray -o ceph
+  torchrun --nproc_per_node 4 -m landmarkloc train-fcn data/ -o model --preset paper --device cuda
+  (a dataset is a folder of images with IMG.mrk.json/.fcsv/.csv landmark files, a CSV with columns
+   image,landmarks, or a pixel table image,landmark,x_px,y_px; writes model.safetensors + model.json,
+   a training log model.log and resume state model.resume.*)
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train-fcn", help="train a global-to-local FCN landmark model (Noothout et al. 2020)",
+                       description="Train the global network and the per-landmark local networks on a "
+                       "dataset of images with landmarks; validation keeps the best model.",
+                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", help="dataset folder or CSV description")
+    p.add_argument("-o", "--output", required=True, help="model path stem (writes STEM.safetensors + STEM.json)")
+    p.add_argument("--val", help="validation dataset (default: hold out --val-fraction of the images)")
+    p.add_argument("--landmarks-dir", help="folder with the landmark files of a folder dataset")
+    p.add_argument("--preset", default="compact", choices=["compact", "paper"],
+                   help="architecture and schedule (default: compact, CPU-trainable)")
+    p.add_argument("--spacing", help="pixel size in mm of 2D picture inputs (PNG/JPEG/...), e.g. 0.1")
+    p.add_argument("--model-spacing", help="grid spacing of the model in mm, one value or one per axis "
+                   "(default: the median spacing of the training images)")
+    p.add_argument("--intensity", default="mr", help="intensity preset: ct, mr or xray (default: mr)")
+    p.add_argument("--variant", default="R_log+C", choices=list(VARIANTS),
+                   help="regression/classification variant of the paper's ablation (default: R_log+C)")
+    p.add_argument("--global-only", action="store_true", help="no local stage (the paper's 'global' ablation)")
+    p.add_argument("--iterations", type=int, help="training iterations (preset default)")
+    p.add_argument("--batch-size", type=int, help="crops per iteration and process")
+    p.add_argument("--crop-size", type=int, help="global training crop in voxels")
+    p.add_argument("--sub-image-size", type=int, help="local sub-image size in voxels (default 16)")
+    p.add_argument("--validate-every", type=int, help="iterations between validations")
+    p.add_argument("--val-fraction", type=float, help="share of images held out for validation (default 0.1)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--alpha", type=float, help="weight of the classification loss (default: number of landmarks)")
+    p.add_argument("--no-augment", action="store_true", help="no intensity or geometric augmentation")
+    p.add_argument("--global-arch", help='JSON of network settings to change, e.g. \'{"head_channels": 64}\'')
+    p.add_argument("--local-arch", help="JSON of local network settings to change")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--max-minutes", type=float, help="stop (and keep the best model) after this many minutes")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT.resume.* of an earlier run")
+    add_device_argument(p)
+    add_quiet_argument(p)
+    p.set_defaults(func=run)
+
+
+def _json_dict(text, what) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{what} must be a JSON object")
+    return value
+
+
+def run(args) -> int:
+    dataset = load_dataset(args.dataset, landmarks_dir=args.landmarks_dir)
+    val = load_dataset(args.val, landmarks_dir=args.landmarks_dir) if args.val else None
+    input_spacing = parse_floats(args.spacing, "--spacing") if args.spacing else None
+    image, _ = dataset.cases[0].load(dataset.names, spacing=input_spacing)
+    overrides = {
+        "intensity": args.intensity, "variant": args.variant, "use_local": not args.global_only, "seed": args.seed,
+        "global_overrides": _json_dict(args.global_arch, "--global-arch"),
+        "local_overrides": _json_dict(args.local_arch, "--local-arch"),
+    }
+    for key, value in (("iterations", args.iterations), ("batch_size", args.batch_size),
+                       ("crop_size", args.crop_size), ("sub_image_size", args.sub_image_size),
+                       ("validate_every", args.validate_every), ("val_fraction", args.val_fraction),
+                       ("learning_rate", args.lr), ("alpha", args.alpha), ("max_minutes", args.max_minutes)):
+        if value is not None:
+            overrides[key] = value
+    if args.model_spacing:
+        overrides["spacing"] = tuple(parse_floats(args.model_spacing, "--model-spacing"))
+    cfg = train_config(args.preset, image.GetDimension(), **overrides)
+    if args.no_augment:
+        cfg.augment.enabled = False
+    meta = train_fcn(dataset, args.output, cfg, val_dataset=val, input_spacing=input_spacing, device=args.device,
+                     resume=args.resume, quiet=args.quiet)
+    if meta:
+        v = meta["validation"]
+        print(f"best model (iteration {v['iteration']}): validation mean radial error "
+              f"{v['mean_radial_error_mm']:.2f} mm, median {v['median_radial_error_mm']:.2f} mm -> "
+              f"{args.output}.safetensors")
+    return 0
