@@ -15,7 +15,7 @@ from ..errors import InputError, LandmarkLocError
 from ..runtime import DEVICE_CHOICES
 
 # Module names in this package; each defines register(subparsers) and run(args).
-SUBCOMMANDS = ["derive", "evaluate"]
+SUBCOMMANDS = ["derive", "evaluate", "train_rpr", "oneshot"]
 
 EXIT_USER_ERROR = 2
 

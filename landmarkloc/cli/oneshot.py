@@ -1,0 +1,145 @@
+"""``landmarkloc oneshot``: locate a support's points or organ boxes in query images."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import InputError
+from ..io.image import read_image
+from ..io.markups import read_points, write_boxes, write_points
+from . import add_device_argument, add_quiet_argument
+
+EXAMPLE = """examples:
+  landmarkloc oneshot --query q.nii.gz --support s.nii.gz --support-labels s_seg.nii.gz --labels 35,47,48 \\
+      --names BrainStem,Hippocampus_R,Hippocampus_L --model coarse.safetensors --fine-model fine.safetensors \\
+      -o q_points.mrk.json --rois q_rois.mrk.json --save-template brain3.safetensors
+  landmarkloc oneshot --query a.nii.gz b.nii.gz --template brain3.safetensors --model coarse.safetensors \\
+      --fine-model fine.safetensors -o out/ --rois out/
+  landmarkloc oneshot --method registration --query q.nii.gz --support s.nii.gz \\
+      --support-markups s.mrk.json -o q.mrk.json
+  (with several queries, -o and --rois are folders: QUERY.mrk.json / QUERY_rois.mrk.json)
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("oneshot", help="one-shot localization of points / organ boxes from one annotated support",
+                       description="Locate the points of a support image (a markups file, or the six extreme "
+                       "points of label-map organs) in query images with relative position regression (Lei et "
+                       "al. 2021), or with the template matching (ncc) or registration baselines.",
+                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--query", required=True, nargs="+", help="query image(s)")
+    p.add_argument("--support", help="support image")
+    p.add_argument("--support-markups", help="support points (.mrk.json, .fcsv, .csv)")
+    p.add_argument("--support-labels", help="support label map: organ boxes from their six extreme points")
+    p.add_argument("--labels", help="with --support-labels: comma-separated label values")
+    p.add_argument("--names", help="with --support-labels: comma-separated organ names")
+    p.add_argument("--template", help="rpr: a saved support template instead of --support")
+    p.add_argument("--save-template", help="rpr: save the support template here (NAME.safetensors + NAME.json)")
+    p.add_argument("--model", help="rpr: coarse model")
+    p.add_argument("--fine-model", help="rpr: fine model")
+    p.add_argument("--fine-steps", type=int, default=1, help="rpr: fine steps (default 1)")
+    p.add_argument("--runs", type=int, default=15, help="rpr: random starts K of the multi-run ensemble (default 15)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", choices=("rpr", "ncc", "registration"), default="rpr")
+    p.add_argument("--ncc-stride", type=int, default=0,
+                   help="ncc: sliding-window stride (the paper's 2); 0 (default) = FFT at every voxel")
+    p.add_argument("--bspline", action="store_true", help="registration: add a B-spline stage after affine")
+    p.add_argument("--pixel-spacing", type=float, help="pixel size in mm for 2D picture formats")
+    p.add_argument("--coordinate-system", choices=("LPS", "RAS"), default="LPS")
+    p.add_argument("-o", "--output", required=True, help="points file, or a folder with several queries")
+    p.add_argument("--rois", help="organ boxes (ROI .mrk.json) file, or a folder with several queries")
+    add_device_argument(p)
+    add_quiet_argument(p)
+    p.set_defaults(func=run)
+
+
+def _support_points(args, support_image):
+    from ..geometry.labels import label_extreme_points
+    from .derive import parse_labels
+
+    if bool(args.support_markups) == bool(args.support_labels):
+        raise InputError("give the support annotation as either --support-markups or --support-labels")
+    if args.support_markups:
+        return read_points(args.support_markups)
+    if not args.labels:
+        raise InputError("--support-labels needs --labels")
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    labelmap = read_image(args.support_labels, spacing=args.pixel_spacing)
+    if labelmap.GetSize() != support_image.GetSize():
+        raise InputError("the support label map and image differ in size")
+    return label_extreme_points(labelmap, parse_labels(args.labels), names)
+
+
+def _output_paths(query: Path, args, several: bool) -> tuple[Path, Path | None]:
+    stem = query.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    out = Path(args.output) / f"{stem}.mrk.json" if several else Path(args.output)
+    rois = None
+    if args.rois:
+        rois = Path(args.rois) / f"{stem}_rois.mrk.json" if several else Path(args.rois)
+    return out, rois
+
+
+def run(args) -> int:
+    from ..runtime import progress
+
+    queries = [Path(q) for q in args.query]
+    several = len(queries) > 1
+    if args.method == "rpr":
+        locate = _rpr(args)
+    else:
+        if args.template or not args.support:
+            raise InputError(f"--method {args.method} needs --support with --support-markups or --support-labels")
+        support = read_image(args.support, spacing=args.pixel_spacing)
+        points = _support_points(args, support)
+        locate = _baseline(args, support, points)
+    for query_path in progress(queries, desc="queries", quiet=args.quiet or not several):
+        query = read_image(query_path, spacing=args.pixel_spacing)
+        result = locate(query)
+        out, rois = _output_paths(query_path, args, several)
+        write_points(out, result.points, args.coordinate_system)
+        if rois is not None:
+            if not result.boxes:
+                raise InputError("--rois needs organ boxes: give the support as --support-labels")
+            write_boxes(rois, result.boxes, args.coordinate_system)
+        if not args.quiet:
+            print(f"{query_path.name}: {len(result.points)} points"
+                  + (f", {len(result.boxes)} boxes" if result.boxes else "")
+                  + f" in {result.seconds:.3f} s ({result.method}) -> {out}")
+    return 0
+
+
+def _rpr(args):
+    from ..inference.oneshot import OneShotLocator, Template
+
+    if not args.model:
+        raise InputError("--method rpr needs --model (the coarse RPR model)")
+    locator = OneShotLocator.from_files(args.model, args.fine_model, args.device, args.fine_steps)
+    if args.template:
+        if args.support:
+            raise InputError("give either --template or --support, not both")
+        template = Template.load(args.template)
+    else:
+        if not args.support:
+            raise InputError("give --support (with --support-markups or --support-labels) or --template")
+        support = read_image(args.support, spacing=args.pixel_spacing)
+        template = locator.make_template(support, _support_points(args, support))
+    if args.save_template:
+        template.save(args.save_template)
+        if not args.quiet:
+            print(f"saved template ({len(template.names)} points) to {args.save_template}")
+    return lambda query: locator.locate(query, template, runs=args.runs, seed=args.seed)
+
+
+def _baseline(args, support, points):
+    from ..inference.baselines import NccConfig, RegistrationConfig, ncc_locate, registration_locate
+
+    if args.method == "ncc":
+        config = NccConfig(stride=max(1, args.ncc_stride), use_fft=args.ncc_stride == 0)
+        return lambda query: ncc_locate(query, support, points, config)
+    config = RegistrationConfig(bspline=args.bspline, seed=args.seed)
+    return lambda query: registration_locate(query, support, points, config)

@@ -1,0 +1,280 @@
+"""One-shot localisation of points and organ boxes with relative position regression.
+
+An agent starts at K random body positions of the query (the multi-run
+ensemble); the coarse Pnet moves each start straight to its estimate of every
+target, ``c = c0 + r_c tanh(p_s - p_q)``; the mean of the K estimates is
+refined by the fine Pnet (one patch per point per fine step). The spread of the
+K coarse estimates (RMS distance to their mean, mm) is reported as each point's
+uncertainty. The K start patches are the same for every target, so their latent
+vectors are computed once, and the support side is a stored :class:`Template`:
+a query with P points costs K + P * fine_steps patch passes.
+
+Organ boxes: a support label map gives each organ's six extreme points
+(``<organ>_xmin`` ... ``_zmax``); the six located points span the box, aligned
+with the query image axes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from landmarkloc.errors import InputError, ModelError
+from landmarkloc.geometry.frames import ImageGeometry, from_point3, to_point3
+from landmarkloc.geometry.labels import box_from_points, group_extreme_points, label_extreme_points
+from landmarkloc.inference.patches import PreparedVolume, extract_patches, prepare_volume
+from landmarkloc.io.markups import Box, ControlPoint
+from landmarkloc.networks.pnet import RprModel, load_rpr_model, relative_offset
+
+TEMPLATE_KIND = "rpr-template"
+
+
+@dataclass
+class Template:
+    """What inference needs from the support image(s): latent vectors of the support patches.
+
+    ``coarse_latents``/``fine_latents``: ``(P, D)``, averaged over the support
+    images (few-shot). Model sha256s tie the template to the models that made it.
+    """
+
+    names: list[str]
+    ndim: int
+    coarse_latents: np.ndarray
+    coarse_sha256: str
+    fine_latents: np.ndarray | None = None
+    fine_sha256: str | None = None
+    support_positions: np.ndarray | None = None  # (P, 3) LPS, mean over the supports (information)
+    supports: int = 1
+
+    def save(self, path) -> None:
+        """Write ``NAME.safetensors`` + ``NAME.json`` (no pickle)."""
+        from landmarkloc.io.modelfile import save_model
+
+        tensors = {"coarse_latents": torch.as_tensor(self.coarse_latents, dtype=torch.float32)}
+        if self.fine_latents is not None:
+            tensors["fine_latents"] = torch.as_tensor(self.fine_latents, dtype=torch.float32)
+        meta = {"kind": TEMPLATE_KIND, "names": list(self.names), "ndim": self.ndim,
+                "coarse_model_sha256": self.coarse_sha256, "fine_model_sha256": self.fine_sha256,
+                "supports": self.supports,
+                "support_positions_lps": None if self.support_positions is None
+                else np.asarray(self.support_positions).tolist()}
+        save_model(path, tensors, meta)
+
+    @classmethod
+    def load(cls, path) -> Template:
+        from landmarkloc.io.modelfile import load_model
+
+        tensors, meta = load_model(path, kind=TEMPLATE_KIND)
+        try:
+            names = [str(n) for n in meta["names"]]
+            coarse = tensors["coarse_latents"].numpy().astype(np.float32)
+            fine = tensors["fine_latents"].numpy().astype(np.float32) if "fine_latents" in tensors else None
+            positions = meta.get("support_positions_lps")
+            template = cls(names=names, ndim=int(meta["ndim"]), coarse_latents=coarse,
+                           coarse_sha256=str(meta["coarse_model_sha256"]), fine_latents=fine,
+                           fine_sha256=meta.get("fine_model_sha256"),
+                           support_positions=None if positions is None else np.asarray(positions, dtype=np.float64),
+                           supports=int(meta.get("supports", 1)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{path}: incomplete one-shot template ({exc})") from None
+        if coarse.shape != (len(names), template.ndim):
+            raise ModelError(f"{path}: template latents {coarse.shape} do not fit {len(names)} points")
+        return template
+
+
+@dataclass
+class OneShotResult:
+    """Located points (LPS mm; ``properties['spread_mm']``), boxes if the support defined organs."""
+
+    points: list[ControlPoint]
+    boxes: list[Box] = field(default_factory=list)
+    seconds: float = 0.0
+    method: str = "rpr"
+    run_positions: np.ndarray | None = None  # (K, P, D) coarse estimates of the K runs
+
+
+def query_orientation(geometry: ImageGeometry) -> np.ndarray:
+    """3x3 box orientation (columns, LPS) from the image axes; 2D images get z as third axis."""
+    r = np.eye(3)
+    r[: geometry.ndim, : geometry.ndim] = geometry.direction
+    return r
+
+
+def boxes_from_points(points: Sequence[ControlPoint], geometry: ImageGeometry) -> list[Box]:
+    """One box per organ whose extreme points (``<organ>_xmin`` ...) were located, along the query axes.
+
+    Padded by one voxel of the query, so that a box through extreme voxel
+    centres matches the voxel-edge boxes of :func:`landmarkloc.geometry.labels.label_boxes`.
+    """
+    orientation = query_orientation(geometry)
+    boxes = []
+    for name, positions in group_extreme_points(points).items():
+        if len(positions) == 2 * geometry.ndim:
+            boxes.append(box_from_points(np.asarray(positions), orientation, name, padding=geometry.spacing))
+    return boxes
+
+
+def support_points_from_labels(labelmap: sitk.Image, labels: Sequence[int],
+                               names: Sequence[str] | None = None) -> list[ControlPoint]:
+    """The six (2D: four) extreme points of each organ: the support annotation for boxes."""
+    return label_extreme_points(labelmap, labels, names)
+
+
+def result_from_positions(names: Sequence[str], positions: np.ndarray, geometry: ImageGeometry, method: str,
+                          seconds: float, properties: Sequence[dict] | None = None) -> OneShotResult:
+    """Package located positions (P, D) of any method as points (+ boxes for extreme-point names)."""
+    points = []
+    for n, (name, pos) in enumerate(zip(names, positions)):
+        props = {"method": method}
+        if properties is not None:
+            props.update(properties[n])
+        points.append(ControlPoint(name, to_point3(pos), properties=props))
+    return OneShotResult(points=points, boxes=boxes_from_points(points, geometry), seconds=seconds, method=method)
+
+
+def _by_name(points: Sequence[ControlPoint], names: Sequence[str], where: str) -> np.ndarray:
+    table = {p.label: p.position for p in points}
+    missing = [n for n in names if n not in table]
+    if missing:
+        raise InputError(f"{where}: no point named {', '.join(missing[:5])}")
+    return np.stack([np.asarray(table[n], dtype=np.float64) for n in names])
+
+
+class OneShotLocator:
+    """Coarse (and optional fine) RPR models, ready to make templates and locate points and boxes."""
+
+    def __init__(self, coarse: RprModel, fine: RprModel | None = None, device: torch.device | str = "cpu",
+                 fine_steps: int = 1) -> None:
+        if coarse.stage != "coarse":
+            raise ModelError(f"the coarse model is a '{coarse.stage}' model")
+        if fine is not None and fine.ndim != coarse.ndim:
+            raise ModelError("the coarse and fine models are for different image dimensions")
+        self.coarse = coarse
+        self.fine = fine
+        self.device = torch.device(device)
+        self.fine_steps = int(fine_steps) if fine is not None else 0
+        self.coarse.net.to(self.device).eval()
+        if fine is not None:
+            fine.net.to(self.device).eval()
+
+    @classmethod
+    def from_files(cls, coarse, fine=None, device: str = "auto", fine_steps: int = 1) -> OneShotLocator:
+        from landmarkloc.runtime import resolve_device
+
+        dev = resolve_device(device)
+        return cls(load_rpr_model(coarse, dev), load_rpr_model(fine, dev) if fine else None, dev, fine_steps)
+
+    @property
+    def ndim(self) -> int:
+        return self.coarse.ndim
+
+    def _models(self) -> list[RprModel]:
+        return [self.coarse] + ([self.fine] if self.fine is not None else [])
+
+    def prepare(self, image: sitk.Image) -> dict[int, PreparedVolume]:
+        """The image prepared for each model (shared when spacing and intensity agree)."""
+        if image.GetDimension() != self.ndim:
+            raise InputError(f"{image.GetDimension()}D image, but the RPR models are {self.ndim}D")
+        out: dict[int, PreparedVolume] = {}
+        cache: dict[str, PreparedVolume] = {}
+        for n, model in enumerate(self._models()):
+            key = repr((model.spacing, sorted(model.intensity.items()), model.foreground_threshold))
+            if key not in cache:
+                cache[key] = prepare_volume(image, model.spacing, model.intensity, model.foreground_threshold,
+                                            self.device)
+            out[n] = cache[key]
+        return out
+
+    @torch.inference_mode()
+    def _latents(self, model: RprModel, volume: PreparedVolume, index: np.ndarray) -> torch.Tensor:
+        patches = extract_patches(volume, index, model.patch_size)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
+            return model.net(patches).float()
+
+    def make_template(self, support_images: sitk.Image | Sequence[sitk.Image],
+                      support_points: Sequence[ControlPoint] | Sequence[Sequence[ControlPoint]]) -> Template:
+        """Latent vectors of the support patches; several supports (few-shot) are averaged."""
+        if isinstance(support_images, sitk.Image):
+            support_images, support_points = [support_images], [support_points]
+        if len(support_images) != len(support_points) or not support_images:
+            raise InputError("give one point list per support image")
+        names = [p.label for p in support_points[0]]
+        if len(set(names)) != len(names):
+            raise InputError("support point names must be unique")
+        coarse_sum, fine_sum, positions = 0.0, 0.0, []
+        for n, (image, points) in enumerate(zip(support_images, support_points)):
+            where = f"support {n + 1}"
+            pos = from_point3(_by_name(points, names, where), self.ndim)
+            volumes = self.prepare(image)
+            if not np.all(volumes[0].geometry.contains(pos, margin=1.0)):
+                outside = [nm for nm, inside in zip(names, volumes[0].geometry.contains(pos, 1.0)) if not inside]
+                raise InputError(f"{where}: points outside the support image: {', '.join(outside[:5])}")
+            coarse_sum = coarse_sum + self._latents(self.coarse, volumes[0], volumes[0].to_index(pos)).cpu().numpy()
+            if self.fine is not None:
+                fine_sum = fine_sum + self._latents(self.fine, volumes[1], volumes[1].to_index(pos)).cpu().numpy()
+            positions.append(to_point3(pos))
+        k = len(support_images)
+        return Template(names=names, ndim=self.ndim, coarse_latents=np.asarray(coarse_sum / k, dtype=np.float32),
+                        coarse_sha256=self.coarse.sha256,
+                        fine_latents=None if self.fine is None else np.asarray(fine_sum / k, dtype=np.float32),
+                        fine_sha256=None if self.fine is None else self.fine.sha256,
+                        support_positions=np.mean(positions, axis=0), supports=k)
+
+    def _check(self, template: Template) -> None:
+        if template.ndim != self.ndim:
+            raise ModelError(f"the template is {template.ndim}D, the models are {self.ndim}D")
+        if template.coarse_sha256 != self.coarse.sha256:
+            raise ModelError("the template was made with a different coarse model; make it again with this one")
+        if self.fine is not None:
+            if template.fine_latents is None:
+                raise ModelError("the template has no fine-model latents; make it with the fine model too")
+            if template.fine_sha256 != self.fine.sha256:
+                raise ModelError("the template was made with a different fine model; make it again with this one")
+
+    def locate(self, query_image: sitk.Image, template: Template, runs: int = 15, seed: int = 0) -> OneShotResult:
+        """Locate the template's points (and boxes) in ``query_image``."""
+        self._check(template)
+        if runs < 1:
+            raise InputError("runs must be at least 1")
+        start = time.perf_counter()
+        volumes = self.prepare(query_image)
+        coarse_vol = volumes[0]
+        generator = torch.Generator().manual_seed(int(seed))
+        fg = coarse_vol.foreground
+        picks = torch.randint(len(fg), (runs,), generator=generator).to(fg.device)
+        start_index = fg[picks].cpu().numpy()
+        latent_q = self._latents(self.coarse, coarse_vol, start_index)  # (K, D): once for all points
+        latent_s = torch.as_tensor(template.coarse_latents, device=latent_q.device)  # (P, D)
+        offsets = relative_offset(latent_s[None], latent_q[:, None], self.coarse.radius_mm).cpu().numpy()
+        runs_pos = coarse_vol.to_physical(start_index)[:, None, :] + coarse_vol.offsets_to_physical(offsets)
+        position = runs_pos.mean(axis=0)  # (P, D)
+        spread = np.sqrt(((runs_pos - position[None]) ** 2).sum(axis=-1).mean(axis=0))
+        coarse_position = position.copy()
+        if self.fine is not None:
+            fine_vol = volumes[1]
+            latent_fs = torch.as_tensor(template.fine_latents, device=latent_q.device)
+            for _ in range(self.fine_steps):
+                index = fine_vol.to_index(position)
+                latent_fq = self._latents(self.fine, fine_vol, index)  # (P, D): one patch per point
+                step = relative_offset(latent_fs, latent_fq, self.fine.radius_mm).cpu().numpy()
+                position = fine_vol.to_physical(index) + fine_vol.offsets_to_physical(step)
+        properties = [{"spread_mm": round(float(s), 3), "runs": runs,
+                       "fine_shift_mm": round(float(np.linalg.norm(p - c)), 3)}
+                      for s, p, c in zip(spread, position, coarse_position)]
+        result = result_from_positions(template.names, position, ImageGeometry.from_image(query_image), "rpr",
+                                       time.perf_counter() - start, properties)
+        result.run_positions = runs_pos
+        return result
+
+    def locate_boxes(self, query_image: sitk.Image, template: Template, runs: int = 15,
+                     seed: int = 0) -> OneShotResult:
+        """Like :meth:`locate`; the template must hold organ extreme points (``<organ>_xmin`` ...)."""
+        if not group_extreme_points([ControlPoint(n, np.zeros(3)) for n in template.names]):
+            raise InputError("the template has no organ extreme points (<organ>_xmin ...); "
+                             "make it from a support label map")
+        return self.locate(query_image, template, runs=runs, seed=seed)
