@@ -1,0 +1,336 @@
+"""Global-to-local landmark localization with a trained FCN model.
+
+The image is resampled to the model spacing (same origin and axes), its
+intensities normalized with the model's preset, and the global network runs on
+the whole grid (zero-padded at the end to a multiple of the patch size). Its
+posterior-weighted votes give a first estimate per landmark; the bank of local
+networks then sees one sub-image per landmark centred there (all landmarks in
+one grouped forward pass) and refines it the same way. Estimates are continuous
+indices of the resampled grid and become LPS millimetres through that grid's
+full geometry, so oblique and flipped images come out right.
+
+Python API (used by the Slicer module and the benchmark)::
+
+    loc = Localizer.from_file("model.safetensors", device="auto")
+    result = loc.localize(sitk_image, evidence=["Sella"])
+    result.points            # ControlPoints of the landmarks found (LPS mm)
+    point = refine(loc, sitk_image, "Sella", position_lps)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..errors import InputError, ModelError
+from ..geometry.frames import ImageGeometry, from_point3, to_point3
+from ..geometry.intensity import get_preset, normalize
+from ..geometry.resample import resample_to_grid, resample_to_spacing
+from ..io.image import check_image, squeeze_single_slice
+from ..io.markups import ControlPoint
+from ..io.modelfile import load_model
+from ..networks.fcn import FCNConfig, GlobalToLocal
+from ..runtime import resolve_device
+from ..training.fcn_targets import get_variant
+from .fcn_votes import VoteSummary, summarize_votes
+
+MODEL_KIND = "fcn"
+# Below this posterior mass a landmark is reported as not found (e.g. outside the field of view).
+NOT_FOUND_BELOW = 0.25
+# Below this confidence a found landmark is flagged as uncertain (selected = False).
+UNCERTAIN_BELOW = 0.5
+
+
+# --------------------------------------------------------------------------- shared with training
+
+
+def preprocess(image: sitk.Image, spacing, intensity) -> tuple:
+    """(normalized float32 array [k, j, i], geometry) of ``image`` on the model's grid."""
+    resampled = resample_to_spacing(image, spacing)
+    geometry = ImageGeometry.from_image(resampled)
+    array = normalize(sitk.GetArrayViewFromImage(resampled), get_preset(intensity))
+    return np.ascontiguousarray(array, dtype=np.float32), geometry
+
+
+def pad_to_multiple(array: np.ndarray, multiple: int) -> np.ndarray:
+    """Zero-pad at the end of every axis to a multiple of ``multiple`` (the patch size)."""
+    pad = [(0, (-n) % multiple) for n in array.shape]
+    return np.pad(array, pad) if any(p for _, p in pad) else array
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    return contextlib.nullcontext()
+
+
+def _memory_format(ndim: int):
+    return torch.channels_last if ndim == 2 else torch.channels_last_3d
+
+
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=_memory_format(x.dim() - 2))
+    return x
+
+
+def run_global(net, array: np.ndarray, variant, spacing, device) -> VoteSummary:
+    """The global network's votes on a whole (resampled, normalized) image."""
+    padded = pad_to_multiple(array, net.patch_size)
+    x = _to_device(torch.from_numpy(padded)[None, None], device)
+    with _autocast(device):
+        logits, disp = net(x)
+    return summarize_votes(logits[0].float(), disp[0].float(), net.patch_size, variant, spacing)
+
+
+def extract_subimages(array: np.ndarray, centres: np.ndarray, size: int) -> tuple:
+    """One ``size``^D window per centre (continuous ITK index), zero outside the image.
+
+    Returns (windows (L, *size^D) float32, starts (L, D) integer ITK index of
+    each window's first voxel).
+    """
+    ndim = array.ndim
+    starts = np.round(np.nan_to_num(centres) - (size - 1) / 2.0).astype(int)
+    shape_itk = np.array(array.shape[::-1])
+    out = np.zeros((len(centres),) + (size,) * ndim, dtype=np.float32)
+    for n, start in enumerate(starts):
+        lo = np.maximum(start, 0)
+        hi = np.minimum(start + size, shape_itk)
+        if np.any(hi <= lo):
+            continue
+        src = tuple(slice(a, b) for a, b in zip(lo[::-1], hi[::-1]))
+        dst = tuple(slice(a, b) for a, b in zip((lo - start)[::-1], (hi - start)[::-1]))
+        out[(n, *dst)] = array[src]
+    return out, starts
+
+
+def run_local(bank, array: np.ndarray, centres: np.ndarray, size: int, variant, spacing, device,
+              landmarks=None) -> VoteSummary:
+    """Refine ``centres`` (L, D) with the local bank: one grouped forward pass for all landmarks.
+
+    ``landmarks`` restricts the pass to some landmark rows (their sub-images are
+    evaluated; the others get empty sub-images and are dropped from the result).
+    """
+    windows, starts = extract_subimages(array, centres, size)
+    x = _to_device(torch.from_numpy(windows)[None], device)
+    with _autocast(device):
+        logits, disp = bank(x)
+    summary = summarize_votes(logits[0].float(), disp[0].float(), bank.patch_size, variant, spacing)
+    summary.estimate = summary.estimate + starts
+    summary.votes = summary.votes + starts[:, None, :]
+    if landmarks is not None:
+        rows = list(landmarks)
+        summary = VoteSummary(summary.estimate[rows], summary.confidence[rows], summary.spread_mm[rows],
+                              summary.probability[rows], summary.votes[rows], summary.weights[rows])
+    return summary
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class LandmarkEstimate:
+    """One landmark's result, positions in LPS mm (3,) (2D images: z = 0)."""
+
+    name: str
+    position: np.ndarray
+    confidence: float  # 0..1: posterior mass near the estimate (global and local stage)
+    spread_mm: float  # weighted RMS distance of the final stage's votes from the estimate
+    found: bool
+    uncertain: bool
+    global_position: np.ndarray
+    global_confidence: float
+    local_confidence: float | None = None
+
+    def to_control_point(self) -> ControlPoint:
+        props = {"confidence": round(float(self.confidence), 4), "spread_mm": round(float(self.spread_mm), 3),
+                 "found": int(self.found)}
+        if self.local_confidence is not None:
+            props["global_confidence"] = round(float(self.global_confidence), 4)
+            props["local_confidence"] = round(float(self.local_confidence), 4)
+        if not self.found:
+            text = "not found"
+        elif self.uncertain:
+            text = "uncertain"
+        else:
+            text = ""
+        return ControlPoint(label=self.name, position=self.position, description=text,
+                            selected=self.found and not self.uncertain, properties=props)
+
+
+@dataclass
+class LocalizationResult:
+    landmarks: list  # LandmarkEstimate, in the model's landmark order
+    seconds: float = 0.0  # time of the localization itself (no model loading)
+    evidence: dict = field(default_factory=dict)  # name -> sitk.Image posterior on the input grid
+    votes: dict = field(default_factory=dict)  # name -> (positions (N, 3) LPS mm, weights (N,))
+
+    @property
+    def points(self) -> list:
+        """ControlPoints of the landmarks found; not-found landmarks are left out, never invented."""
+        return [lm.to_control_point() for lm in self.landmarks if lm.found]
+
+    @property
+    def not_found(self) -> list:
+        return [lm.name for lm in self.landmarks if not lm.found]
+
+    def control_points(self, include_not_found: bool = False) -> list:
+        return [lm.to_control_point() for lm in self.landmarks if include_not_found or lm.found]
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def build_network(metadata: dict) -> GlobalToLocal:
+    try:
+        global_cfg = FCNConfig.from_dict(metadata["global_architecture"])
+        local = metadata.get("local_architecture")
+        local_cfg = FCNConfig.from_dict(local) if local else None
+    except (KeyError, TypeError) as exc:
+        raise ModelError(f"model metadata lacks a valid architecture: {exc}") from None
+    names = metadata.get("landmark_names")
+    if not isinstance(names, list) or len(names) != global_cfg.num_landmarks:
+        raise ModelError("model metadata: landmark_names does not match the network's number of landmarks")
+    if metadata.get("ndim") != global_cfg.ndim:
+        raise ModelError("model metadata: ndim does not match the network architecture")
+    return GlobalToLocal(global_cfg, local_cfg)
+
+
+def model_metadata_checked(metadata: dict) -> dict:
+    for key in ("ndim", "landmark_names", "spacing", "intensity", "variant", "sub_image_size"):
+        if key not in metadata:
+            raise ModelError(f"model metadata lacks '{key}'")
+    get_variant(metadata["variant"])
+    return metadata
+
+
+class Localizer:
+    """A loaded FCN model, ready to localize many images (load once, call often)."""
+
+    def __init__(self, network: GlobalToLocal, metadata: dict, device="auto"):
+        self.metadata = model_metadata_checked(metadata)
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.variant = get_variant(metadata["variant"])
+        self.names = list(metadata["landmark_names"])
+        self.ndim = int(metadata["ndim"])
+        self.network = network.to(self.device).eval()
+        if self.device.type == "cuda":
+            self.network = self.network.to(memory_format=_memory_format(self.ndim))
+        self.spacing = np.asarray(metadata["spacing"], dtype=np.float64)
+        self.intensity = metadata["intensity"]
+        self.sub_image_size = int(metadata["sub_image_size"])
+        self.not_found_below = float(metadata.get("not_found_below", NOT_FOUND_BELOW))
+        self.uncertain_below = float(metadata.get("uncertain_below", UNCERTAIN_BELOW))
+
+    @classmethod
+    def from_file(cls, path, device="auto") -> Localizer:
+        tensors, metadata = load_model(path, kind=MODEL_KIND)
+        network = build_network(model_metadata_checked(metadata))
+        try:
+            network.load_state_dict(tensors, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise ModelError(f"{Path(path).name}: weights do not fit the architecture in its metadata ({first})") \
+                from None
+        return cls(network, metadata, device)
+
+    @property
+    def has_local_stage(self) -> bool:
+        return self.network.local_net is not None
+
+    def _prepare(self, image: sitk.Image) -> tuple:
+        if image.GetDimension() == 3 and self.ndim == 2:
+            image = squeeze_single_slice(image)
+        if image.GetDimension() != self.ndim:
+            raise InputError(f"this model localizes in {self.ndim}D images, got a {image.GetDimension()}D image")
+        check_image(image)
+        array, geometry = preprocess(image, self.spacing, self.intensity)
+        return image, array, geometry
+
+    def _name_index(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise InputError(f"the model has no landmark {name!r} (it knows: {', '.join(self.names)})") from None
+
+    @torch.inference_mode()
+    def localize(self, image: sitk.Image, evidence=(), use_local: bool = True) -> LocalizationResult:
+        """All landmarks of one image; ``evidence``: names (or True for all) whose posterior map to return."""
+        start = time.perf_counter()
+        image, array, geometry = self._prepare(image)
+        glob = run_global(self.network.global_net, array, self.variant, geometry.spacing, self.device)
+        final, local = glob, None
+        if use_local and self.has_local_stage:
+            local = run_local(self.network.local_net, array, glob.estimate, self.sub_image_size, self.variant,
+                              geometry.spacing, self.device)
+            final = local
+        landmarks = []
+        for n, name in enumerate(self.names):
+            global_conf = float(glob.confidence[n])
+            conf = global_conf if local is None else min(global_conf, float(local.confidence[n]))
+            est = final.estimate[n]
+            found = bool(np.all(np.isfinite(est))) and global_conf >= self.not_found_below
+            position = to_point3(geometry.index_to_physical(np.nan_to_num(est)))
+            landmarks.append(LandmarkEstimate(
+                name=name, position=position, confidence=conf, spread_mm=float(final.spread_mm[n]), found=found,
+                uncertain=conf < self.uncertain_below,
+                global_position=to_point3(geometry.index_to_physical(np.nan_to_num(glob.estimate[n]))),
+                global_confidence=global_conf,
+                local_confidence=None if local is None else float(local.confidence[n])))
+        result = LocalizationResult(landmarks=landmarks)
+        wanted = self.names if evidence is True else list(evidence or ())
+        for name in wanted:
+            n = self._name_index(name)
+            result.evidence[name] = self._posterior_image(glob, n, geometry, image)
+            result.votes[name] = (to_point3(geometry.index_to_physical(glob.votes[n])), glob.weights[n].copy())
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def _posterior_image(self, summary: VoteSummary, n: int, geometry: ImageGeometry,
+                         image: sitk.Image) -> sitk.Image:
+        """The classification posterior of landmark ``n`` resampled onto the input image's grid."""
+        patch = self.network.global_net.patch_size
+        prob = summary.probability[n].float().cpu().numpy()
+        cells = ImageGeometry(
+            origin=geometry.index_to_physical(np.full(self.ndim, (patch - 1) / 2.0)),
+            spacing=geometry.spacing * patch, direction=geometry.direction, size=prob.shape[::-1])
+        cell_image = cells.apply_to(sitk.GetImageFromArray(prob.astype(np.float32)))
+        return resample_to_grid(cell_image, ImageGeometry.from_image(image), "linear", 0.0)
+
+    @torch.inference_mode()
+    def refine(self, image: sitk.Image, name: str, position_lps) -> ControlPoint:
+        """Run only the local stage of landmark ``name`` from a (user-moved) point."""
+        if not self.has_local_stage:
+            raise ModelError("this model has no local stage (trained as 'global only')")
+        n = self._name_index(name)
+        image, array, geometry = self._prepare(image)
+        centre = geometry.physical_to_index(from_point3(np.asarray(position_lps, dtype=np.float64), self.ndim))
+        centres = np.zeros((len(self.names), self.ndim))
+        centres[n] = centre
+        local = run_local(self.network.local_net, array, centres, self.sub_image_size, self.variant,
+                          geometry.spacing, self.device, landmarks=[n])
+        conf = float(local.confidence[0])
+        found = conf >= self.not_found_below and bool(np.all(np.isfinite(local.estimate[0])))
+        estimate = local.estimate[0] if found else centre
+        lm = LandmarkEstimate(
+            name=name, position=to_point3(geometry.index_to_physical(estimate)), confidence=conf,
+            spread_mm=float(local.spread_mm[0]), found=found, uncertain=conf < self.uncertain_below,
+            global_position=to_point3(np.asarray(position_lps, dtype=np.float64)), global_confidence=float("nan"),
+            local_confidence=conf)
+        point = lm.to_control_point()
+        point.properties.pop("global_confidence", None)
+        if not found:
+            point.description = "not found near this point; kept where it was"
+        return point
+
+
+def refine(model: Localizer, image: sitk.Image, name: str, position_lps) -> ControlPoint:
+    """Refine one landmark from ``position_lps`` with the model's local stage only."""
+    return model.refine(image, name, position_lps)
