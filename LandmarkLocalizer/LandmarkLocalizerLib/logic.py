@@ -56,7 +56,8 @@ def start_localize(volume_node, model: ModelInfo, device: str = "Auto", evidence
 def apply_localization(scene, result: dict, volume_node, model: ModelInfo, uncertain_below: float = 0.5,
                        points_node=None, evidence_node=None) -> LocalizeOutcome:
     """The worker's result as a point list (and evidence volume) named after the volume and model."""
-    points = [point_from_dict(d) for d in result.get("points", [])]
+    points = mrml.place_on_slice([point_from_dict(d) for d in result.get("points", [])],
+                                 mrml.volume_geometry(volume_node))
     evidence_image = read_temporary_image(result["evidence"]) if result.get("evidence") else None
     name = output_name(volume_node, model)
     node = mrml.add_points_node(scene, points, name, confidence_threshold=uncertain_below, node=points_node)
@@ -91,9 +92,9 @@ def start_refine(volume_node, model: ModelInfo, points_node, index: int, device:
     return job
 
 
-def apply_refinement(points_node, index: int, result: dict, uncertain_below: float = 0.5) -> None:
+def apply_refinement(points_node, index: int, result: dict, volume_node, uncertain_below: float = 0.5) -> None:
     """Move the refined point and update its description and selection (uncertain = unselected)."""
-    refined = point_from_dict(result["points"][0])
+    refined = mrml.place_on_slice([point_from_dict(result["points"][0])], mrml.volume_geometry(volume_node))[0]
     mrml.set_point(points_node, index, refined)
     confidence = mrml.confidence_of(refined)
     points_node.SetNthControlPointSelected(

@@ -242,6 +242,20 @@ def result_rows(node, uncertain_below: float = 0.0) -> list:
     return rows
 
 
+def place_on_slice(items, geometry: ImageGeometry) -> list:
+    """Put 2D results (z = 0) onto the plane of the single-slice volume they were found in.
+
+    2D engines work in the slice's x-y plane (they refuse slices that are not
+    in it), so every voxel of the slice has the z of its origin.
+    """
+    if geometry.ndim == 3 and geometry.size[2] != 1:
+        return list(items)
+    z = float(geometry.origin[2]) if geometry.ndim == 3 else 0.0
+    for item in items:
+        (item.center if isinstance(item, Box) else item.position)[2] = z
+    return list(items)
+
+
 def check_points_inside(points, geometry: ImageGeometry, what: str = "support image") -> None:
     """Refuse points that lie outside an image (e.g. support points placed on another volume)."""
     if not points:
