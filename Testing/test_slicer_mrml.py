@@ -253,6 +253,8 @@ def test_roi_node_is_an_oriented_box_in_world_ras(scene):
         getter(axis)
         np.testing.assert_allclose(axis, axes_ras[:, c], atol=1e-9)
     back = mrml.box_from_roi_node(node)
+    mrml.add_roi_node(scene, Box("another", [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]))
+    assert mrml.box_from_roi_node(node).description == "spread_mm=3.5"
     np.testing.assert_allclose(back.center, box.center, atol=1e-9)
     np.testing.assert_allclose(back.orientation, box.orientation, atol=1e-9)
     np.testing.assert_allclose(back.size, box.size, atol=1e-9)

@@ -281,10 +281,15 @@ def add_roi_node(scene, box: Box, node=None):
     object_to_ras[:3, 3] = lps_to_ras(box.center)
     node.SetAndObserveObjectToNodeMatrix(_numpy_to_vtk(object_to_ras))
     node.SetSize(*[float(v) for v in box.size])
-    node.SetDescription(box.description)
+    # The description (e.g. the spread) goes on the centre control point, as in .mrk.json files:
+    # the markups logic clears a node's own description when another markups node is added.
     if node.GetNumberOfControlPoints():
         node.SetNthControlPointDescription(0, box.description)
     return node
+
+
+def roi_description(node) -> str:
+    return node.GetNthControlPointDescription(0) if node.GetNumberOfControlPoints() else ""
 
 
 def box_from_roi_node(node) -> Box:
@@ -296,7 +301,7 @@ def box_from_roi_node(node) -> Box:
     scale = np.linalg.norm(axes, axis=0)
     size = np.asarray(node.GetSize(), dtype=np.float64) * scale
     return Box(name=node.GetName(), center=ras_to_lps(object_to_world[:3, 3]), size=size,
-               orientation=lps_to_ras_matrix(axes / scale), description=node.GetDescription() or "")
+               orientation=lps_to_ras_matrix(axes / scale), description=roi_description(node))
 
 
 # --------------------------------------------------------------------------- label maps and segmentations
