@@ -25,6 +25,7 @@ class ModelInfo:
     ndim: int
     landmarks: list = field(default_factory=list)
     description: str = ""
+    stage: str = ""  # one-shot models: "coarse" or "fine"
 
     @property
     def label(self) -> str:
@@ -59,7 +60,7 @@ def inspect_model(path, kind: str) -> ModelInfo:
     landmarks = meta.get("landmark_names") or []
     name = str(meta.get("name") or meta_path.name[: -len(".json")])
     return ModelInfo(path=str(meta_path), name=name, kind=kind, ndim=int(ndim), landmarks=list(landmarks),
-                     description=str(meta.get("description", "")))
+                     description=str(meta.get("description", "")), stage=str(meta.get("stage", "")))
 
 
 def shipped_models(kind: str, folder=None) -> list:
