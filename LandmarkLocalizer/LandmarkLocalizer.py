@@ -7,6 +7,7 @@ MRML is only touched here, on the main thread, when the worker is done.
 """
 
 import os
+import sys
 from typing import Annotated
 
 import qt
@@ -24,6 +25,21 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 ADD_MODEL_TEXT = "Add model file..."
+
+
+def _addCorePackageToPath() -> None:
+    """Run from a checkout (module paths added in Application Settings): make the repository's landmarkloc importable.
+
+    In a built extension the package is installed beside this file and already importable.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder in (here, os.path.dirname(here)):
+        if os.path.isdir(os.path.join(folder, "landmarkloc")) and folder not in sys.path:
+            sys.path.append(folder)
+            return
+
+
+_addCorePackageToPath()
 POLL_MS = 100
 
 

@@ -9,6 +9,7 @@ the main thread.
 """
 
 import os
+import sys
 from typing import Annotated, Union
 
 import qt
@@ -31,6 +32,21 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 ADD_MODEL_TEXT = "Add model file..."
+
+
+def _addCorePackageToPath() -> None:
+    """Run from a checkout (module paths added in Application Settings): make the repository's landmarkloc importable.
+
+    In a built extension the package is installed beside this file and already importable.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder in (here, os.path.dirname(here)):
+        if os.path.isdir(os.path.join(folder, "landmarkloc")) and folder not in sys.path:
+            sys.path.append(folder)
+            return
+
+
+_addCorePackageToPath()
 NO_FINE_MODEL_TEXT = "None"
 POLL_MS = 100
 
