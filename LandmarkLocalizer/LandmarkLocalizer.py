@@ -1,0 +1,518 @@
+"""LandmarkLocalizer: find anatomical landmarks with a global-to-local FCN model (3D volumes and 2D images).
+
+The module file is thin: the widget wires the .ui to ``LandmarkLocalizerLib``
+(Qt-free logic, tested in CI with real MRML). The network runs in a
+``PythonSlicer`` worker process, so Slicer stays responsive and Cancel works;
+MRML is only touched here, on the main thread, when the worker is done.
+"""
+
+import os
+import sys
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+ADD_MODEL_TEXT = "Add model file..."
+
+
+def _addCorePackageToPath() -> None:
+    """Run from a checkout (module paths added in Application Settings): make the repository's landmarkloc importable.
+
+    In a built extension the package is installed beside this file and already importable.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder in (here, os.path.dirname(here)):
+        if os.path.isdir(os.path.join(folder, "landmarkloc")) and folder not in sys.path:
+            sys.path.append(folder)
+            return
+
+
+_addCorePackageToPath()
+POLL_MS = 100
+
+
+class LandmarkLocalizer(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Landmark Localizer")
+        self.parent.categories = [_("Landmark Localization")]
+        self.parent.dependencies = ["Markups"]
+        self.parent.contributors = ["landmarkloc contributors"]
+        self.parent.helpText = _(
+            "Finds anatomical landmarks in a 3D volume or a 2D image with a global-to-local fully convolutional "
+            "network (Noothout et al. 2020). Points come out as a point list with a confidence per point; "
+            "uncertain points are unselected (amber). Move a point and click <i>Refine selected</i> to re-run "
+            "the local stage from there. See docs/slicer.md in the repository.")
+        self.parent.acknowledgementText = _("Built on the landmarkloc package (PyTorch, SimpleITK).")
+
+
+@parameterNodeWrapper
+class LandmarkLocalizerParameterNode:
+    """Saved with the scene: inputs, options and the last outputs."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    modelPath: str = ""
+    device: Annotated[str, Choice(["Auto", "CPU", "GPU"])] = "Auto"
+    uncertainBelow: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    showEvidence: bool = False
+    outputPoints: vtkMRMLMarkupsFiducialNode
+    evidenceVolume: vtkMRMLScalarVolumeNode
+
+
+class LandmarkLocalizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job = None
+        self._jobKind = ""
+        self._refineIndex = -1
+        self._models = []
+        self._observedPoints = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/LandmarkLocalizer.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = LandmarkLocalizerLogic()
+
+        self.ui.resultsTable.horizontalHeader().setStretchLastSection(True)
+        self.timer = qt.QTimer()
+        self.timer.setInterval(POLL_MS)
+        self.timer.connect("timeout()", self.onPoll)
+
+        self.ui.localizeButton.connect("clicked(bool)", self.onLocalizeButton)
+        self.ui.refineButton.connect("clicked(bool)", self.onRefineButton)
+        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.modelComboBox.connect("activated(int)", self.onModelActivated)
+        self.ui.resultsTable.connect("cellClicked(int,int)", self.onResultClicked)
+        self.ui.outputPointsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onOutputPointsChanged)
+        self.ui.uncertainSliderWidget.connect("valueChanged(double)", lambda value: self.updateResultsTable())
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.populateModels()
+        self.initializeParameterNode()
+
+    # ------------------------------------------------------------------ parameter node
+
+    def cleanup(self) -> None:
+        self.cancelJob()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.cancelJob()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        self.selectModelPath(self._parameterNode.modelPath)
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self.updateButtons()
+        self.updateResultsTable()
+
+    def updateButtons(self, caller=None, event=None) -> None:
+        running = self._job is not None
+        p = self._parameterNode
+        self.ui.localizeButton.text = _("Cancel") if running and self._jobKind == "localize" else _("Localize")
+        self.ui.localizeButton.enabled = bool(p and p.inputVolume and p.modelPath) and (
+            not running or self._jobKind == "localize")
+        self.ui.refineButton.text = _("Cancel") if running and self._jobKind == "refine" else _("Refine selected")
+        self.ui.refineButton.enabled = bool(p and p.outputPoints and p.inputVolume and p.modelPath) and (
+            not running or self._jobKind == "refine")
+        self.ui.exportButton.enabled = bool(p and p.outputPoints) and not running
+
+    # ------------------------------------------------------------------ models
+
+    def populateModels(self) -> None:
+        from LandmarkLocalizerLib.models import shipped_models
+
+        self._models = shipped_models("fcn")
+        combo = self.ui.modelComboBox
+        combo.clear()
+        for model in self._models:
+            combo.addItem(model.label, model.path)
+        combo.addItem(ADD_MODEL_TEXT, "")
+
+    def selectModelPath(self, path: str) -> None:
+        if not path and self._models:
+            path = self._models[0].path
+        if path and all(m.path != path for m in self._models):
+            if not self.addModelFile(path, quiet=True):
+                path = ""
+        index = next((i for i, m in enumerate(self._models) if m.path == path), -1)
+        if index >= 0:
+            self.ui.modelComboBox.setCurrentIndex(index)
+        if self._parameterNode:
+            self._parameterNode.modelPath = path
+        self.showModelInfo()
+
+    def addModelFile(self, path: str, quiet: bool = False) -> bool:
+        from LandmarkLocalizerLib.models import inspect_model
+
+        from landmarkloc.errors import LandmarkLocError
+
+        try:
+            model = inspect_model(path, "fcn")
+        except LandmarkLocError as exc:
+            if not quiet:
+                slicer.util.errorDisplay(_("This model cannot be used:\n{message}").format(message=exc))
+            return False
+        self._models.append(model)
+        self.ui.modelComboBox.insertItem(len(self._models) - 1, model.label, model.path)
+        return True
+
+    def onModelActivated(self, index: int) -> None:
+        if self.ui.modelComboBox.itemText(index) == ADD_MODEL_TEXT:
+            path = qt.QFileDialog.getOpenFileName(
+                self.parent, _("Add landmark model"), "", _("Model files (*.safetensors *.json)"))
+            if path and self.addModelFile(path):
+                self.selectModelPath(self._models[-1].path)
+            else:
+                self.selectModelPath(self._parameterNode.modelPath if self._parameterNode else "")
+            return
+        if 0 <= index < len(self._models):
+            self._parameterNode.modelPath = self._models[index].path
+        self.showModelInfo()
+
+    def currentModel(self):
+        path = self._parameterNode.modelPath if self._parameterNode else ""
+        return next((m for m in self._models if m.path == path), None)
+
+    def showModelInfo(self) -> None:
+        model = self.currentModel()
+        if model is None:
+            self.ui.modelInfoLabel.text = _("No model: add a model file.") if not self._models else ""
+            return
+        names = ", ".join(model.landmarks[:12]) + (" ..." if len(model.landmarks) > 12 else "")
+        self.ui.modelInfoLabel.text = f"{model.description}\n{names}".strip()
+
+    # ------------------------------------------------------------------ running
+
+    def startJob(self, kind: str, start) -> None:
+        from LandmarkLocalizerLib.dependencies import ensure_installed
+
+        from landmarkloc.errors import LandmarkLocError
+
+        try:
+            ensure_installed(slicer.util.confirmOkCancelDisplay)
+            self._job = start()
+        except LandmarkLocError as exc:
+            slicer.util.errorDisplay(str(exc))
+            return
+        self._jobKind = kind
+        self.ui.progressBar.value = 0
+        self.ui.statusLabel.text = _("Starting...")
+        self.timer.start()
+        self.updateButtons()
+
+    def onLocalizeButton(self) -> None:
+        if self._job is not None:
+            self.cancelJob()
+            return
+        p = self._parameterNode
+        self.startJob("localize", lambda: self.logic.startLocalize(p.inputVolume, self.currentModel(), p.device,
+                                                                     p.showEvidence))
+
+    def onRefineButton(self) -> None:
+        if self._job is not None:
+            self.cancelJob()
+            return
+        row = self.ui.resultsTable.currentRow()
+        self._refineIndex = row
+        p = self._parameterNode
+        self.startJob("refine", lambda: self.logic.startRefine(p.inputVolume, self.currentModel(), p.outputPoints,
+                                                                 row, p.device))
+
+    def cancelJob(self) -> None:
+        if self._job is None:
+            return
+        self._job.cancel()
+        self.onPoll()
+
+    def onPoll(self) -> None:
+        if self._job is None:
+            self.timer.stop()
+            return
+        for event in self._job.poll():
+            if event.kind == "progress":
+                self.ui.progressBar.value = int(round(100 * event.fraction))
+                self.ui.statusLabel.text = event.stage
+            elif event.kind == "done":
+                self.applyResult(event.result)
+            elif event.kind == "failed":
+                self.ui.statusLabel.text = _("Failed.")
+                slicer.util.errorDisplay(event.error)
+            elif event.kind == "cancelled":
+                self.ui.progressBar.value = 0
+                self.ui.statusLabel.text = _("Cancelled; the scene was not changed.")
+        if not self._job.running:
+            self.timer.stop()
+            self._job.cleanup()
+            self._job = None
+            self.updateButtons()
+
+    def applyResult(self, result: dict) -> None:
+        from landmarkloc.errors import LandmarkLocError
+
+        p = self._parameterNode
+        try:
+            if self._jobKind == "refine":
+                self.logic.applyRefinement(p.outputPoints, self._refineIndex, result, p.inputVolume, p.uncertainBelow)
+                self.ui.statusLabel.text = _("Refined {label}.").format(
+                    label=p.outputPoints.GetNthControlPointLabel(self._refineIndex))
+            else:
+                outcome = self.logic.applyLocalization(result, p.inputVolume, self.currentModel(), p.uncertainBelow)
+                p.outputPoints = outcome.points_node
+                if outcome.evidence_node is not None:
+                    p.evidenceVolume = outcome.evidence_node
+                    slicer.util.setSliceViewerLayers(foreground=outcome.evidence_node, foregroundOpacity=0.4)
+                found = _("Found {n} landmarks.").format(n=outcome.points_node.GetNumberOfControlPoints())
+                missing = ", ".join(outcome.not_found)
+                self.ui.statusLabel.text = found + (" " + _("Not found: {names}.").format(names=missing)
+                                                    if missing else "")
+            self.ui.progressBar.value = 100
+        except LandmarkLocError as exc:
+            slicer.util.errorDisplay(str(exc))
+        self.updateResultsTable()
+
+    # ------------------------------------------------------------------ results
+
+    def onOutputPointsChanged(self, node) -> None:
+        if self._observedPoints is not None:
+            self.removeObserver(self._observedPoints, slicer.vtkMRMLMarkupsNode.PointModifiedEvent,
+                                self.updateResultsTable)
+        self._observedPoints = node
+        if node is not None:
+            self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self.updateResultsTable)
+        self.updateResultsTable()
+
+    def updateResultsTable(self, caller=None, event=None) -> None:
+        from LandmarkLocalizerLib.mrml import result_rows
+
+        table = self.ui.resultsTable
+        node = self._parameterNode.outputPoints if self._parameterNode else None
+        rows = result_rows(node, self.ui.uncertainSliderWidget.value) if node else []
+        current = table.currentRow()
+        table.setRowCount(len(rows))
+        amber = qt.QColor(255, 217, 0, 90)
+        for r, row in enumerate(rows):
+            for c, text in enumerate((row.label, row.position_text, row.confidence_text)):
+                item = qt.QTableWidgetItem(text)
+                if row.uncertain:
+                    item.setBackground(qt.QBrush(amber))
+                    item.setToolTip(_("Uncertain: check this landmark"))
+                table.setItem(r, c, item)
+        if 0 <= current < len(rows):
+            table.selectRow(current)
+
+    def onResultClicked(self, row: int, column: int) -> None:
+        node = self._parameterNode.outputPoints if self._parameterNode else None
+        if node is None or row >= node.GetNumberOfControlPoints():
+            return
+        slicer.modules.markups.logic().JumpSlicesToNthPointInMarkup(node.GetID(), row, True)
+
+    def onExportButton(self) -> None:
+        from landmarkloc.errors import LandmarkLocError
+
+        node = self._parameterNode.outputPoints
+        path = qt.QFileDialog.getSaveFileName(
+            self.parent, _("Export landmarks"), os.path.join(qt.QDir.homePath(), node.GetName() + ".mrk.json"),
+            _("Markups JSON, LPS (*.mrk.json);;Fiducial CSV (*.fcsv);;CSV table (*.csv)"))
+        if not path:
+            return
+        try:
+            self.logic.exportPoints(node, path)
+        except LandmarkLocError as exc:
+            slicer.util.errorDisplay(str(exc))
+            return
+        self.ui.statusLabel.text = _("Exported to {path}").format(path=path)
+
+
+class LandmarkLocalizerLogic(ScriptedLoadableModuleLogic):
+    """Thin wrapper over ``LandmarkLocalizerLib.logic`` for the widget and for scripts (Slicer's Python console)."""
+
+    def getParameterNode(self):
+        return LandmarkLocalizerParameterNode(super().getParameterNode())
+
+    def startLocalize(self, volumeNode, model, device="Auto", evidence=False):
+        from LandmarkLocalizerLib import logic
+
+        return logic.start_localize(volumeNode, model, device, evidence)
+
+    def applyLocalization(self, result, volumeNode, model, uncertainBelow=0.5):
+        from LandmarkLocalizerLib import logic
+
+        return logic.apply_localization(slicer.mrmlScene, result, volumeNode, model, uncertainBelow)
+
+    def startRefine(self, volumeNode, model, pointsNode, index, device="Auto"):
+        from LandmarkLocalizerLib import logic
+
+        return logic.start_refine(volumeNode, model, pointsNode, index, device)
+
+    def applyRefinement(self, pointsNode, index, result, volumeNode, uncertainBelow=0.5):
+        from LandmarkLocalizerLib import logic
+
+        logic.apply_refinement(pointsNode, index, result, volumeNode, uncertainBelow)
+
+    def exportPoints(self, pointsNode, path):
+        from LandmarkLocalizerLib import mrml
+
+        mrml.export_points(pointsNode, path)
+
+    def localize(self, volumeNode, modelPath, device="Auto", evidence=False, uncertainBelow=0.5):
+        """Run a localization and wait for it (scripts and tests; the GUI does not block like this)."""
+        from LandmarkLocalizerLib.models import inspect_model
+
+        from landmarkloc.errors import LandmarkLocError
+
+        model = inspect_model(modelPath, "fcn")
+        job = self.startLocalize(volumeNode, model, device, evidence)
+        try:
+            event = job.wait()
+            if event.kind != "done":
+                raise LandmarkLocError(event.error or event.kind)
+            return self.applyLocalization(event.result, volumeNode, model, uncertainBelow)
+        finally:
+            job.cleanup()
+
+
+class LandmarkLocalizerTest(ScriptedLoadableModuleTest):
+    """The whole workflow on a generated volume with a tiny untrained model (needs PyTorch in Slicer)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_localize_refine_export()
+        self.setUp()
+        self.test_bad_input_changes_nothing()
+
+    def _volume(self, name="generated"):
+        import numpy as np
+        from LandmarkLocalizerLib.selftest import blob_volume
+
+        node = slicer.util.addVolumeFromArray(blob_volume(), name=name)
+        node.SetSpacing(1.6, 1.5, 1.8)
+        node.SetOrigin(-20.0, 15.0, -30.0)
+        # an oblique, flipped volume under a rotating parent transform: world coordinates must still be right
+        directions = vtk.vtkMatrix4x4()
+        rotation = np.array([[0.0, -1.0, 0.0], [0.8, 0.0, 0.6], [-0.6, 0.0, 0.8]])
+        for r in range(3):
+            for c in range(3):
+                directions.SetElement(r, c, rotation[r, c])
+        node.SetIJKToRASDirectionMatrix(directions)
+        transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+        matrix = vtk.vtkMatrix4x4()
+        matrix.SetElement(0, 3, 12.0)
+        transform.SetMatrixTransformToParent(matrix)
+        node.SetAndObserveTransformNodeID(transform.GetID())
+        return node
+
+    def _model(self):
+        from LandmarkLocalizerLib.dependencies import ensure_installed
+        from LandmarkLocalizerLib.selftest import make_tiny_fcn_model
+
+        ensure_installed(slicer.util.confirmOkCancelDisplay)
+        return make_tiny_fcn_model(os.path.join(slicer.app.temporaryPath, "LandmarkLocalizerSelfTest", "tiny"))
+
+    def test_localize_refine_export(self):
+        from LandmarkLocalizerLib import mrml
+        from LandmarkLocalizerLib.models import inspect_model
+        from LandmarkLocalizerLib.selftest import TINY_LANDMARKS
+
+        volume = self._volume()
+        modelPath = self._model()
+        logic = LandmarkLocalizerLogic()
+        self.delayDisplay("Localizing")
+        outcome = logic.localize(volume, modelPath, "CPU", evidence=True)
+        points = outcome.points_node
+        self.assertEqual(points.GetName(), "generated tiny-test")
+        self.assertEqual([points.GetNthControlPointLabel(i) for i in range(points.GetNumberOfControlPoints())],
+                         list(TINY_LANDMARKS))
+        geometry = mrml.volume_geometry(volume)
+        for point in mrml.points_from_node(points):
+            self.assertTrue(geometry.contains(point.position[None], margin=8.0)[0])
+            self.assertIn("confidence", point.properties)
+        self.assertIsNotNone(outcome.evidence_node)
+
+        self.delayDisplay("Refining a moved point")
+        position = [0.0, 0.0, 0.0]
+        points.GetNthControlPointPositionWorld(0, position)
+        points.SetNthControlPointPositionWorld(0, position[0] + 4.0, position[1] - 3.0, position[2] + 2.0)
+        job = logic.startRefine(volume, inspect_model(modelPath, "fcn"), points, 0, "CPU")
+        event = job.wait()
+        self.assertEqual(event.kind, "done", event.error)
+        logic.applyRefinement(points, 0, event.result, volume)
+        job.cleanup()
+
+        self.delayDisplay("Exporting")
+        for suffix in (".mrk.json", ".fcsv", ".csv"):
+            path = os.path.join(slicer.app.temporaryPath, "LandmarkLocalizerSelfTest", "points" + suffix)
+            logic.exportPoints(points, path)
+            self.assertTrue(os.path.getsize(path) > 0)
+        loaded = slicer.util.loadMarkups(os.path.join(slicer.app.temporaryPath, "LandmarkLocalizerSelfTest",
+                                                      "points.mrk.json"))
+        for i in range(points.GetNumberOfControlPoints()):
+            original, reread = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+            points.GetNthControlPointPositionWorld(i, original)
+            loaded.GetNthControlPointPositionWorld(i, reread)
+            for a, b in zip(original, reread):
+                self.assertAlmostEqual(a, b, places=3)
+        self.delayDisplay("Test passed")
+
+    def test_bad_input_changes_nothing(self):
+        from LandmarkLocalizerLib.models import ModelInfo
+
+        from landmarkloc.errors import InputError
+
+        volume = self._volume()
+        before = slicer.mrmlScene.GetNumberOfNodes()
+        logic = LandmarkLocalizerLogic()
+        model2d = ModelInfo(path="unused.json", name="2D", kind="fcn", ndim=2)
+        with self.assertRaises(InputError):
+            logic.startLocalize(None, model2d)
+        with self.assertRaises(InputError):
+            logic.startLocalize(volume, model2d)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+        self.delayDisplay("Bad input refused")

@@ -1,0 +1,53 @@
+"""Adapter to the global-to-local FCN engine (:mod:`landmarkloc.inference.fcn`).
+
+The only place where this module knows the engine's API; the worker calls
+these functions in its own process, never in Slicer's. Images are SimpleITK
+images in LPS (3D, single-slice volumes for 2D images); points are
+ControlPoints in LPS with ``confidence`` and ``spread_mm`` properties.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+DEVICE_NAMES = {"Auto": "auto", "CPU": "cpu", "GPU": "cuda"}
+
+
+@dataclass
+class Localization:
+    points: list  # ControlPoints (LPS) of the landmarks found
+    not_found: list  # names of landmarks the model did not find in this image
+    evidence: sitk.Image = None  # posterior maps of all landmarks (max), on the input grid
+    properties: dict = field(default_factory=dict)
+
+
+def load(model_path, device: str):
+    """The loaded model (weights checked); ``device`` is Auto, CPU or GPU."""
+    from landmarkloc.inference.fcn import Localizer
+
+    return Localizer.from_file(model_path, device=DEVICE_NAMES.get(device, device))
+
+
+def localize(model, image: sitk.Image, with_evidence: bool) -> Localization:
+    """All landmarks of ``image``; the evidence is the voxel-wise maximum of the landmarks' posteriors."""
+    result = model.localize(image, evidence=True if with_evidence else ())
+    evidence = None
+    if result.evidence:
+        maps = list(result.evidence.values())
+        combined = sitk.GetArrayFromImage(maps[0])
+        for other in maps[1:]:
+            combined = np.maximum(combined, sitk.GetArrayViewFromImage(other))
+        evidence = sitk.GetImageFromArray(combined.astype(np.float32))
+        evidence.CopyInformation(maps[0])
+    return Localization(points=result.points, not_found=result.not_found, evidence=evidence,
+                        properties={"seconds": round(result.seconds, 3)})
+
+
+def refine(model, image: sitk.Image, label: str, position_lps):
+    """The landmark ``label`` re-localized by the local stage from ``position_lps`` (a ControlPoint)."""
+    from landmarkloc.inference.fcn import refine as refine_point
+
+    return refine_point(model, image, label, position_lps)

@@ -1,0 +1,101 @@
+"""LandmarkLocalizer's logic without Qt: check inputs, start the worker, turn its result into MRML nodes.
+
+Every check runs before anything is added to the scene, so bad input (no
+volume, a 2D model on a 3D volume, a corrupt model file) changes nothing and
+raises a LandmarkLocError whose message the GUI shows as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from landmarkloc.errors import InputError
+from landmarkloc.io.markups import ControlPoint
+
+from . import mrml
+from .exchange import point_from_dict, point_to_dict, read_temporary_image, write_temporary_image
+from .jobs import Job, new_workdir, package_paths
+from .models import ModelInfo, check_model_fits
+
+WORKER_MODULE = "LandmarkLocalizerLib.worker"
+
+
+def worker_paths() -> list:
+    return package_paths("landmarkloc", "LandmarkLocalizerLib")
+
+
+@dataclass
+class LocalizeOutcome:
+    points_node: object
+    evidence_node: object = None
+    not_found: list = field(default_factory=list)
+
+
+def output_name(volume_node, model: ModelInfo) -> str:
+    return f"{volume_node.GetName()} {model.name}"
+
+
+def start_localize(volume_node, model: ModelInfo, device: str = "Auto", evidence: bool = False,
+                   python: str = None) -> Job:
+    """Check the inputs, write the volume for the worker and start it (returns at once)."""
+    if volume_node is None:
+        raise InputError("select an input volume")
+    if model is None:
+        raise InputError("select a model")
+    geometry = mrml.volume_geometry(volume_node)
+    check_model_fits(model, geometry, volume_node.GetName())
+    image = mrml.volume_to_image(volume_node)
+    workdir = new_workdir()
+    request = {"task": "localize", "model": model.path, "device": device, "evidence": bool(evidence),
+               "image": write_temporary_image(image, workdir / "input.mha")}
+    job = Job(WORKER_MODULE, request, workdir, python_paths=worker_paths(), python=python)
+    job.start()
+    return job
+
+
+def apply_localization(scene, result: dict, volume_node, model: ModelInfo, uncertain_below: float = 0.5,
+                       points_node=None, evidence_node=None) -> LocalizeOutcome:
+    """The worker's result as a point list (and evidence volume) named after the volume and model."""
+    points = mrml.place_on_slice([point_from_dict(d) for d in result.get("points", [])],
+                                 mrml.volume_geometry(volume_node))
+    evidence_image = read_temporary_image(result["evidence"]) if result.get("evidence") else None
+    name = output_name(volume_node, model)
+    node = mrml.add_points_node(scene, points, name, confidence_threshold=uncertain_below, node=points_node)
+    evidence = None
+    if evidence_image is not None:
+        evidence = mrml.show_evidence(scene, evidence_image, f"{name} evidence", node=evidence_node)
+    return LocalizeOutcome(points_node=node, evidence_node=evidence, not_found=list(result.get("not_found", [])))
+
+
+def start_refine(volume_node, model: ModelInfo, points_node, index: int, device: str = "Auto",
+                 python: str = None) -> Job:
+    """Re-run the local stage of the point ``index`` from where it is now (e.g. after the user moved it)."""
+    if points_node is None or not 0 <= index < points_node.GetNumberOfControlPoints():
+        raise InputError("select a point of the result to refine")
+    if volume_node is None:
+        raise InputError("select the input volume the points belong to")
+    label = points_node.GetNthControlPointLabel(index)
+    if model.landmarks and label not in model.landmarks:
+        raise InputError(f"{model.name} has no landmark {label!r}; refine needs a point the model knows")
+    geometry = mrml.volume_geometry(volume_node)
+    check_model_fits(model, geometry, volume_node.GetName())
+    if not mrml.position_defined(points_node, index):
+        raise InputError(f"point {label!r} has no position yet")
+    mrml.world_transform(points_node)  # refuses a non-linear parent transform
+    point = ControlPoint(label, mrml.point_position_lps(points_node, index))
+    image = mrml.volume_to_image(volume_node)
+    workdir = new_workdir()
+    request = {"task": "refine", "model": model.path, "device": device, "point": point_to_dict(point),
+               "image": write_temporary_image(image, workdir / "input.mha")}
+    job = Job(WORKER_MODULE, request, workdir, python_paths=worker_paths(), python=python)
+    job.start()
+    return job
+
+
+def apply_refinement(points_node, index: int, result: dict, volume_node, uncertain_below: float = 0.5) -> None:
+    """Move the refined point and update its description and selection (uncertain = unselected)."""
+    refined = mrml.place_on_slice([point_from_dict(result["points"][0])], mrml.volume_geometry(volume_node))[0]
+    mrml.set_point(points_node, index, refined)
+    confidence = mrml.confidence_of(refined)
+    points_node.SetNthControlPointSelected(
+        index, bool(refined.selected and (confidence is None or confidence >= uncertain_below)))

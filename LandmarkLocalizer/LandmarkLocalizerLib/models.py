@@ -1,0 +1,85 @@
+"""The models a module offers: the shipped ``models/*.json`` of a kind, plus files the user adds.
+
+A model is checked when it is offered or added (metadata readable, right
+kind, weights present and matching their sha256), without torch, so a
+corrupt or wrong file is refused with a clear message before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from landmarkloc.errors import InputError, ModelError
+from landmarkloc.geometry.frames import ImageGeometry
+from landmarkloc.io.modelfile import model_paths, read_metadata, sha256_of
+
+
+@dataclass
+class ModelInfo:
+    """What the GUI shows about a model and what the logic checks before running it."""
+
+    path: str  # the .json metadata file
+    name: str
+    kind: str
+    ndim: int
+    landmarks: list = field(default_factory=list)
+    description: str = ""
+    stage: str = ""  # one-shot models: "coarse" or "fine"
+
+    @property
+    def label(self) -> str:
+        what = f"{len(self.landmarks)} landmarks, " if self.landmarks else ""
+        return f"{self.name} ({what}{self.ndim}D)"
+
+
+def models_folder() -> Path:
+    """``models/`` next to the ``landmarkloc`` package: the repository root, or the built extension's lib folder."""
+    import landmarkloc
+
+    return Path(landmarkloc.__file__).resolve().parent.parent / "models"
+
+
+def inspect_model(path, kind: str) -> ModelInfo:
+    """Validate a model file (either of its two files) and describe it; raises ModelError."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model file not found: {path}")
+    weights, meta_path = model_paths(path)
+    meta = read_metadata(meta_path)
+    if meta["kind"] != kind:
+        raise ModelError(f"{meta_path.name} is a '{meta['kind']}' model; this module needs a '{kind}' model")
+    if not weights.is_file():
+        raise ModelError(f"model weights not found: {weights}")
+    if sha256_of(weights) != meta["sha256"]:
+        raise ModelError(f"{weights.name} does not match its metadata (sha256 differs): the file is damaged or "
+                         "was replaced")
+    ndim = meta.get("ndim", 3)
+    if ndim not in (2, 3):
+        raise ModelError(f"{meta_path.name}: ndim must be 2 or 3, got {ndim!r}")
+    landmarks = meta.get("landmark_names") or []
+    name = str(meta.get("name") or meta_path.name[: -len(".json")])
+    return ModelInfo(path=str(meta_path), name=name, kind=kind, ndim=int(ndim), landmarks=list(landmarks),
+                     description=str(meta.get("description", "")), stage=str(meta.get("stage", "")))
+
+
+def shipped_models(kind: str, folder=None) -> list:
+    """Valid models of ``kind`` in the shipped folder, sorted by name (broken files are left out)."""
+    folder = Path(folder) if folder is not None else models_folder()
+    found = []
+    for meta_path in sorted(folder.glob("*.json")):
+        try:
+            found.append(inspect_model(meta_path, kind))
+        except ModelError:
+            continue
+    return sorted(found, key=lambda m: m.name.lower())
+
+
+def check_model_fits(model: ModelInfo, geometry: ImageGeometry, volume_name: str) -> None:
+    """Refuse a 2D model on a 3D volume (and vice versa) before any work starts."""
+    single_slice = geometry.ndim == 2 or geometry.size[2] == 1
+    if model.ndim == 2 and not single_slice:
+        raise InputError(f"{model.name} is a 2D model, but {volume_name} is a 3D volume "
+                         f"({geometry.size[2]} slices); load a 2D image or choose a 3D model")
+    if model.ndim == 3 and single_slice:
+        raise InputError(f"{model.name} is a 3D model, but {volume_name} is a single 2D slice; choose a 2D model")

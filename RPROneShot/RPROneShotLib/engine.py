@@ -1,0 +1,89 @@
+"""Adapter to the one-shot engine (:mod:`landmarkloc.inference.oneshot` and its baselines).
+
+The only place where this module knows the engine's API; the worker calls
+these functions in its own process. Images are SimpleITK images in LPS
+(single-slice volumes become 2D images for 2D models); points are
+ControlPoints in LPS, boxes are Boxes in LPS.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from landmarkloc.errors import InputError
+from landmarkloc.geometry.labels import group_extreme_points
+from landmarkloc.io.image import squeeze_single_slice
+
+METHODS = ("rpr", "ncc", "registration")
+DEVICE_NAMES = {"Auto": "auto", "CPU": "cpu", "GPU": "cuda"}
+
+
+def as_model_image(image: sitk.Image, ndim: int) -> sitk.Image:
+    """Slicer holds 2D images as single-slice volumes: give 2D methods the 2D image."""
+    if ndim == 2 and image.GetDimension() == 3:
+        return squeeze_single_slice(image)
+    return image
+
+
+def image_ndim(image: sitk.Image) -> int:
+    return 2 if image.GetDimension() == 2 or image.GetSize()[2] == 1 else 3
+
+
+def load_locator(coarse_path, fine_path=None, device: str = "Auto", fine_steps: int = 1):
+    from landmarkloc.inference.oneshot import OneShotLocator
+
+    return OneShotLocator.from_files(coarse_path, fine_path or None, DEVICE_NAMES.get(device, device),
+                                     fine_steps=max(1, int(fine_steps)))
+
+
+def make_template(locator, support_image: sitk.Image, support_points):
+    return locator.make_template(as_model_image(support_image, locator.ndim), list(support_points))
+
+
+def save_template(template, path) -> None:
+    template.save(path)
+
+
+def load_template(path):
+    from landmarkloc.inference.oneshot import Template
+
+    return Template.load(path)
+
+
+def locate_rpr(locator, template, query: sitk.Image, runs: int, seed: int = 0) -> tuple:
+    result = locator.locate(as_model_image(query, locator.ndim), template, runs=int(runs), seed=int(seed))
+    return result.points, with_spread(result.boxes, result.points)
+
+
+def locate_baseline(method: str, query: sitk.Image, support_image: sitk.Image, support_points) -> tuple:
+    """The ncc or registration baseline; both need the support image itself, not a template."""
+    from landmarkloc.inference.baselines import ncc_locate, registration_locate
+
+    if method not in ("ncc", "registration"):
+        raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    ndim = image_ndim(query)
+    if image_ndim(support_image) != ndim:
+        raise InputError("the support and query images differ in dimension (2D vs 3D)")
+    run = ncc_locate if method == "ncc" else registration_locate
+    result = run(as_model_image(query, ndim), as_model_image(support_image, ndim), list(support_points))
+    return result.points, with_spread(result.boxes, result.points)
+
+
+def with_spread(boxes, points) -> list:
+    """Describe each organ box with the largest spread of its extreme points (how much to trust it)."""
+    spread = {p.label: p.properties.get("spread_mm") for p in points}
+    groups = group_extreme_points(points)
+    for box in boxes:
+        values = [spread[p.label] for p in points if p.label.rpartition("_")[0] == box.name
+                  and isinstance(spread.get(p.label), (int, float))]
+        if values and box.name in groups:
+            box.description = f"spread_mm={float(np.max(values)):.3g}"
+    return boxes
+
+
+def support_from_labels(labelmap: sitk.Image, labels, names) -> list:
+    """Six extreme points per organ (four in 2D): the support annotation for organ boxes."""
+    from landmarkloc.inference.oneshot import support_points_from_labels
+
+    return support_points_from_labels(as_model_image(labelmap, image_ndim(labelmap)), labels, names)

@@ -1,0 +1,143 @@
+"""Work off Slicer's main thread: the worker protocol (progress, result, errors, cancel) and the model list."""
+
+import sys
+import textwrap
+import time
+
+import pytest
+from LandmarkLocalizerLib.jobs import Job, new_workdir, package_paths, python_executable  # noqa: I001
+from LandmarkLocalizerLib.models import inspect_model, models_folder, shipped_models
+from mrml_testing import REPO  # noqa: F401  (puts the module Lib folders on sys.path)
+
+from landmarkloc.errors import ModelError
+from landmarkloc.io.modelfile import save_model
+
+torch = pytest.importorskip("torch")
+
+
+def fake_worker(tmp_path, body: str) -> list:
+    """A worker module ``fakeworker`` whose handler runs ``body``; returns the PYTHONPATH it needs."""
+    (tmp_path / "fakeworker.py").write_text(textwrap.dedent("""
+        import sys, time
+        from landmarkloc.errors import InputError
+        from LandmarkLocalizerLib.jobs import run_worker
+
+        def handle(request, workdir, report):
+        {body}
+
+        sys.exit(run_worker(handle))
+        """).format(body=textwrap.indent(textwrap.dedent(body), "    ")))
+    return [str(tmp_path)] + package_paths("landmarkloc", "LandmarkLocalizerLib")
+
+
+def run(tmp_path, body, request=None):
+    job = Job("fakeworker", request or {"n": 3}, new_workdir(), fake_worker(tmp_path, body), python=sys.executable)
+    job.start()
+    events = []
+    deadline = time.time() + 60
+    while job.running and time.time() < deadline:
+        events += job.poll()
+        time.sleep(0.02)
+    events += job.poll()
+    job.cleanup()
+    return events
+
+
+def test_progress_then_result(tmp_path):
+    events = run(tmp_path, """
+        for i in range(request["n"]):
+            report((i + 1) / request["n"], f"step {i + 1}")
+        print("a library's stray print")
+        return {"sum": request["n"] * 2}
+    """)
+    assert [e.kind for e in events] == ["progress", "progress", "progress", "done"]
+    assert [e.stage for e in events[:3]] == ["step 1", "step 2", "step 3"]
+    assert events[1].fraction == pytest.approx(2 / 3, abs=1e-3)
+    assert events[-1].result == {"sum": 6}
+
+
+def test_user_error_is_reported_as_its_message(tmp_path):
+    events = run(tmp_path, """
+        report(0.1, "start")
+        raise InputError("the support points lie outside the support image")
+    """)
+    assert events[-1].kind == "failed"
+    assert events[-1].error == "the support points lie outside the support image"
+
+
+def test_crash_keeps_the_traceback(tmp_path):
+    events = run(tmp_path, """
+        return {"x": 1 / 0}
+    """)
+    assert events[-1].kind == "failed"
+    assert "internal error (ZeroDivisionError" in events[-1].error
+    assert "Traceback" in events[-1].error
+
+
+def test_cancel_stops_the_worker_quickly(tmp_path):
+    job = Job("fakeworker", {}, new_workdir(), fake_worker(tmp_path, """
+        report(0.01, "sleeping")
+        time.sleep(120)
+        return {}
+    """), python=sys.executable)
+    job.start()
+    deadline = time.time() + 30
+    seen = []
+    while not any(e.kind == "progress" for e in seen) and time.time() < deadline:
+        seen += job.poll()
+        time.sleep(0.02)
+    start = time.time()
+    job.cancel()
+    events = job.poll()
+    assert time.time() - start < 6
+    assert events[-1].kind == "cancelled"
+    assert not job.running
+    assert job._process.poll() is not None
+    workdir = job.workdir
+    job.cleanup()
+    assert not workdir.exists()
+
+
+def test_python_executable_is_runnable():
+    assert python_executable()
+
+
+# --------------------------------------------------------------------------- models
+
+
+def write_model(path, kind="fcn", **meta):
+    return save_model(path, {"w": torch.zeros(2, 3)}, {"kind": kind, "ndim": 3, **meta})
+
+
+def test_shipped_models_lists_valid_models_of_the_kind(tmp_path):
+    write_model(tmp_path / "knee", landmark_names=["a", "b"], name="Knee CT")
+    write_model(tmp_path / "agent", kind="rpr")
+    weights, _ = write_model(tmp_path / "broken")
+    weights.write_bytes(b"not the weights the metadata describes")
+    (tmp_path / "notes.json").write_text("{ not json")
+    models = shipped_models("fcn", tmp_path)
+    assert [m.name for m in models] == ["Knee CT"]
+    assert models[0].label == "Knee CT (2 landmarks, 3D)"
+    assert [m.name for m in shipped_models("rpr", tmp_path)] == ["agent"]
+
+
+def test_inspect_model_refuses_corrupt_wrong_and_missing_files(tmp_path):
+    weights, meta = write_model(tmp_path / "m")
+    assert inspect_model(weights, "fcn").path == str(meta)
+    with pytest.raises(ModelError, match="'fcn' model; this module needs a 'rpr'"):
+        inspect_model(meta, "rpr")
+    weights.write_bytes(weights.read_bytes()[:-4])
+    with pytest.raises(ModelError, match="sha256"):
+        inspect_model(meta, "fcn")
+    with pytest.raises(ModelError, match="not found"):
+        inspect_model(tmp_path / "nothing.json", "fcn")
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ModelError, match="JSON object"):
+        inspect_model(tmp_path / "bad.json", "fcn")
+    (tmp_path / "old.pth").write_bytes(b"pickled")
+    with pytest.raises(ModelError, match="pickle"):
+        inspect_model(tmp_path / "old.pth", "fcn")
+
+
+def test_models_folder_is_next_to_the_package():
+    assert models_folder() == REPO / "models"
