@@ -27,7 +27,7 @@ SIZE = (48, 48)
 def trained(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("fcn2d")
-    write_blob_dataset(root / "train", 24, SIZE, SPACING, seed=1)
+    write_blob_dataset(root / "train", 24, SIZE, SPACING, seed=2)
     cfg = train_config("compact", 2, iterations=2500, validate_every=500, crop_size=32, intensity="ct",
                        spacing=(SPACING, SPACING), global_overrides=TINY_GLOBAL, local_overrides=TINY_LOCAL,
                        augment=AugmentConfig(rotation_deg=5, scale=0.05))

@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test,slicer
-.venv/bin/ruff check landmarkloc Testing
+.venv/bin/ruff check landmarkloc Testing LandmarkLocalizer RPROneShot scripts models
 .venv/bin/python -m pytest "$@"

@@ -31,7 +31,7 @@ import torch
 from ..errors import InputError, ModelError
 from ..geometry.frames import ImageGeometry, from_point3, to_point3
 from ..geometry.intensity import get_preset, normalize
-from ..geometry.resample import resample_to_grid, resample_to_spacing
+from ..geometry.resample import resample_to_grid, to_model_grid
 from ..io.image import check_image, squeeze_single_slice
 from ..io.markups import ControlPoint
 from ..io.modelfile import load_model
@@ -51,8 +51,12 @@ UNCERTAIN_BELOW = 0.5
 
 
 def preprocess(image: sitk.Image, spacing, intensity) -> tuple:
-    """(normalized float32 array [k, j, i], geometry) of ``image`` on the model's grid."""
-    resampled = resample_to_spacing(image, spacing)
+    """(normalized float32 array [k, j, i], geometry) of ``image`` on the model's grid.
+
+    The grid has the canonical axis order (see ``to_model_grid``), so a model
+    trained on sagittally stored scans also reads axially stored ones.
+    """
+    resampled = to_model_grid(image, spacing)
     geometry = ImageGeometry.from_image(resampled)
     array = normalize(sitk.GetArrayViewFromImage(resampled), get_preset(intensity))
     return np.ascontiguousarray(array, dtype=np.float32), geometry

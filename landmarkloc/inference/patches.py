@@ -2,7 +2,7 @@
 
 Relative position regression compares patches of *different* images, so every
 image is first brought to the same voxel frame: its axes permuted and flipped
-to the nearest LPS axes (:func:`canonical_orientation`, no interpolation, so a
+to the nearest LPS axes (``geometry.resample.to_model_grid``, no interpolation, so a
 flipped or axis-swapped file gives the same voxels as a normally stored one),
 resampled to the model spacing and normalised with the intensity preset. Offsets
 predicted along these canonical axes become physical LPS displacements through
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from landmarkloc.errors import InputError
 from landmarkloc.geometry.frames import ImageGeometry
 from landmarkloc.geometry.intensity import get_preset, normalize
-from landmarkloc.geometry.resample import canonical_orientation, resample_to_spacing
+from landmarkloc.geometry.resample import to_model_grid
 
 
 @dataclass
@@ -90,8 +90,7 @@ def body_mask(data: torch.Tensor, threshold: float) -> torch.Tensor:
 def prepare_volume(image: sitk.Image, spacing, preset, foreground_threshold: float = 0.1,
                    device: torch.device | str = "cpu") -> PreparedVolume:
     """Reorient, resample to ``spacing`` mm, normalise with ``preset`` and find the body voxels."""
-    image = canonical_orientation(image)
-    image = resample_to_spacing(image, spacing, interpolator="linear")
+    image = to_model_grid(image, spacing)
     geometry = ImageGeometry.from_image(image)
     array = normalize(sitk.GetArrayViewFromImage(image), get_preset(preset))
     data = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(device)
