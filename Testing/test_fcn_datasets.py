@@ -64,3 +64,26 @@ def test_cephalometric_table_loads():
     image, points = ds.cases[0].load(ds.names, spacing=0.1)
     assert image.GetSize() == (1935, 2400) and image.GetNumberOfComponentsPerPixel() == 1
     np.testing.assert_allclose(points[0], [83.2, 99.4])  # sella of 001 at pixel (832, 994)
+
+
+def test_masked_copies_are_added_for_cases_with_a_mask(tmp_path):
+    from landmarkloc.io.image import write_image
+    from landmarkloc.training.fcn import prepare_cases
+
+    arr = np.full((10, 12, 14), 100.0, np.float32)
+    arr[3:7, 4:8, 5:9] = 500.0
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing((2.0, 2.0, 2.0))
+    mask = sitk.GetImageFromArray((arr > 200).astype(np.uint8))
+    mask.CopyInformation(image)
+    write_image(image, tmp_path / "a.nii.gz")
+    write_image(mask, tmp_path / "a_mask.nii.gz")
+    write_points(tmp_path / "a.mrk.json", [ControlPoint("p", [12.0, 10.0, 8.0])])
+    (tmp_path / "list.csv").write_text("image,landmarks,mask\na.nii.gz,a.mrk.json,a_mask.nii.gz\n")
+    ds = load_dataset(tmp_path / "list.csv")
+    plain = prepare_cases(ds, (2.0, 2.0, 2.0), "mr")
+    both = prepare_cases(ds, (2.0, 2.0, 2.0), "mr", masked_copies=True)
+    assert [c.name for c in plain] == ["a"] and [c.name for c in both] == ["a", "a#masked"]
+    masked = both[1].array
+    assert masked[0, 0, 0] == 0.0 and masked[5, 6, 7] > 0.9  # outside the mask is background now
+    np.testing.assert_allclose(both[1].landmarks, both[0].landmarks)

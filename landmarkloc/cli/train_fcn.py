@@ -48,6 +48,9 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
     p.add_argument("--alpha", type=float, help="weight of the classification loss (default: number of landmarks)")
     p.add_argument("--no-augment", action="store_true", help="no intensity or geometric augmentation")
+    p.add_argument("--masked-copies", action="store_true",
+                   help="also train on a copy of each image with its mask applied (CSV list 'mask' column), "
+                   "e.g. skull-stripped brains")
     p.add_argument("--global-arch", help='JSON of network settings to change, e.g. \'{"head_channels": 64}\'')
     p.add_argument("--local-arch", help="JSON of local network settings to change")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -77,6 +80,7 @@ def run(args) -> int:
     image, _ = dataset.cases[0].load(dataset.names, spacing=input_spacing)
     overrides = {
         "intensity": args.intensity, "variant": args.variant, "use_local": not args.global_only, "seed": args.seed,
+        "masked_copies": args.masked_copies,
         "global_overrides": _json_dict(args.global_arch, "--global-arch"),
         "local_overrides": _json_dict(args.local_arch, "--local-arch"),
     }

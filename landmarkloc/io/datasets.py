@@ -5,7 +5,8 @@ Three ways to describe a dataset (``load_dataset`` picks by what it is given):
 * **A folder** of images, each with a landmark file of the same stem
   (``IMG.mrk.json``, ``IMG.fcsv`` or ``IMG.csv``) in the same folder or in the
   folder given as ``landmarks_dir``.
-* **A CSV list** with columns ``image,landmarks`` (paths relative to the CSV).
+* **A CSV list** with columns ``image,landmarks`` (paths relative to the CSV) and an
+  optional ``mask`` column (a foreground mask, used for skull-stripped training copies).
 * **A pixel table** with columns ``image,landmark,x_px,y_px`` (``index``
   optional), e.g. the ISBI 2015 cephalometric ``landmarks.csv``: pixel
   coordinates (x = column, y = row, pixel centres at integers) of images found
@@ -42,6 +43,7 @@ class DatasetCase:
     image_path: Path
     points_lps: dict = field(default_factory=dict)  # label -> (3,) LPS mm
     points_index: dict = field(default_factory=dict)  # label -> (D,) continuous ITK index
+    mask_path: Path | None = None  # optional foreground mask (e.g. brain) for skull-stripped copies
 
     def load(self, names, spacing=None) -> tuple:
         """(image, landmarks (L, D) in LPS mm with NaN rows for missing names)."""
@@ -145,7 +147,9 @@ def _from_list(path: Path, rows: list) -> list:
         if not row.get("image") or not row.get("landmarks"):
             raise InputError(f"{path.name} line {n}: needs 'image' and 'landmarks'")
         image = _resolve(base, row["image"])
-        cases.append(DatasetCase(_stem(image), image, points_lps=_points_from_file(_resolve(base, row["landmarks"]))))
+        mask = _resolve(base, row["mask"]) if row.get("mask") else None
+        cases.append(DatasetCase(_stem(image), image, points_lps=_points_from_file(_resolve(base, row["landmarks"])),
+                                 mask_path=mask))
     return cases
 
 

@@ -22,11 +22,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from ..errors import InputError, ModelError
+from ..geometry.frames import ImageGeometry
 from ..geometry.intensity import get_preset
+from ..geometry.resample import resample_to_grid
 from ..io.datasets import LandmarkDataset
+from ..io.image import read_image
 from ..io.modelfile import load_model, model_paths, save_model
 from ..networks.fcn import FCNConfig, GlobalToLocal, global_config, local_config
 from ..runtime import init_distributed, progress, seed_everything
@@ -61,6 +65,9 @@ class FCNTrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
     max_minutes: float | None = None
+    # Train also on a copy of every image that has a mask, with the mask applied (e.g. skull-stripped brains),
+    # so the model works on images that were masked before they reach it.
+    masked_copies: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -109,16 +116,31 @@ def network_configs(cfg: FCNTrainConfig, num_landmarks: int) -> tuple:
 # --------------------------------------------------------------------------- data
 
 
-def prepare_cases(dataset: LandmarkDataset, spacing, intensity, input_spacing=None, quiet=True) -> list:
-    """Read, resample and normalize every case; landmarks become indices of the model grid."""
+def apply_mask(image: sitk.Image, mask_path) -> sitk.Image:
+    """The image with everything outside the mask set to 0 (the mask is resampled onto the image's grid)."""
+    mask = read_image(mask_path)
+    mask = resample_to_grid(mask, ImageGeometry.from_image(image), "nearest", 0.0)
+    return sitk.Mask(image, sitk.Cast(mask > 0.5, sitk.sitkUInt8))
+
+
+def prepare_cases(dataset: LandmarkDataset, spacing, intensity, input_spacing=None, quiet=True,
+                  masked_copies: bool = False) -> list:
+    """Read, resample and normalize every case; landmarks become indices of the model grid.
+
+    With ``masked_copies``, each case that has a mask is added a second time with
+    the mask applied before normalization, as a masked (skull-stripped) scan is.
+    """
     from ..inference.fcn import preprocess
 
     out = []
     for case in progress(dataset.cases, desc="reading images", quiet=quiet):
         image, lms = case.load(dataset.names, spacing=input_spacing)
-        array, geometry = preprocess(image, spacing, intensity)
-        index = geometry.physical_to_index(lms)
-        out.append(PreparedCase(case.name, array, geometry.spacing, index))
+        variants = [(case.name, image)]
+        if masked_copies and case.mask_path is not None:
+            variants.append((f"{case.name}#masked", apply_mask(image, case.mask_path)))
+        for name, img in variants:
+            array, geometry = preprocess(img, spacing, intensity)
+            out.append(PreparedCase(name, array, geometry.spacing, geometry.physical_to_index(lms)))
     return out
 
 
@@ -285,7 +307,8 @@ def train_fcn(dataset: LandmarkDataset, output, cfg: FCNTrainConfig, val_dataset
         # each rank reads and trains on its own share of the training images
         share = train_ds.subset(range(ctx.rank, len(train_ds.cases), ctx.world_size)) \
             if len(train_ds.cases) >= ctx.world_size else train_ds
-        cases = prepare_cases(share, cfg.spacing, cfg.intensity, input_spacing, quiet=quiet or not ctx.is_main)
+        cases = prepare_cases(share, cfg.spacing, cfg.intensity, input_spacing, quiet=quiet or not ctx.is_main,
+                              masked_copies=cfg.masked_copies)
         if any(c.ndim != cfg.ndim for c in cases):
             raise InputError(f"training images must all be {cfg.ndim}D")
         val_cases = prepare_cases(val_ds, cfg.spacing, cfg.intensity, input_spacing, quiet=True) \
