@@ -1,0 +1,290 @@
+"""Evaluate the shipped models on the held-out real data and write docs/results.md (+ figures).
+
+Reads ../shared/data through the files made by prepare_ixi.py and prepare_ceph.py
+(runs/ixi, runs/ceph); writes numbers to runs/eval/*.json and the report to
+docs/results.md with plots in docs/figures/. Sections can be run alone:
+
+    python models/recipes/evaluate.py [--only brain oneshot ceph] [--report-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from landmarkloc.geometry.labels import label_centroids, label_extreme_points
+from landmarkloc.inference.baselines import NccConfig, ncc_locate, registration_locate
+from landmarkloc.inference.fcn import Localizer
+from landmarkloc.inference.oneshot import OneShotLocator
+from landmarkloc.io.image import read_image
+from landmarkloc.io.markups import read_boxes, read_points
+from landmarkloc.metrics import box_iou, box_wall_distance, summarize_errors
+from landmarkloc.runtime import progress
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO.parent / "shared" / "data"
+RUNS = REPO / "runs"
+MODELS = REPO / "models"
+EVAL = RUNS / "eval"
+FIGURES = REPO / "docs" / "figures"
+THRESHOLDS = (2.0, 2.5, 3.0, 4.0)
+IXI8 = {"BrainStem": 35, "Hippocampus_R": 47, "Hippocampus_L": 48, "LateralVentricle_R": 51,
+        "LateralVentricle_L": 52, "ThalamusProper_R": 59, "ThalamusProper_L": 60, "CerebellumExterior_R": 38}
+IXI16_LABELS = {"3rdVentricle": 4, "4thVentricle": 11, "BrainStem": 35, "Amygdala_R": 31, "Amygdala_L": 32,
+                "Caudate_R": 36, "Caudate_L": 37, "Hippocampus_R": 47, "Hippocampus_L": 48, "Pallidum_R": 55,
+                "Pallidum_L": 56, "Putamen_R": 57, "Putamen_L": 58, "ThalamusProper_R": 59,
+                "ThalamusProper_L": 60, "CorpusCallosum": 95}
+CEPH_PUBLISHED = "Noothout et al. 2020 (global-to-local FCN), Test1: median 0.95 mm (IQR 1.15)"
+
+
+def _lines(path: Path) -> list:
+    return [Path(line) for line in path.read_text().split() if line]
+
+
+def _subject(path: Path) -> str:
+    return path.name.split(".")[0]
+
+
+def _positions(path: Path) -> dict:
+    return {p.label: p.position for p in read_points(path)}
+
+
+def _errors_by_name(pred: dict, ref: dict) -> dict:
+    return {n: float(np.linalg.norm(pred[n] - ref[n])) for n in ref if n in pred}
+
+
+def _save(name: str, data) -> None:
+    EVAL.mkdir(parents=True, exist_ok=True)
+    (EVAL / f"{name}.json").write_text(json.dumps(data, indent=1))
+
+
+def _load(name: str):
+    path = EVAL / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+# ------------------------------------------------------------------------------------------ evaluations
+
+
+def evaluate_fcn(model: Path, images: list, references: dict, spacing=None, use_local=True, mask_dir=None,
+                 desc="") -> dict:
+    """Localize every image; return per-case errors, confidences and times."""
+    loc = Localizer.from_file(model, device="cpu")
+    cases = {}
+    for path in progress(images, desc=desc):
+        image = read_image(path, spacing=spacing)
+        if mask_dir is not None:
+            mask = sitk.ReadImage(str(mask_dir / f"{_subject(path)}.nii.gz"))
+            image = sitk.Mask(image, sitk.Cast(mask > 0, sitk.sitkUInt8))
+        start = time.perf_counter()
+        result = loc.localize(image, use_local=use_local)
+        seconds = time.perf_counter() - start
+        pred = {lm.name: lm.position for lm in result.landmarks}
+        ref = references[_subject(path)]
+        cases[_subject(path)] = {"errors": _errors_by_name(pred, ref), "seconds": seconds,
+                                 "not_found": [lm.name for lm in result.landmarks if not lm.found],
+                                 "confidence": {lm.name: float(lm.confidence) for lm in result.landmarks}}
+    return cases
+
+
+def brain() -> None:
+    images = _lines(RUNS / "ixi" / "test_images.txt")
+    refs = {_subject(p): _positions(RUNS / "ixi" / "landmarks" / f"{_subject(p)}.mrk.json") for p in images}
+    model = MODELS / "brain-t1-ixi16.safetensors"
+    _save("brain_g2l", evaluate_fcn(model, images, refs, desc="brain global-to-local"))
+    _save("brain_global", evaluate_fcn(model, images, refs, use_local=False, desc="brain global only"))
+    _save("brain_stripped", evaluate_fcn(model, images, refs, mask_dir=RUNS / "ixi" / "masks",
+                                         desc="brain skull-stripped"))
+
+
+def oneshot() -> None:
+    train = _lines(RUNS / "ixi" / "train_images.txt")
+    queries = _lines(RUNS / "ixi" / "test_images.txt")
+    support_path = train[0]
+    support = read_image(support_path)
+    support_seg = sitk.Cast(sitk.ReadImage(str(DATA / "ixi" / "seg" / support_path.name)), sitk.sitkUInt16)
+    extreme = label_extreme_points(support_seg, list(IXI8.values()), list(IXI8))
+    centroids = label_centroids(support_seg, list(IXI16_LABELS.values()), list(IXI16_LABELS))
+    coarse, fine = MODELS / "brain-t1-rpr-coarse.safetensors", MODELS / "brain-t1-rpr-fine.safetensors"
+    locators = {"coarse": OneShotLocator.from_files(coarse, None, device="cpu"),
+                "coarse+fine": OneShotLocator.from_files(coarse, fine, device="cpu")}
+    templates = {k: (loc.make_template(support, extreme), loc.make_template(support, centroids))
+                 for k, loc in locators.items()}
+    ref_boxes = {_subject(q): {b.name: b for b in read_boxes(RUNS / "ixi" / "boxes" / f"{_subject(q)}.mrk.json")}
+                 for q in queries}
+    ref_points = {_subject(q): _positions(RUNS / "ixi" / "landmarks" / f"{_subject(q)}.mrk.json") for q in queries}
+    query_images = {_subject(q): read_image(q) for q in queries}
+    out = {"support": _subject(support_path), "configs": {}}
+
+    def record(name: str, fn) -> None:
+        boxes, seconds = {}, []
+        for subject, image in progress(query_images.items(), desc=name):
+            result = fn(image)
+            seconds.append(result.seconds)
+            got = {b.name: b for b in result.boxes}
+            boxes[subject] = {n: {"iou": box_iou(got[n], ref), "awd": box_wall_distance(got[n], ref)}
+                              for n, ref in ref_boxes[subject].items() if n in got}
+        out["configs"][name] = {"boxes": boxes, "seconds": seconds}
+
+    for stage, loc in locators.items():
+        for runs in (1, 5, 15):
+            record(f"rpr {stage} K={runs}", lambda im, loc=loc, stage=stage, runs=runs:
+                   loc.locate(im, templates[stage][0], runs=runs, seed=0))
+    record("ncc (FFT)", lambda im: ncc_locate(im, support, extreme, NccConfig(use_fft=True)))
+    record("registration (affine)", lambda im: registration_locate(im, support, extreme))
+    points = {}
+    for subject, image in progress(query_images.items(), desc="rpr points"):
+        result = locators["coarse+fine"].locate(image, templates["coarse+fine"][1], runs=15, seed=0)
+        points[subject] = _errors_by_name({p.label: p.position for p in result.points}, ref_points[subject])
+    out["points_rpr_K15"] = points
+    points = {}
+    for subject, image in progress(query_images.items(), desc="registration points"):
+        result = registration_locate(image, support, centroids)
+        points[subject] = _errors_by_name({p.label: p.position for p in result.points}, ref_points[subject])
+    out["points_registration"] = points
+    _save("oneshot", out)
+
+
+def ceph() -> None:
+    images = _lines(RUNS / "ceph" / "test1_images.txt")
+    refs = {_subject(p): _positions(RUNS / "ceph" / "test1_ref" / f"{_subject(p)}.mrk.json") for p in images}
+    _save("ceph_g2l", evaluate_fcn(MODELS / "ceph-isbi19.safetensors", images, refs, spacing=0.1, desc="ceph"))
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def _per_landmark(cases: dict) -> tuple:
+    names = list(next(iter(cases.values()))["errors"])
+    per = {n: summarize_errors([c["errors"][n] for c in cases.values() if n in c["errors"]], THRESHOLDS)
+           for n in names}
+    overall = summarize_errors([e for c in cases.values() for e in c["errors"].values()], THRESHOLDS)
+    return per, overall
+
+
+def _landmark_table(cases: dict) -> list:
+    per, overall = _per_landmark(cases)
+    lines = ["| landmark | median (IQR) mm | mean ± SD mm | SDR 2 | SDR 2.5 | SDR 3 | SDR 4 |",
+             "|---|---|---|---|---|---|---|"]
+    for name, s in list(per.items()) + [("**all**", overall)]:
+        lines.append(f"| {name} | {s['median']:.2f} ({s['iqr']:.2f}) | {s['mean']:.2f} ± {s['sd']:.2f} | "
+                     + " | ".join(f"{100 * s['sdr'][f'{t:g}']:.1f}%" for t in THRESHOLDS) + " |")
+    return lines
+
+
+def _overall_row(label: str, cases: dict) -> str:
+    _, s = _per_landmark(cases)
+    seconds = np.median([c["seconds"] for c in cases.values()])
+    not_found = sum(len(c["not_found"]) for c in cases.values())
+    return (f"| {label} | {s['median']:.2f} ({s['iqr']:.2f}) | {s['mean']:.2f} ± {s['sd']:.2f} | "
+            f"{100 * s['sdr']['2']:.1f}% | {100 * s['sdr']['4']:.1f}% | {not_found} | {seconds:.3f} |")
+
+
+def _sdr_plot(series: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for label, cases in series.items():
+        errors = np.array([e for c in cases.values() for e in c["errors"].values()])
+        t = np.linspace(0, 10, 201)
+        ax.plot(t, [100 * np.mean(errors < x) for x in t], label=label)
+    ax.set(xlabel="radial error threshold (mm)", ylabel="success detection rate (%)", ylim=(0, 100))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report() -> None:
+    md = ["# Results on real data", "",
+          "Produced by `python models/recipes/evaluate.py` (after the recipes in `models/recipes/`) on the "
+          "held-out splits; numbers are from the models in `models/`. CPU timings are single-image wall times "
+          "on the 2-core development machine (see docs/benchmarks.md for controlled benchmarks).", ""]
+    g2l, glob, stripped = _load("brain_g2l"), _load("brain_global"), _load("brain_stripped")
+    if g2l:
+        md += ["## brain-t1-ixi16 — 16 brain landmarks, IXI test split (20 subjects)", "",
+               "Reference: centroids of the DLMUSE automatic segmentation (a reference derived from an automatic "
+               "segmentation, not manual annotation). 2 mm T1 volumes.", "",
+               "| configuration | median (IQR) mm | mean ± SD mm | SDR 2 mm | SDR 4 mm | not found | s / image |",
+               "|---|---|---|---|---|---|---|",
+               _overall_row("R_log+C global-to-local", g2l)]
+        if glob:
+            md.append(_overall_row("R_log+C global only (same model, local stage off)", glob))
+        if stripped:
+            md.append(_overall_row("global-to-local, skull-stripped inputs", stripped))
+        md += ["", "Per landmark (global-to-local, original images):", ""] + _landmark_table(g2l) + [""]
+        series = {"global-to-local": g2l, **({"global only": glob} if glob else {}),
+                  **({"skull-stripped": stripped} if stripped else {})}
+        _sdr_plot(series, FIGURES / "brain_sdr.png")
+        md += ["![brain SDR](figures/brain_sdr.png)", ""]
+    one = _load("oneshot")
+    if one:
+        md += ["## One-shot IXI-8 structure boxes, IXI test split (20 queries)", "",
+               f"Support: one training subject ({one['support']}); boxes from the six extreme points of each "
+               "structure of its label map; reference boxes from each query's label map. Time per query excludes "
+               "model loading and reading the image.", "",
+               "| method | mean IoU | mean AWD mm | median s / query |", "|---|---|---|---|"]
+        for name, cfg in one["configs"].items():
+            ious = [v["iou"] for case in cfg["boxes"].values() for v in case.values()]
+            awds = [v["awd"] for case in cfg["boxes"].values() for v in case.values()]
+            md.append(f"| {name} | {np.mean(ious):.3f} | {np.mean(awds):.2f} | {np.median(cfg['seconds']):.3f} |")
+        best = "rpr coarse+fine K=15"
+        if best in one["configs"]:
+            md += ["", f"Per structure ({best} vs registration):", "",
+                   "| structure | IoU rpr | AWD rpr mm | IoU registration | AWD registration mm |",
+                   "|---|---|---|---|---|"]
+            reg = one["configs"].get("registration (affine)", {"boxes": {}})
+            for name in IXI8:
+                r = [c[name] for c in one["configs"][best]["boxes"].values() if name in c]
+                g = [c[name] for c in reg["boxes"].values() if name in c]
+                md.append(f"| {name} | {np.mean([v['iou'] for v in r]):.3f} | {np.mean([v['awd'] for v in r]):.2f} | "
+                          f"{np.mean([v['iou'] for v in g]) if g else float('nan'):.3f} | "
+                          f"{np.mean([v['awd'] for v in g]) if g else float('nan'):.2f} |")
+        for key, label in (("points_rpr_K15", "rpr coarse+fine K=15"), ("points_registration", "registration")):
+            if key in one:
+                s = summarize_errors([e for c in one[key].values() for e in c.values()], THRESHOLDS)
+                md += ["", f"IXI-16 centroids found one-shot ({label}): median {s['median']:.2f} mm "
+                       f"(IQR {s['iqr']:.2f}), mean {s['mean']:.2f} ± {s['sd']:.2f} mm, "
+                       f"SDR 4 mm {100 * s['sdr']['4']:.1f}%."]
+        md.append("")
+    cp = _load("ceph_g2l")
+    if cp:
+        _, s = _per_landmark(cp)
+        md += ["## ceph-isbi19 — 19 cephalometric landmarks, ISBI 2015 Test1 (images 151-300)", "",
+               "| | median (IQR) mm | MRE ± SD mm | SDR 2 | SDR 2.5 | SDR 3 | SDR 4 |", "|---|---|---|---|---|---|---|",
+               f"| this model | {s['median']:.2f} ({s['iqr']:.2f}) | {s['mean']:.2f} ± {s['sd']:.2f} | "
+               + " | ".join(f"{100 * s['sdr'][f'{t:g}']:.1f}%" for t in THRESHOLDS) + " |",
+               "| Noothout et al. 2020 | 0.95 (1.15) | 1.35 ± 1.19 (both test sets) | – | – | – | – |",
+               "| Lindner & Cootes 2015 | – | – | ~75-85% | – | – | – |", "",
+               f"Published: {CEPH_PUBLISHED}. Per landmark:", ""] + _landmark_table(cp) + [""]
+        _sdr_plot({"ceph Test1": cp}, FIGURES / "ceph_sdr.png")
+        md += ["![ceph SDR](figures/ceph_sdr.png)", ""]
+    (REPO / "docs" / "results.md").write_text("\n".join(md) + "\n")
+    print(f"wrote {REPO / 'docs' / 'results.md'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", choices=("brain", "oneshot", "ceph"), default=None)
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if not args.report_only:
+        for section in args.only or ("brain", "oneshot", "ceph"):
+            {"brain": brain, "oneshot": oneshot, "ceph": ceph}[section]()
+    report()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Prepare the ISBI 2015 cephalograms (reads ../shared/data/ceph, writes runs/ceph).
+
+Training set: images 001-150 (the challenge's training set); Test1: 151-300.
+Writes pixel tables for train-fcn (absolute image paths) and, for evaluation,
+the Test1 reference landmarks as markups in physical mm (0.1 mm pixels,
+origin 0, x = column, y = row). Nothing from the data enters the repository.
+
+    python models/recipes/prepare_ceph.py [--data ../shared/data/ceph] [--out runs/ceph]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+from landmarkloc.io.markups import ControlPoint, write_points
+
+PIXEL_MM = 0.1
+
+
+def main() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=repo.parent / "shared" / "data" / "ceph")
+    parser.add_argument("--out", type=Path, default=repo / "runs" / "ceph")
+    args = parser.parse_args()
+    with open(args.data / "landmarks.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    (args.out / "test1_ref").mkdir(parents=True, exist_ok=True)
+    splits = {"train": range(1, 151), "test1": range(151, 301)}
+    for split, numbers in splits.items():
+        names = {f"{n:03d}.jpg" for n in numbers}
+        chosen = [r for r in rows if r["image"] in names]
+        with open(args.out / f"{split}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["image", "index", "landmark", "x_px", "y_px"])
+            for r in chosen:
+                w.writerow([str(args.data / "images" / r["image"]), r["index"], r["landmark"], r["x_px"], r["y_px"]])
+        (args.out / f"{split}_images.txt").write_text(
+            "".join(f"{args.data / 'images' / name}\n" for name in sorted(names)))
+        print(f"{split}: {len(names)} images -> {args.out / f'{split}.csv'}")
+    for image in sorted({r["image"] for r in rows if int(r["image"][:3]) in splits["test1"]}):
+        points = [ControlPoint(r["landmark"], [float(r["x_px"]) * PIXEL_MM, float(r["y_px"]) * PIXEL_MM, 0.0])
+                  for r in rows if r["image"] == image]
+        write_points(args.out / "test1_ref" / f"{image[:-4]}.mrk.json", points)
+
+
+if __name__ == "__main__":
+    main()
