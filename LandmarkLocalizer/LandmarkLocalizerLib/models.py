@@ -12,7 +12,7 @@ from pathlib import Path
 
 from landmarkloc.errors import InputError, ModelError
 from landmarkloc.geometry.frames import ImageGeometry
-from landmarkloc.io.modelfile import model_paths, read_metadata, sha256_of
+from landmarkloc.io.modelfile import model_paths, models_folder, read_metadata, sha256_of
 
 
 @dataclass
@@ -31,13 +31,6 @@ class ModelInfo:
     def label(self) -> str:
         what = f"{len(self.landmarks)} landmarks, " if self.landmarks else ""
         return f"{self.name} ({what}{self.ndim}D)"
-
-
-def models_folder() -> Path:
-    """``models/`` next to the ``landmarkloc`` package: the repository root, or the built extension's lib folder."""
-    import landmarkloc
-
-    return Path(landmarkloc.__file__).resolve().parent.parent / "models"
 
 
 def inspect_model(path, kind: str) -> ModelInfo:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from ..errors import ModelError
@@ -17,6 +18,25 @@ from .atomic import atomic_path, write_text_atomic
 
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
+
+
+def models_folder() -> Path:
+    """Where the shipped models are: ``$LANDMARKLOC_MODELS``, else ``models/`` next to the package.
+
+    Next to the package is the repository root in a checkout and the built
+    Slicer extension's folder, which installs ``models/`` beside ``landmarkloc``.
+    """
+    env = os.environ.get("LANDMARKLOC_MODELS")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "models"
+
+
+def shipped_model(name: str) -> Path:
+    """The weights path of a shipped model, e.g. ``shipped_model("brain-t1-ixi16")``; ModelError if absent."""
+    path = models_folder() / f"{name}.safetensors"
+    if not path.is_file():
+        raise ModelError(f"the model {name!r} is not in {models_folder()} (set LANDMARKLOC_MODELS or train it with "
+                         f"models/recipes/)")
+    return path
 
 
 def sha256_of(path) -> str:
