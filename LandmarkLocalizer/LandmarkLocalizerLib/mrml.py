@@ -24,8 +24,15 @@ import SimpleITK as sitk
 from landmarkloc.errors import InputError
 from landmarkloc.geometry.frames import ImageGeometry, lps_to_ras, lps_to_ras_matrix, ras_to_lps, to_point3
 from landmarkloc.io.image import check_image
-from landmarkloc.io.markups import Box, ControlPoint, describe, points_by_label, write_boxes, write_points
-from landmarkloc.io.markups import _split_description as split_description
+from landmarkloc.io.markups import (
+    Box,
+    ControlPoint,
+    describe,
+    points_by_label,
+    split_description,
+    write_boxes,
+    write_points,
+)
 
 EVIDENCE_COLOR_NAME = "LandmarkLoc evidence"
 UNCERTAIN_COLOR = (1.0, 0.85, 0.0)  # unselected (uncertain) points: amber

@@ -100,7 +100,7 @@ def _parse_value(text: str):
         return text
 
 
-def _split_description(text: str) -> tuple:
+def split_description(text: str) -> tuple:
     """Inverse of :func:`describe`: separate ``key=value`` properties from free text."""
     free, props = [], {}
     for part in (text or "").split(";"):
@@ -274,7 +274,7 @@ def _from_system(values, cs: str, where: str) -> np.ndarray:
 def _point_from_json(cp, cs: str, where: str) -> ControlPoint:
     if not isinstance(cp, dict) or "position" not in cp:
         raise InputError(f"{where}: control point without a position")
-    text, props = _split_description(str(cp.get("description", "")))
+    text, props = split_description(str(cp.get("description", "")))
     return ControlPoint(label=str(cp.get("label", "")), position=_from_system(cp["position"], cs, where),
                         description=text, selected=bool(cp.get("selected", True)), properties=props)
 
@@ -316,7 +316,7 @@ def _read_fcsv(path: Path) -> list:
         where = f"{path.name} line {lineno}"
         if not {"x", "y", "z"} <= rec.keys():
             raise InputError(f"{where}: expected x, y, z columns")
-        desc, props = _split_description(rec.get("desc", ""))
+        desc, props = split_description(rec.get("desc", ""))
         points.append(ControlPoint(label=rec.get("label", ""),
                                    position=_from_system([rec["x"], rec["y"], rec["z"]], cs, where),
                                    description=desc, selected=rec.get("sel", "1").strip() != "0",
