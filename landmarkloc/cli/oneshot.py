@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.atomic import check_writable
-from ..io.image import check_image_file, read_image
+from ..io.image import check_image_file, is_plain_2d, read_image
 from ..io.markups import read_points, write_boxes, write_points
 from . import about, add_device_argument, add_quiet_argument
 
@@ -57,6 +57,11 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _read(path, args):
+    """--pixel-spacing gives the pixel size of 2D pictures only; volumes keep the spacing in their header."""
+    return read_image(path, spacing=args.pixel_spacing if is_plain_2d(path) else None)
+
+
 def _support_points(args, support_image):
     from ..geometry.labels import label_extreme_points
     from .derive import parse_labels
@@ -68,7 +73,7 @@ def _support_points(args, support_image):
     if not args.labels:
         raise InputError("--support-labels needs --labels")
     names = [n.strip() for n in args.names.split(",")] if args.names else None
-    labelmap = read_image(args.support_labels, spacing=args.pixel_spacing)
+    labelmap = _read(args.support_labels, args)
     if labelmap.GetSize() != support_image.GetSize() or not np.allclose(
             np.r_[labelmap.GetOrigin(), labelmap.GetSpacing(), labelmap.GetDirection()],
             np.r_[support_image.GetOrigin(), support_image.GetSpacing(), support_image.GetDirection()],
@@ -111,12 +116,12 @@ def run(args) -> int:
     else:
         if args.template or not args.support:
             raise InputError(f"--method {args.method} needs --support with --support-markups or --support-labels")
-        support = read_image(args.support, spacing=args.pixel_spacing)
+        support = _read(args.support, args)
         points = _support_points(args, support)
         locate = _baseline(args, support, points)
     for query_path in progress(queries, desc="queries", quiet=args.quiet or not several):
         with about(query_path):
-            query = read_image(query_path, spacing=args.pixel_spacing)
+            query = _read(query_path, args)
             result = locate(query)
         out, rois = _output_paths(query_path, args, several)
         if rois is not None and not result.boxes:
@@ -144,7 +149,7 @@ def _rpr(args):
     else:
         if not args.support:
             raise InputError("give --support (with --support-markups or --support-labels) or --template")
-        support = read_image(args.support, spacing=args.pixel_spacing)
+        support = _read(args.support, args)
         template = locator.make_template(support, _support_points(args, support))
     if args.save_template:
         template.save(args.save_template)

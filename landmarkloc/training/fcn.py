@@ -25,7 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..errors import InputError, ModelError
+from ..errors import InputError, LandmarkLocError, ModelError
 from ..geometry.frames import ImageGeometry
 from ..geometry.intensity import get_preset, intensity_profile
 from ..geometry.resample import resample_to_grid
@@ -292,6 +292,7 @@ def train_fcn(dataset: LandmarkDataset, output, cfg: FCNTrainConfig, val_dataset
     dev = ctx.device
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     log_path = weights_path.with_name(weights_path.name[: -len(".safetensors")] + ".log")
+    new_log = not log_path.exists()
     handler = _setup_log(log_path) if ctx.is_main else None
     try:
         names = list(dataset.names)
@@ -399,6 +400,13 @@ def train_fcn(dataset: LandmarkDataset, output, cfg: FCNTrainConfig, val_dataset
             raise ModelError("training ended without writing a model (no iterations were run)")
         meta = json.loads(model_paths(output)[1].read_text(encoding="utf-8")) if ctx.is_main else {}
         return meta
+    except LandmarkLocError:
+        if handler is not None and new_log and not weights_path.exists():
+            LOG.removeHandler(handler)
+            handler.close()
+            handler = None
+            log_path.unlink(missing_ok=True)  # refused before any model: leave nothing behind
+        raise
     finally:
         if handler is not None:
             LOG.removeHandler(handler)
