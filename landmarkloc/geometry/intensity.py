@@ -82,16 +82,20 @@ def normalize(array: np.ndarray, preset) -> np.ndarray:
 # --------------------------------------------------------------------------- unlike the training data?
 
 PROFILE_BINS = 16
+# Voxels at or below this normalized value are background (air, padding): their share depends on the field
+# of view, not on the kind of image, so the histogram describes the rest.
+PROFILE_BACKGROUND = 0.02
 # A histogram this far (total variation distance, 0..1) from the training mean is always suspicious, even
 # when the training images were all alike; otherwise the limit is twice the farthest training image.
 MIN_UNLIKE_DISTANCE = 0.25
 
 
 def intensity_histogram(normalized: np.ndarray) -> np.ndarray:
-    """Fractions of voxels in ``PROFILE_BINS`` equal bins of the normalized range [0, 1]."""
+    """Fractions of the foreground voxels in ``PROFILE_BINS`` equal bins of the normalized range [0, 1]."""
     flat = np.asarray(normalized, dtype=np.float32).ravel()
     if flat.size > 2_000_000:
         flat = flat[:: flat.size // 1_000_000]
+    flat = flat[flat > PROFILE_BACKGROUND]
     counts, _ = np.histogram(np.clip(flat, 0.0, 1.0), bins=PROFILE_BINS, range=(0.0, 1.0))
     return counts / max(1, counts.sum())
 
