@@ -1,4 +1,5 @@
-"""Reliability beyond refusals: inputs unlike the training data, determinism, memory, size limits, Slicer logic."""
+"""Reliability beyond refusals: inputs unlike the training data, determinism, memory, size limits, Slicer logic,
+and geometry round trips through markups files."""
 
 from __future__ import annotations
 
@@ -9,17 +10,21 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import rotation
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mrml_testing import REPO  # noqa: F401  (puts the module Lib folders on sys.path)
 from reliability_inputs import body_volume, ct_like_volume, image, tiny_fcn, write
 from RPROneShotLib.selftest import make_tiny_rpr_models
 
 from landmarkloc.cli import main
 from landmarkloc.errors import InputError
+from landmarkloc.geometry.frames import ImageGeometry
 from landmarkloc.geometry.intensity import get_preset, intensity_profile, normalize, unlike_profile
 from landmarkloc.geometry.resample import to_model_grid
 from landmarkloc.inference.fcn import Localizer
 from landmarkloc.inference.oneshot import OneShotLocator
-from landmarkloc.io.markups import ControlPoint, read_points
+from landmarkloc.io.markups import ControlPoint, read_points, write_points
 
 
 def mr_profile(n: int = 4) -> dict:
@@ -176,3 +181,37 @@ def test_slicer_logic_refuses_bad_voxels_before_starting_and_changes_nothing(tmp
     leftover = {d for d in set(os.listdir(os.environ.get("TMPDIR", "/tmp"))) - workdirs
                 if d.startswith("landmarkloc-")}
     assert not leftover, "a refused start must remove its work folder"
+
+
+# --------------------------------------------------------------------------- geometry through markups files
+
+_unit = st.floats(-1.0, 1.0, allow_nan=False)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(origin=st.tuples(*[st.floats(-500, 500)] * 3), spacing=st.tuples(*[st.floats(0.05, 10.0)] * 3),
+       axis=st.tuples(_unit, _unit, _unit).filter(lambda a: np.linalg.norm(a) > 1e-3), angle=st.floats(-180, 180),
+       flip=st.sampled_from([1.0, -1.0]), index=st.tuples(*[st.floats(-5, 300)] * 3),
+       suffix=st.sampled_from([".mrk.json", ".fcsv", ".csv"]), system=st.sampled_from(["LPS", "RAS"]))
+def test_index_to_markups_file_and_back(tmp_path, origin, spacing, axis, angle, flip, index, suffix, system):
+    """index -> physical LPS -> markups file (LPS or RAS) -> read back -> index, with random geometry."""
+    direction = rotation(axis, angle) @ np.diag([1.0, 1.0, flip])
+    geometry = ImageGeometry(origin=origin, spacing=spacing, direction=direction, size=(10, 10, 10))
+    position = geometry.index_to_physical(index)
+    path = tmp_path / f"p{suffix}"
+    write_points(path, [ControlPoint("p", position)], coordinate_system=system)
+    (back,) = read_points(path)
+    # files keep a finite number of decimals: compare in mm, then in voxels
+    np.testing.assert_allclose(back.position, position, atol=1e-3)
+    np.testing.assert_allclose(geometry.physical_to_index(back.position), index, atol=1e-3 / min(spacing) + 1e-9)
+
+
+def test_training_metadata_carries_the_intensity_profile():
+    from landmarkloc.training.fcn import model_metadata, network_configs, train_config
+
+    cfg = train_config("compact", 3, spacing=(2.0, 2.0, 2.0))
+    global_cfg, local_cfg = network_configs(cfg, 2)
+    profile = mr_profile(2)
+    meta = model_metadata(cfg, ["a", "b"], global_cfg, local_cfg, cfg.spacing,
+                          {"images": 2, "intensity_profile": profile}, {}, {})
+    assert meta["intensity_profile"] == profile and "intensity_profile" not in meta["training_data"]

@@ -82,9 +82,9 @@ def normalize(array: np.ndarray, preset) -> np.ndarray:
 # --------------------------------------------------------------------------- unlike the training data?
 
 PROFILE_BINS = 16
-# Voxels at or below this normalized value are background (air, padding): their share depends on the field
-# of view, not on the kind of image, so the histogram describes the rest.
-PROFILE_BACKGROUND = 0.02
+# Voxels at or below this normalized value are background (air, noise, padding; the RPR body threshold):
+# their share depends on the field of view, not on the kind of image, so the histogram describes the rest.
+PROFILE_BACKGROUND = 0.1
 # A histogram this far (total variation distance, 0..1) from the training mean is always suspicious, even
 # when the training images were all alike; otherwise the limit is twice the farthest training image.
 MIN_UNLIKE_DISTANCE = 0.25
