@@ -310,6 +310,8 @@ class LandmarkLocalizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 missing = ", ".join(outcome.not_found)
                 self.ui.statusLabel.text = found + (" " + _("Not found: {names}.").format(names=missing)
                                                     if missing else "")
+                if outcome.warnings:
+                    slicer.util.warningDisplay("\n".join(outcome.warnings))
             self.ui.progressBar.value = 100
         except LandmarkLocError as exc:
             slicer.util.errorDisplay(str(exc))

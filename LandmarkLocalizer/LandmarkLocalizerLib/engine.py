@@ -22,6 +22,7 @@ class Localization:
     not_found: list  # names of landmarks the model did not find in this image
     evidence: sitk.Image = None  # posterior maps of all landmarks (max), on the input grid
     properties: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)  # e.g. the image is unlike the model's training images
 
 
 def load(model_path, device: str):
@@ -43,7 +44,7 @@ def localize(model, image: sitk.Image, with_evidence: bool) -> Localization:
         evidence = sitk.GetImageFromArray(combined.astype(np.float32))
         evidence.CopyInformation(maps[0])
     return Localization(points=result.points, not_found=result.not_found, evidence=evidence,
-                        properties={"seconds": round(result.seconds, 3)})
+                        properties={"seconds": round(result.seconds, 3)}, warnings=list(result.warnings))
 
 
 def refine(model, image: sitk.Image, label: str, position_lps):

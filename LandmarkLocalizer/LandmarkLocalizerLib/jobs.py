@@ -17,6 +17,7 @@ Nothing here imports Qt or MRML, so it runs (and is tested) anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -209,6 +210,17 @@ class Job:
 
 def new_workdir(prefix: str = "landmarkloc-") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+@contextlib.contextmanager
+def starting_workdir(prefix: str = "landmarkloc-"):
+    """A fresh work folder that is removed again when the job cannot start (bad input found while writing)."""
+    workdir = new_workdir(prefix)
+    try:
+        yield workdir
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
 
 
 # --------------------------------------------------------------------------- worker side

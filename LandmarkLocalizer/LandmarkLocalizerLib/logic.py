@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from landmarkloc.errors import InputError
+from landmarkloc.io.image import check_image, check_not_constant
 from landmarkloc.io.markups import ControlPoint
 
 from . import mrml
@@ -29,6 +30,15 @@ class LocalizeOutcome:
     points_node: object
     evidence_node: object = None
     not_found: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)  # shown to the user beside the result (not errors)
+
+
+def checked_image(volume_node):
+    """The volume as an image, refused at once (before the worker) if its voxels are NaN/Inf or all equal."""
+    image = mrml.volume_to_image(volume_node)
+    check_image(image, volume_node.GetName())
+    check_not_constant(image, volume_node.GetName())
+    return image
 
 
 def output_name(volume_node, model: ModelInfo) -> str:
@@ -44,7 +54,7 @@ def start_localize(volume_node, model: ModelInfo, device: str = "Auto", evidence
         raise InputError("select a model")
     geometry = mrml.volume_geometry(volume_node)
     check_model_fits(model, geometry, volume_node.GetName())
-    image = mrml.volume_to_image(volume_node)
+    image = checked_image(volume_node)
     workdir = new_workdir()
     request = {"task": "localize", "model": model.path, "device": device, "evidence": bool(evidence),
                "image": write_temporary_image(image, workdir / "input.mha")}
@@ -64,7 +74,8 @@ def apply_localization(scene, result: dict, volume_node, model: ModelInfo, uncer
     evidence = None
     if evidence_image is not None:
         evidence = mrml.show_evidence(scene, evidence_image, f"{name} evidence", node=evidence_node)
-    return LocalizeOutcome(points_node=node, evidence_node=evidence, not_found=list(result.get("not_found", [])))
+    return LocalizeOutcome(points_node=node, evidence_node=evidence, not_found=list(result.get("not_found", [])),
+                           warnings=list(result.get("warnings", [])))
 
 
 def start_refine(volume_node, model: ModelInfo, points_node, index: int, device: str = "Auto",

@@ -33,7 +33,7 @@ def handle(request: dict, workdir, report) -> dict:
     result = engine.localize(model, image, bool(request.get("evidence")))
     report(0.9, "Writing results")
     out = {"points": [point_to_dict(p) for p in result.points], "not_found": list(result.not_found),
-           "properties": result.properties}
+           "properties": result.properties, "warnings": list(result.warnings)}
     if result.evidence is not None:
         out["evidence"] = write_temporary_image(result.evidence, workdir / "evidence.mha")
     return out

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from LandmarkLocalizerLib import mrml
 from LandmarkLocalizerLib.exchange import box_from_dict, point_from_dict, point_to_dict, write_temporary_image
-from LandmarkLocalizerLib.jobs import Job, new_workdir, package_paths
+from LandmarkLocalizerLib.jobs import Job, package_paths, starting_workdir
+from LandmarkLocalizerLib.logic import checked_image
 from LandmarkLocalizerLib.models import ModelInfo, check_model_fits
 
 from landmarkloc.errors import InputError, ModelError
@@ -58,7 +59,7 @@ def _support_request(support: Support, workdir: Path, ndim_model: int = None) ->
     if support.volume is None:
         raise InputError("select the support volume")
     geometry = mrml.volume_geometry(support.volume)
-    image = mrml.volume_to_image(support.volume)
+    image = checked_image(support.volume)
     request = {}
     if support.labels_node is not None:
         if support.labels_node.IsA("vtkMRMLSegmentationNode"):
@@ -98,19 +99,20 @@ def start_find(query_volume, support: Support, method: str = "rpr", model: Model
     query_geometry = mrml.volume_geometry(query_volume)
     if method == "rpr":
         check_model_fits(model, query_geometry, query_volume.GetName())
-    workdir = new_workdir()
-    request = {"task": "locate", "method": method, "runs": int(runs), "steps": int(steps), "device": device}
-    if method == "rpr":
-        request.update(model=model.path, fine_model=fine_model.path if fine_model else None)
-    if method == "rpr" and template_path:
-        inspect_template(template_path)
-        request["template"] = str(template_path)
-    else:
-        request["support"] = _support_request(support, workdir)
-    request["query"] = write_temporary_image(mrml.volume_to_image(query_volume), workdir / "query.mha")
-    job = Job(WORKER_MODULE, request, workdir, python_paths=worker_paths(), python=python)
-    job.start()
-    return job
+    query_image = checked_image(query_volume)
+    with starting_workdir() as workdir:
+        request = {"task": "locate", "method": method, "runs": int(runs), "steps": int(steps), "device": device}
+        if method == "rpr":
+            request.update(model=model.path, fine_model=fine_model.path if fine_model else None)
+        if method == "rpr" and template_path:
+            inspect_template(template_path)
+            request["template"] = str(template_path)
+        else:
+            request["support"] = _support_request(support, workdir)
+        request["query"] = write_temporary_image(query_image, workdir / "query.mha")
+        job = Job(WORKER_MODULE, request, workdir, python_paths=worker_paths(), python=python)
+        job.start()
+        return job
 
 
 def start_save_template(support: Support, path, model: ModelInfo, fine_model: ModelInfo = None,
@@ -121,13 +123,13 @@ def start_save_template(support: Support, path, model: ModelInfo, fine_model: Mo
     _check_models(model, fine_model, "rpr")
     if support.volume is not None:
         check_model_fits(model, mrml.volume_geometry(support.volume), support.volume.GetName())
-    workdir = new_workdir()
-    request = {"task": "template", "method": "rpr", "model": model.path, "device": device,
-               "fine_model": fine_model.path if fine_model else None, "save_to": str(path),
-               "support": _support_request(support, workdir)}
-    job = Job(WORKER_MODULE, request, workdir, python_paths=worker_paths(), python=python)
-    job.start()
-    return job
+    with starting_workdir() as workdir:
+        request = {"task": "template", "method": "rpr", "model": model.path, "device": device,
+                   "fine_model": fine_model.path if fine_model else None, "save_to": str(path),
+                   "support": _support_request(support, workdir)}
+        job = Job(WORKER_MODULE, request, workdir, python_paths=worker_paths(), python=python)
+        job.start()
+        return job
 
 
 def apply_find(scene, result: dict, query_volume, name: str = "") -> FindOutcome:

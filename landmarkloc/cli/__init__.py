@@ -7,6 +7,7 @@ exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
@@ -37,6 +38,18 @@ def parse_floats(text: str, what: str) -> list:
         return [float(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
         raise InputError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+@contextlib.contextmanager
+def about(path):
+    """Name the input file in a user error's message when the message does not already name it."""
+    try:
+        yield
+    except InputError as exc:
+        name = str(getattr(path, "name", path)).rstrip("/")
+        if name and name not in str(exc):
+            raise InputError(f"{path}: {exc}") from None
+        raise
 
 
 def build_parser() -> argparse.ArgumentParser:

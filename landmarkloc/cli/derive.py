@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..geometry.labels import label_boxes, label_centroids, label_extreme_points
-from ..io.image import read_image
+from ..io.atomic import check_writable
+from ..io.image import check_image_file, read_image
 from ..io.markups import write_boxes, write_points
 
 EXAMPLE = """example:
@@ -48,6 +49,8 @@ def parse_labels(text: str) -> list:
 def run(args) -> int:
     labels = parse_labels(args.labels)
     names = [n.strip() for n in args.names.split(",")] if args.names else None
+    check_image_file(args.labelmap)
+    check_writable(args.output)
     labelmap = read_image(args.labelmap, spacing=args.spacing)
     if args.kind == "box":
         boxes = label_boxes(labelmap, labels, names)

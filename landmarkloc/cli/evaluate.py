@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import InputError
+from ..io.atomic import check_writable
 from ..metrics.landmarks import DEFAULT_THRESHOLDS
 from ..metrics.report import Evaluation, format_table, pair_files, write_reports
 from . import parse_floats
@@ -32,6 +34,10 @@ def register(sub) -> None:
 
 def run(args) -> int:
     thresholds = tuple(parse_floats(args.thresholds, "--thresholds"))
+    if not thresholds or any(not t > 0 for t in thresholds):
+        raise InputError("--thresholds must be positive numbers of mm")
+    stem = Path(args.output)
+    check_writable(stem.with_name(stem.name + ".json"))
     evaluation = Evaluation(thresholds=thresholds)
     for case, pred, ref in pair_files(args.pred, args.ref):
         evaluation.add_case(case, pred, ref)

@@ -5,17 +5,18 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
-from ..io.atomic import write_text_atomic
-from ..io.image import read_image, write_image
+from ..io.atomic import check_writable, write_text_atomic
+from ..io.image import check_image_file, read_image, write_image
 from ..io.markups import write_points
 from ..runtime import progress
-from . import add_device_argument, add_quiet_argument, parse_floats
+from . import about, add_device_argument, add_quiet_argument, parse_floats
 
 FORMATS = {"mrk.json": ".mrk.json", "fcsv": ".fcsv", "csv": ".csv"}
 
@@ -90,14 +91,20 @@ def run(args) -> int:
     output = Path(args.output)
     outputs = _output_paths(args.images, output, args.format)
     spacing = parse_floats(args.spacing, "--spacing") if args.spacing else None
+    # Everything checkable without the voxels is checked first, so a bad input or output path is
+    # reported before any work and before any file is written.
+    for image_path, out_path in zip(args.images, outputs):
+        check_image_file(image_path)
+        check_writable(out_path)
     t0 = time.perf_counter()
     localizer = Localizer.from_file(args.model, args.device)
     print(f"model loaded in {time.perf_counter() - t0:.2f} s ({len(localizer.names)} landmarks, "
           f"device {localizer.device})")
     times = []
     for image_path, out_path in progress(list(zip(args.images, outputs)), desc="localize", quiet=args.quiet):
-        image = read_image(image_path, spacing=spacing)
-        result = localizer.localize(image, evidence=bool(args.evidence), use_local=not args.global_only)
+        with about(Path(image_path)):
+            image = read_image(image_path, spacing=spacing)
+            result = localizer.localize(image, evidence=bool(args.evidence), use_local=not args.global_only)
         times.append(result.seconds)
         write_points(out_path, result.points)
         message = f"{image_path}: {len(result.points)} landmarks in {result.seconds:.3f} s -> {out_path}"
@@ -107,6 +114,8 @@ def run(args) -> int:
         if uncertain:
             message += f"; uncertain: {', '.join(uncertain)}"
         print(message)
+        for warning in result.warnings:
+            print(f"landmarkloc localize: warning: {image_path}: {warning}", file=sys.stderr)
         if args.evidence:
             stem = _without_format_suffix(out_path)
             for name, posterior in result.evidence.items():

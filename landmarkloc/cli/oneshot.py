@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import InputError
-from ..io.image import read_image
+from ..io.atomic import check_writable
+from ..io.image import check_image_file, is_plain_2d, read_image
 from ..io.markups import read_points, write_boxes, write_points
-from . import add_device_argument, add_quiet_argument
+from . import about, add_device_argument, add_quiet_argument
 
 EXAMPLE = """examples:
   landmarkloc oneshot --query q.nii.gz --support s.nii.gz --support-labels s_seg.nii.gz --labels 35,47,48 \\
@@ -54,6 +57,11 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _read(path, args):
+    """--pixel-spacing gives the pixel size of 2D pictures only; volumes keep the spacing in their header."""
+    return read_image(path, spacing=args.pixel_spacing if is_plain_2d(path) else None)
+
+
 def _support_points(args, support_image):
     from ..geometry.labels import label_extreme_points
     from .derive import parse_labels
@@ -65,9 +73,12 @@ def _support_points(args, support_image):
     if not args.labels:
         raise InputError("--support-labels needs --labels")
     names = [n.strip() for n in args.names.split(",")] if args.names else None
-    labelmap = read_image(args.support_labels, spacing=args.pixel_spacing)
-    if labelmap.GetSize() != support_image.GetSize():
-        raise InputError("the support label map and image differ in size")
+    labelmap = _read(args.support_labels, args)
+    if labelmap.GetSize() != support_image.GetSize() or not np.allclose(
+            np.r_[labelmap.GetOrigin(), labelmap.GetSpacing(), labelmap.GetDirection()],
+            np.r_[support_image.GetOrigin(), support_image.GetSpacing(), support_image.GetDirection()],
+            atol=1e-3):
+        raise InputError("the support label map and image differ in size or geometry (not the same grid)")
     return label_extreme_points(labelmap, parse_labels(args.labels), names)
 
 
@@ -89,22 +100,34 @@ def run(args) -> int:
 
     queries = [Path(q) for q in args.query]
     several = len(queries) > 1
+    # Check every input file's header and every output path before any work or any file written.
+    for path in queries + [Path(p) for p in (args.support, args.support_labels) if p]:
+        check_image_file(path)
+    if args.support_markups and not Path(args.support_markups).is_file():
+        raise InputError(f"support markups not found: {args.support_markups}")
+    for query_path in queries:
+        for out in _output_paths(query_path, args, several):
+            if out is not None:
+                check_writable(out)
+    if args.save_template:
+        check_writable(args.save_template)
     if args.method == "rpr":
         locate = _rpr(args)
     else:
         if args.template or not args.support:
             raise InputError(f"--method {args.method} needs --support with --support-markups or --support-labels")
-        support = read_image(args.support, spacing=args.pixel_spacing)
+        support = _read(args.support, args)
         points = _support_points(args, support)
         locate = _baseline(args, support, points)
     for query_path in progress(queries, desc="queries", quiet=args.quiet or not several):
-        query = read_image(query_path, spacing=args.pixel_spacing)
-        result = locate(query)
+        with about(query_path):
+            query = _read(query_path, args)
+            result = locate(query)
         out, rois = _output_paths(query_path, args, several)
+        if rois is not None and not result.boxes:
+            raise InputError("--rois needs organ boxes: give the support as --support-labels")
         write_points(out, result.points, args.coordinate_system)
         if rois is not None:
-            if not result.boxes:
-                raise InputError("--rois needs organ boxes: give the support as --support-labels")
             write_boxes(rois, result.boxes, args.coordinate_system)
         if not args.quiet:
             print(f"{query_path.name}: {len(result.points)} points"
@@ -126,7 +149,7 @@ def _rpr(args):
     else:
         if not args.support:
             raise InputError("give --support (with --support-markups or --support-labels) or --template")
-        support = read_image(args.support, spacing=args.pixel_spacing)
+        support = _read(args.support, args)
         template = locator.make_template(support, _support_points(args, support))
     if args.save_template:
         template.save(args.save_template)

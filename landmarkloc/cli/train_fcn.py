@@ -6,7 +6,9 @@ import argparse
 import json
 
 from ..errors import InputError
+from ..io.atomic import check_writable
 from ..io.datasets import load_dataset
+from ..io.modelfile import model_paths
 from ..training.fcn import train_config, train_fcn
 from ..training.fcn_targets import VARIANTS
 from . import add_device_argument, add_quiet_argument, parse_floats
@@ -74,6 +76,7 @@ def _json_dict(text, what) -> dict:
 
 
 def run(args) -> int:
+    check_writable(model_paths(args.output)[0])  # before any reading or training
     dataset = load_dataset(args.dataset, landmarks_dir=args.landmarks_dir)
     val = load_dataset(args.val, landmarks_dir=args.landmarks_dir) if args.val else None
     input_spacing = parse_floats(args.spacing, "--spacing") if args.spacing else None

@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
+from ..io.atomic import check_writable
 from ..io.image import PLAIN_2D_SUFFIXES, VOLUME_SUFFIXES, read_image
+from ..io.modelfile import model_paths
 from . import add_device_argument, add_quiet_argument, parse_floats
 
 EXAMPLE = """examples:
@@ -96,6 +98,8 @@ def _per_axis(text: str | None, what: str, ndim: int, cast=float):
 
 def run(args) -> int:
     from ..training.rpr import AugmentationConfig, rpr_preset, train_rpr, with_overrides
+
+    check_writable(model_paths(args.output)[0])  # before any reading or training
 
     images = expand_images(args.images)
     if args.val_images:

@@ -58,14 +58,17 @@ class ImageGeometry:
         if not (len(self.spacing) == d and len(self.size) == d):
             raise InputError("inconsistent image geometry (origin, spacing and size differ in length)")
         if not np.all(np.isfinite(self.spacing)) or np.any(self.spacing <= 0):
-            raise InputError(f"invalid voxel spacing {tuple(self.spacing)}: must be finite and positive")
+            raise InputError(f"invalid voxel spacing {self._spacing_text()}: must be finite and positive")
         if np.any(self.spacing > 1e4) or np.any(self.spacing < 1e-4):
-            raise InputError(f"implausible voxel spacing {tuple(self.spacing)} mm")
+            raise InputError(f"implausible voxel spacing {self._spacing_text()} mm (expected 1e-4 to 1e4 mm)")
         if not np.all(np.isfinite(self.origin)):
             raise InputError("image origin is not finite")
         gram = self.direction.T @ self.direction
         if not np.all(np.isfinite(self.direction)) or np.abs(gram - np.eye(d)).max() > ORTHONORMAL_TOLERANCE:
             raise InputError("image direction matrix is not orthonormal (sheared or corrupt header)")
+
+    def _spacing_text(self) -> str:
+        return "(" + ", ".join(f"{float(v):g}" for v in self.spacing) + ")"
 
     @property
     def index_to_physical_matrix(self) -> np.ndarray:

@@ -77,3 +77,59 @@ def normalize(array: np.ndarray, preset) -> np.ndarray:
         return np.zeros_like(out)
     out = (out - lo) * (1.0 / (hi - lo))
     return np.clip(out, 0.0, 1.0, out=out)
+
+
+# --------------------------------------------------------------------------- unlike the training data?
+
+PROFILE_BINS = 16
+# Voxels at or below this normalized value are background (air, noise, padding; the RPR body threshold):
+# their share depends on the field of view, not on the kind of image, so the histogram describes the rest.
+PROFILE_BACKGROUND = 0.1
+# A histogram this far (total variation distance, 0..1) from the training mean is always suspicious, even
+# when the training images were all alike; otherwise the limit is twice the farthest training image.
+MIN_UNLIKE_DISTANCE = 0.25
+
+
+def intensity_histogram(normalized: np.ndarray) -> np.ndarray:
+    """Fractions of the foreground voxels in ``PROFILE_BINS`` equal bins of the normalized range [0, 1]."""
+    flat = np.asarray(normalized, dtype=np.float32).ravel()
+    if flat.size > 2_000_000:
+        flat = flat[:: flat.size // 1_000_000]
+    flat = flat[flat > PROFILE_BACKGROUND]
+    counts, _ = np.histogram(np.clip(flat, 0.0, 1.0), bins=PROFILE_BINS, range=(0.0, 1.0))
+    return counts / max(1, counts.sum())
+
+
+def histogram_distance(a, b) -> float:
+    """Total variation distance of two histograms (0: identical, 1: disjoint)."""
+    return 0.5 * float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).sum())
+
+
+def intensity_profile(normalized_arrays) -> dict:
+    """What the training images look like to the network, stored in a model's metadata."""
+    hists = np.array([intensity_histogram(a) for a in normalized_arrays])
+    mean = hists.mean(axis=0)
+    return {"bins": PROFILE_BINS, "mean_histogram": [round(float(v), 6) for v in mean],
+            "max_distance": round(max(histogram_distance(h, mean) for h in hists), 6), "images": len(hists)}
+
+
+def unlike_profile(normalized: np.ndarray, profile) -> str | None:
+    """A warning when an image's normalized intensities are unlike the training images' (None: alike or no profile).
+
+    Catches a wrong modality (a CT given to an MR model), a wrong intensity
+    preset or a damaged scan: inputs on which a network's confidence means little.
+    """
+    if not isinstance(profile, dict) or profile.get("bins") != PROFILE_BINS:
+        return None  # older models carry no profile: nothing to compare with
+    try:
+        mean = np.asarray(profile["mean_histogram"], dtype=np.float64)
+        limit = max(MIN_UNLIKE_DISTANCE, 2.0 * float(profile["max_distance"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if mean.shape != (PROFILE_BINS,):
+        return None
+    distance = histogram_distance(intensity_histogram(normalized), mean)
+    if distance <= limit:
+        return None
+    return (f"the image's intensities are unlike the model's training images (histogram distance "
+            f"{distance:.2f} > {limit:.2f}): wrong modality or preprocessing? Its points are marked uncertain")

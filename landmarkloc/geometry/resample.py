@@ -7,8 +7,12 @@ import itertools
 import numpy as np
 import SimpleITK as sitk
 
+from ..memory import check_fits_in_memory, sizes_text
 from .frames import ImageGeometry
 
+# Bytes per voxel of the model grid while a network runs on it: the resampled and normalized float32
+# copies plus the first layers' activations (an estimate, used to refuse what cannot fit).
+MODEL_GRID_BYTES_PER_VOXEL = 32.0
 _INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}
 
 
@@ -49,7 +53,15 @@ def canonical_orientation(image: sitk.Image) -> sitk.Image:
 
 
 def to_model_grid(image: sitk.Image, spacing, interpolator: str = "linear") -> sitk.Image:
-    """What a network sees: canonical axis order, then the model's spacing."""
+    """What a network sees: canonical axis order, then the model's spacing.
+
+    A grid too large for memory (a huge field of view, or a model spacing far
+    finer than the image) is refused with its size before it is allocated.
+    """
+    target = resampled_geometry(ImageGeometry.from_image(image), spacing)
+    check_fits_in_memory(float(np.prod(np.asarray(target.size, dtype=np.float64))) * MODEL_GRID_BYTES_PER_VOXEL,
+                         f"the image on the model grid ({sizes_text(target.size)} voxels of "
+                         f"{', '.join(f'{s:g}' for s in target.spacing)} mm)")
     return resample_to_spacing(canonical_orientation(image), spacing, interpolator)
 
 

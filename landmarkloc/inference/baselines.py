@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from landmarkloc.errors import InputError
-from landmarkloc.geometry.frames import ImageGeometry, from_point3
-from landmarkloc.inference.oneshot import OneShotResult, _by_name, result_from_positions
+from landmarkloc.geometry.frames import ImageGeometry
+from landmarkloc.inference.oneshot import OneShotResult, result_from_positions, support_positions
 from landmarkloc.inference.patches import PreparedVolume, extract_patches, prepare_volume
+from landmarkloc.io.image import check_not_constant
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,9 @@ def ncc_locate(query_image: sitk.Image, support_image: sitk.Image, support_point
     names = list(names) if names is not None else [p.label for p in support_points]
     spacing = (float(config.spacing),) * ndim
     patch = (int(config.patch_size),) * ndim
-    support = prepare_volume(support_image, spacing, config.intensity)
-    query = prepare_volume(query_image, spacing, config.intensity)
-    pos = from_point3(_by_name(support_points, names, "support"), ndim)
+    pos = support_positions(support_image, support_points, names)
+    support = prepare_volume(support_image, spacing, config.intensity, name="support image")
+    query = prepare_volume(query_image, spacing, config.intensity, name="query image")
     templates = extract_patches(support, support.to_index(pos), patch)[:, 0]
     scores, stride = ncc_scores(query, templates, config)
     best = scores.flatten(1).argmax(dim=1).cpu().numpy()
@@ -216,7 +217,9 @@ def registration_locate(query_image: sitk.Image, support_image: sitk.Image, supp
     if support_image.GetDimension() != ndim:
         raise InputError("support and query images differ in dimension")
     names = list(names) if names is not None else [p.label for p in support_points]
-    pos = from_point3(_by_name(support_points, names, "support"), ndim)
+    pos = support_positions(support_image, support_points, names)
+    check_not_constant(support_image, "support image")
+    check_not_constant(query_image, "query image")
     linear, bspline = register_images(query_image, support_image, config)
     located = map_support_points(pos, linear, bspline)
     return result_from_positions(names, located, ImageGeometry.from_image(query_image), "registration",

@@ -30,9 +30,9 @@ import torch
 
 from ..errors import InputError, ModelError
 from ..geometry.frames import ImageGeometry, from_point3, to_point3
-from ..geometry.intensity import get_preset, normalize
+from ..geometry.intensity import get_preset, normalize, unlike_profile
 from ..geometry.resample import resample_to_grid, to_model_grid
-from ..io.image import check_image, squeeze_single_slice
+from ..io.image import check_image, check_not_constant, squeeze_single_slice
 from ..io.markups import ControlPoint
 from ..io.modelfile import load_model
 from ..networks.fcn import FCNConfig, GlobalToLocal
@@ -152,6 +152,7 @@ class LandmarkEstimate:
     global_position: np.ndarray
     global_confidence: float
     local_confidence: float | None = None
+    unlike_training: bool = False  # the image's intensities are unlike the training images'
 
     def to_control_point(self) -> ControlPoint:
         props = {"confidence": round(float(self.confidence), 4), "spread_mm": round(float(self.spread_mm), 3),
@@ -159,8 +160,12 @@ class LandmarkEstimate:
         if self.local_confidence is not None:
             props["global_confidence"] = round(float(self.global_confidence), 4)
             props["local_confidence"] = round(float(self.local_confidence), 4)
+        if self.unlike_training:
+            props["unlike_training"] = 1
         if not self.found:
             text = "not found"
+        elif self.unlike_training:
+            text = "uncertain: image unlike the training data"
         elif self.uncertain:
             text = "uncertain"
         else:
@@ -175,6 +180,7 @@ class LocalizationResult:
     seconds: float = 0.0  # time of the localization itself (no model loading)
     evidence: dict = field(default_factory=dict)  # name -> sitk.Image posterior on the input grid
     votes: dict = field(default_factory=dict)  # name -> (positions (N, 3) LPS mm, weights (N,))
+    warnings: list = field(default_factory=list)  # one-line warnings for the user (not errors)
 
     @property
     def points(self) -> list:
@@ -255,6 +261,7 @@ class Localizer:
         if image.GetDimension() != self.ndim:
             raise InputError(f"this model localizes in {self.ndim}D images, got a {image.GetDimension()}D image")
         check_image(image)
+        check_not_constant(image)
         array, geometry = preprocess(image, self.spacing, self.intensity)
         return image, array, geometry
 
@@ -269,6 +276,7 @@ class Localizer:
         """All landmarks of one image; ``evidence``: names (or True for all) whose posterior map to return."""
         start = time.perf_counter()
         image, array, geometry = self._prepare(image)
+        unlike = unlike_profile(array, self.metadata.get("intensity_profile"))
         glob = run_global(self.network.global_net, array, self.variant, geometry.spacing, self.device)
         final, local = glob, None
         if use_local and self.has_local_stage:
@@ -284,11 +292,12 @@ class Localizer:
             position = to_point3(geometry.index_to_physical(np.nan_to_num(est)))
             landmarks.append(LandmarkEstimate(
                 name=name, position=position, confidence=conf, spread_mm=float(final.spread_mm[n]), found=found,
-                uncertain=conf < self.uncertain_below,
+                uncertain=conf < self.uncertain_below or unlike is not None,
                 global_position=to_point3(geometry.index_to_physical(np.nan_to_num(glob.estimate[n]))),
                 global_confidence=global_conf,
-                local_confidence=None if local is None else float(local.confidence[n])))
-        result = LocalizationResult(landmarks=landmarks)
+                local_confidence=None if local is None else float(local.confidence[n]),
+                unlike_training=unlike is not None))
+        result = LocalizationResult(landmarks=landmarks, warnings=[unlike] if unlike else [])
         wanted = self.names if evidence is True else list(evidence or ())
         for name in wanted:
             n = self._name_index(name)

@@ -142,7 +142,22 @@ def _by_name(points: Sequence[ControlPoint], names: Sequence[str], where: str) -
     missing = [n for n in names if n not in table]
     if missing:
         raise InputError(f"{where}: no point named {', '.join(missing[:5])}")
+    if not names:
+        raise InputError(f"{where}: no points given")
     return np.stack([np.asarray(table[n], dtype=np.float64) for n in names])
+
+
+def support_positions(image: sitk.Image, points: Sequence[ControlPoint], names: Sequence[str],
+                      where: str = "support") -> np.ndarray:
+    """The named support points (P, D), refused when missing or outside the support image (a wrong file?)."""
+    geometry = ImageGeometry.from_image(image)
+    pos = from_point3(_by_name(points, names, where), geometry.ndim)
+    inside = geometry.contains(pos, margin=1.0)
+    if not np.all(inside):
+        outside = [n for n, ok in zip(names, inside) if not ok]
+        raise InputError(f"{where}: point(s) outside the support image: {', '.join(outside[:5])} "
+                         "(points and image must be in the same physical space)")
+    return pos
 
 
 class OneShotLocator:
@@ -176,17 +191,17 @@ class OneShotLocator:
     def _models(self) -> list[RprModel]:
         return [self.coarse] + ([self.fine] if self.fine is not None else [])
 
-    def prepare(self, image: sitk.Image) -> dict[int, PreparedVolume]:
+    def prepare(self, image: sitk.Image, name: str = "image") -> dict[int, PreparedVolume]:
         """The image prepared for each model (shared when spacing and intensity agree)."""
         if image.GetDimension() != self.ndim:
-            raise InputError(f"{image.GetDimension()}D image, but the RPR models are {self.ndim}D")
+            raise InputError(f"{name}: {image.GetDimension()}D image, but the RPR models are {self.ndim}D")
         out: dict[int, PreparedVolume] = {}
         cache: dict[str, PreparedVolume] = {}
         for n, model in enumerate(self._models()):
             key = repr((model.spacing, sorted(model.intensity.items()), model.foreground_threshold))
             if key not in cache:
                 cache[key] = prepare_volume(image, model.spacing, model.intensity, model.foreground_threshold,
-                                            self.device)
+                                            self.device, name=name)
             out[n] = cache[key]
         return out
 
@@ -209,11 +224,10 @@ class OneShotLocator:
         coarse_sum, fine_sum, positions = 0.0, 0.0, []
         for n, (image, points) in enumerate(zip(support_images, support_points)):
             where = f"support {n + 1}"
-            pos = from_point3(_by_name(points, names, where), self.ndim)
-            volumes = self.prepare(image)
-            if not np.all(volumes[0].geometry.contains(pos, margin=1.0)):
-                outside = [nm for nm, inside in zip(names, volumes[0].geometry.contains(pos, 1.0)) if not inside]
-                raise InputError(f"{where}: points outside the support image: {', '.join(outside[:5])}")
+            if image.GetDimension() != self.ndim:
+                raise InputError(f"{where}: {image.GetDimension()}D image, but the RPR models are {self.ndim}D")
+            pos = support_positions(image, points, names, where)
+            volumes = self.prepare(image, f"{where} image")
             coarse_sum = coarse_sum + self._latents(self.coarse, volumes[0], volumes[0].to_index(pos)).cpu().numpy()
             if self.fine is not None:
                 fine_sum = fine_sum + self._latents(self.fine, volumes[1], volumes[1].to_index(pos)).cpu().numpy()
@@ -242,7 +256,7 @@ class OneShotLocator:
         if runs < 1:
             raise InputError("runs must be at least 1")
         start = time.perf_counter()
-        volumes = self.prepare(query_image)
+        volumes = self.prepare(query_image, "query image")
         coarse_vol = volumes[0]
         generator = torch.Generator().manual_seed(int(seed))
         fg = coarse_vol.foreground

@@ -27,6 +27,7 @@ from landmarkloc.errors import InputError
 from landmarkloc.geometry.frames import ImageGeometry
 from landmarkloc.geometry.intensity import get_preset, normalize
 from landmarkloc.geometry.resample import to_model_grid
+from landmarkloc.io.image import check_not_constant
 
 
 @dataclass
@@ -88,8 +89,9 @@ def body_mask(data: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 def prepare_volume(image: sitk.Image, spacing, preset, foreground_threshold: float = 0.1,
-                   device: torch.device | str = "cpu") -> PreparedVolume:
+                   device: torch.device | str = "cpu", name: str = "image") -> PreparedVolume:
     """Reorient, resample to ``spacing`` mm, normalise with ``preset`` and find the body voxels."""
+    check_not_constant(image, name)
     image = to_model_grid(image, spacing)
     geometry = ImageGeometry.from_image(image)
     array = normalize(sitk.GetArrayViewFromImage(image), get_preset(preset))
@@ -97,7 +99,7 @@ def prepare_volume(image: sitk.Image, spacing, preset, foreground_threshold: flo
     body = body_mask(data, foreground_threshold)
     foreground = torch.nonzero(body).flip(-1).contiguous()  # numpy order -> ITK order
     if len(foreground) == 0:
-        raise InputError(f"image has no voxel above the foreground threshold {foreground_threshold} "
+        raise InputError(f"{name} has no voxel above the foreground threshold {foreground_threshold} "
                          "(empty or all air?)")
     return PreparedVolume(data=data, geometry=geometry, body=body, foreground=foreground)
 

@@ -39,6 +39,20 @@ def atomic_path(path):
             os.unlink(tmp)
 
 
+def check_writable(path) -> None:
+    """Refuse an output path that cannot be written, before any work and without creating anything."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"output path {path} is a folder, not a file")
+    ancestor = path.parent if str(path.parent) else Path(".")
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"cannot write {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {path}: no permission to write in {ancestor}")
+
+
 def write_text_atomic(path, text: str) -> None:
     """Write a text file atomically (UTF-8)."""
     with atomic_path(path) as tmp:

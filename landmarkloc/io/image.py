@@ -15,13 +15,12 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..geometry.frames import ImageGeometry
+from ..memory import COPIES_IN_MEMORY, check_fits_in_memory, sizes_text
 from .atomic import atomic_path
 
 PLAIN_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 _LUMA = np.array([0.299, 0.587, 0.114])
-
-
 def _suffix(path: Path) -> str:
     name = path.name.lower()
     for s in (".nii.gz",):
@@ -35,7 +34,8 @@ def is_plain_2d(path) -> bool:
     return _suffix(Path(path)) in PLAIN_2D_SUFFIXES
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
+def _dicom_series_files(folder: Path) -> list:
+    """The files of the largest DICOM series in ``folder``, header checked."""
     reader = sitk.ImageSeriesReader()
     series = reader.GetGDCMSeriesIDs(str(folder))
     if not series:
@@ -44,11 +44,50 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     files = max(files_per_series, key=len)  # several series: take the largest, the usual volume
     if len(files) < 2:
         raise InputError(f"DICOM series in {folder} has a single slice; a volume is needed")
-    reader.SetFileNames(files)
+    _check_header(_read_header(Path(files[0])), folder.name, slices=len(files))
+    return list(files)
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(_dicom_series_files(folder))
     try:
         return reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"cannot read the DICOM series in {folder}: {_first_line(exc)}") from None
+
+
+def _read_header(path: Path) -> sitk.ImageFileReader:
+    """The file's header only (size, spacing, pixel type): nothing is allocated for the voxels yet."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(f"cannot read {path.name} as an image: {_first_line(exc)}") from None
+    return reader
+
+
+def _check_header(header: sitk.ImageFileReader, name: str, slices: int = 1) -> None:
+    """Refuse what the header already tells is unusable: 4D series, bad spacing, too large for memory."""
+    size = list(header.GetSize())
+    if slices > 1:  # a DICOM series: one file's header, times the number of slices
+        size = size[:2] + [slices * (size[2] if len(size) > 2 else 1)]
+    dim = len(size)
+    if dim == 4 and size[3] > 1:
+        raise InputError(f"{name} is a 4D image ({size[3]} volumes of {sizes_text(size[:3])}); "
+                         "give one 3D volume (e.g. one time point)")
+    if dim not in (2, 3, 4):
+        raise InputError(f"{name} is a {dim}D image; only 2D and 3D scalar images are supported")
+    spacing = np.asarray(header.GetSpacing(), dtype=np.float64)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise InputError(f"{name} has an invalid voxel spacing {tuple(float(v) for v in spacing)} in its header: "
+                         "spacings must be positive")
+    pixel_bytes = 8 if "64" in sitk.GetPixelIDValueAsString(header.GetPixelID()) else 4  # float32 copy: >= 4
+    voxels = float(np.prod(np.asarray(size, dtype=np.float64)))
+    components = max(1, header.GetNumberOfComponents())
+    check_fits_in_memory(voxels * components * pixel_bytes * COPIES_IN_MEMORY,
+                         f"{name} ({sizes_text(size)} voxels)")
 
 
 def _first_line(exc: Exception) -> str:
@@ -71,6 +110,20 @@ def _to_grey(image: sitk.Image) -> sitk.Image:
     return out
 
 
+def check_image_file(path) -> None:
+    """What can be checked without reading the voxels: the file exists, is not empty, its header is
+    readable, describes a 2D/3D image with positive spacing and fits in memory (DICOM folder: its series)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"image not found: {path}")
+    if path.is_dir():
+        _dicom_series_files(path)
+        return
+    if path.stat().st_size == 0:
+        raise InputError(f"image file is empty: {path}")
+    _check_header(_read_header(path), path.name)
+
+
 def read_image(path, spacing=None, allow_single_slice: bool = True) -> sitk.Image:
     """Read an image file or DICOM folder as a float32 scalar image with validated geometry.
 
@@ -79,13 +132,10 @@ def read_image(path, spacing=None, allow_single_slice: bool = True) -> sitk.Imag
     overrides the stored spacing of other formats.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"image not found: {path}")
+    check_image_file(path)
     if path.is_dir():
         image = _read_dicom_series(path)
     else:
-        if path.stat().st_size == 0:
-            raise InputError(f"image file is empty: {path}")
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
@@ -99,7 +149,8 @@ def read_image(path, spacing=None, allow_single_slice: bool = True) -> sitk.Imag
     ncomp = image.GetNumberOfComponentsPerPixel()
     if ncomp > 1:
         if dim == 3 and image.GetSize()[2] > 1 or ncomp not in (2, 3, 4):
-            raise InputError(f"{path.name} has {ncomp} components per voxel; a scalar image is needed")
+            raise InputError(f"{path.name} has {ncomp} components per voxel (a vector, tensor or 4D series "
+                             "stored as vectors); a scalar image is needed")
         image = _to_grey(image)
     if dim == 3 and image.GetSize()[2] == 1 and is_plain_2d(path):
         image = image[:, :, 0]
@@ -112,7 +163,7 @@ def read_image(path, spacing=None, allow_single_slice: bool = True) -> sitk.Imag
         if values.size != dim:
             raise InputError(f"--spacing needs 1 or {dim} values for the {dim}D image {path.name}")
         if not np.all(np.isfinite(values)) or np.any(values <= 0):
-            raise InputError(f"spacing must be positive, got {tuple(values)}")
+            raise InputError(f"spacing must be positive, got {tuple(float(v) for v in values)}")
         image.SetSpacing(tuple(float(v) for v in values))
     elif is_plain_2d(path):
         raise InputError(
@@ -124,17 +175,27 @@ def read_image(path, spacing=None, allow_single_slice: bool = True) -> sitk.Imag
 
 def check_image(image: sitk.Image, name: str = "image", allow_single_slice: bool = True) -> ImageGeometry:
     """Validate geometry and voxel values of an image already in memory (from a file or from Slicer)."""
-    geometry = ImageGeometry.from_image(image)
+    try:
+        geometry = ImageGeometry.from_image(image)
+    except InputError as exc:
+        raise InputError(f"{name}: {exc}") from None
     size = np.array(geometry.size)
     in_plane = size[:2]
     if np.any(in_plane < 2) or (not allow_single_slice and np.any(size < 2)):
-        raise InputError(f"{name} is too small to localize anything (size {tuple(size)})")
+        raise InputError(f"{name} is too small to localize anything (size {sizes_text(size)})")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{name} is not a scalar image")
     arr = sitk.GetArrayViewFromImage(image)
     if not np.isfinite(arr).all():
         raise InputError(f"{name} contains NaN or infinite voxel values")
     return geometry
+
+
+def check_not_constant(image: sitk.Image, name: str = "image") -> None:
+    """Refuse an image whose voxels all have one value: there is nothing to find in it, only noise to report."""
+    arr = sitk.GetArrayViewFromImage(image)
+    if arr.size and float(arr.min()) == float(arr.max()):
+        raise InputError(f"{name} is constant (every voxel is {float(arr.flat[0]):g}): there is nothing to localize")
 
 
 def squeeze_single_slice(image: sitk.Image) -> sitk.Image:

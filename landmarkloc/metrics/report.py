@@ -59,6 +59,13 @@ def _is_roi_file(path: Path) -> bool:
     return any(isinstance(m, dict) and m.get("type") == "ROI" for m in markups)
 
 
+def _check_names_overlap(case: str, predicted: list, reference: list) -> None:
+    """Predictions that share no name with the reference are a mix-up (other model, other file), not misses."""
+    if predicted and reference and not set(predicted) & set(reference):
+        raise InputError(f"{case}: no landmark names in common between prediction ({', '.join(predicted[:3])}...) "
+                         f"and reference ({', '.join(reference[:3])}...)")
+
+
 @dataclass
 class Evaluation:
     """All matched point errors and box scores of an evaluation run."""
@@ -71,7 +78,9 @@ class Evaluation:
     def add_case(self, case: str, pred: Path, ref: Path) -> None:
         if _is_roi_file(ref):
             predicted = {b.name: b for b in read_boxes(pred)}
-            for box in read_boxes(ref):
+            reference = read_boxes(ref)
+            _check_names_overlap(case, list(predicted), [b.name for b in reference])
+            for box in reference:
                 if box.name not in predicted:
                     self.missing.append((case, box.name))
                     continue
@@ -79,7 +88,9 @@ class Evaluation:
                                       box_wall_distance(predicted[box.name], box)))
             return
         predicted = points_by_label(read_points(pred))
-        for label, point in points_by_label(read_points(ref)).items():
+        reference = points_by_label(read_points(ref))
+        _check_names_overlap(case, list(predicted), list(reference))
+        for label, point in reference.items():
             if label not in predicted:
                 self.missing.append((case, label))
                 continue

@@ -25,9 +25,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..errors import InputError, ModelError
+from ..errors import InputError, LandmarkLocError, ModelError
 from ..geometry.frames import ImageGeometry
-from ..geometry.intensity import get_preset
+from ..geometry.intensity import get_preset, intensity_profile
 from ..geometry.resample import resample_to_grid
 from ..io.datasets import LandmarkDataset
 from ..io.image import read_image
@@ -216,6 +216,8 @@ def validate(model: GlobalToLocal, cases, cfg: FCNTrainConfig, device) -> dict:
 
 def model_metadata(cfg: FCNTrainConfig, names, global_cfg: FCNConfig, local_cfg, spacing, dataset_summary,
                    validation, training) -> dict:
+    dataset_summary = dict(dataset_summary)
+    profile = dataset_summary.pop("intensity_profile", None)
     return {
         "kind": "fcn", "method": "global-to-local FCN (Noothout et al. 2020)", "ndim": cfg.ndim,
         "landmark_names": list(names), "spacing": [float(s) for s in spacing],
@@ -224,7 +226,8 @@ def model_metadata(cfg: FCNTrainConfig, names, global_cfg: FCNConfig, local_cfg,
         "local_patch_size": local_cfg.patch_size if local_cfg else None,
         "global_architecture": global_cfg.to_dict(),
         "local_architecture": local_cfg.to_dict() if local_cfg else None,
-        "training_data": dataset_summary, "training": training, "validation": validation,
+        "training_data": dataset_summary, "intensity_profile": profile,
+        "training": training, "validation": validation,
         "train_config": cfg.to_dict(),
     }
 
@@ -289,6 +292,7 @@ def train_fcn(dataset: LandmarkDataset, output, cfg: FCNTrainConfig, val_dataset
     dev = ctx.device
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     log_path = weights_path.with_name(weights_path.name[: -len(".safetensors")] + ".log")
+    new_log = not log_path.exists()
     handler = _setup_log(log_path) if ctx.is_main else None
     try:
         names = list(dataset.names)
@@ -339,7 +343,9 @@ def train_fcn(dataset: LandmarkDataset, output, cfg: FCNTrainConfig, val_dataset
         alpha_global = cfg.alpha if cfg.alpha is not None else float(len(names))
         alpha_local = cfg.alpha if cfg.alpha is not None else 1.0
         summary = {"images": len(train_ds.cases), "validation_images": len(val_ds.cases),
-                   "landmarks": names, "annotations": train_ds.summary()["annotations_per_landmark"]}
+                   "landmarks": names, "annotations": train_ds.summary()["annotations_per_landmark"],
+                   # what the images look like to the network, to warn about inputs unlike them
+                   "intensity_profile": intensity_profile([c.array for c in cases])}
         if ctx.is_main:
             LOG.info("training %s on %d images (%d validation), %d landmarks, spacing %s, world size %d, "
                      "device %s, crop %s", cfg.preset, len(train_ds.cases), len(val_ds.cases), len(names),
@@ -394,6 +400,13 @@ def train_fcn(dataset: LandmarkDataset, output, cfg: FCNTrainConfig, val_dataset
             raise ModelError("training ended without writing a model (no iterations were run)")
         meta = json.loads(model_paths(output)[1].read_text(encoding="utf-8")) if ctx.is_main else {}
         return meta
+    except LandmarkLocError:
+        if handler is not None and new_log and not weights_path.exists():
+            LOG.removeHandler(handler)
+            handler.close()
+            handler = None
+            log_path.unlink(missing_ok=True)  # refused before any model: leave nothing behind
+        raise
     finally:
         if handler is not None:
             LOG.removeHandler(handler)

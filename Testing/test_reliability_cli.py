@@ -1,0 +1,465 @@
+"""Every bad input of every command: exit code 2, one line that says why, no traceback, no file left behind.
+
+Each table row is (description, how to make the input -> argv, a fragment of the expected message). The
+whole folder of the test (inputs and outputs) is listed before and after the command: nothing may appear,
+not even a temporary file or an empty output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from mrml_testing import REPO  # noqa: F401  (puts the module Lib folders on sys.path)
+from reliability_inputs import (
+    NAMES,
+    body_volume,
+    image,
+    metaimage_header,
+    tiny_fcn,
+    write,
+)
+from RPROneShotLib.selftest import make_tiny_rpr_models
+
+from landmarkloc.cli import main
+from landmarkloc.io.markups import ControlPoint, write_points
+from landmarkloc.io.modelfile import model_paths
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    coarse, fine = make_tiny_rpr_models(folder)
+    return {"fcn": tiny_fcn(folder / "fcn3"), "fcn2": tiny_fcn(folder / "fcn2", ndim=2, spacing=0.5),
+            "coarse": Path(coarse), "fine": Path(fine), "folder": folder}
+
+
+def listing(folder: Path) -> list:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def run_refused(argv, folder: Path, capsys) -> str:
+    """Run the CLI, assert the refusal contract, return the error line."""
+    capsys.readouterr()
+    before = listing(folder)
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and ": error: " in lines[0], err
+    assert listing(folder) == before, "a refused command must not leave files behind"
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- image files
+
+
+def good(tmp):
+    return write(image(body_volume()), tmp / "good.nrrd")
+
+
+def _truncated(tmp):
+    data = good(tmp).read_bytes()
+    path = tmp / "truncated.nrrd"
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _bytes(name, content):
+    def make(tmp):
+        (tmp / name).write_bytes(content)
+        return tmp / name
+    return make
+
+
+def _array(name, array, spacing=(2.0, 2.0, 2.0)):
+    return lambda tmp: write(image(array, spacing), tmp / name)
+
+
+def _with_value(value):
+    a = body_volume()
+    a[5, 6, 7] = value
+    return a
+
+
+def _four_d(tmp):
+    vol = image(body_volume())
+    return write(sitk.JoinSeries([vol, vol, vol]), tmp / "series4d.nrrd")
+
+
+def _vector(tmp):
+    vec = sitk.Compose([image(body_volume())] * 3)
+    return write(vec, tmp / "vector.nrrd")
+
+
+def _header(name, **kw):
+    return lambda tmp: metaimage_header(tmp / name, **kw)
+
+
+def _labelmap_where_image(tmp):
+    labels = np.zeros((20, 22, 24), np.uint8)
+    labels[5:9, 6:10, 7:12] = 1
+    return write(image(labels), tmp / "seg.nrrd")
+
+
+IMAGE_ROWS = [
+    ("missing file", lambda tmp: tmp / "nope.nii.gz", "image not found"),
+    ("empty file", _bytes("empty.nii.gz", b""), "is empty"),
+    ("truncated file", _truncated, "cannot read truncated.nrrd"),
+    ("not an image", _bytes("notes.nii.gz", b"this is a text file"), "cannot read notes.nii.gz as an image"),
+    ("unsupported format", _bytes("scan.xyz", b"\x00\x01binary"), "cannot read scan.xyz as an image"),
+    ("folder without DICOM", lambda tmp: (tmp / "emptydir").mkdir() or tmp / "emptydir", "without a DICOM series"),
+    ("4D series", _four_d, "4D image (3 volumes"),
+    ("vector image", _vector, "3 components per voxel"),
+    ("zero-size image", _header("zero.mha", size=(0, 0, 0)), "too small"),
+    ("one-voxel image", _array("one.nrrd", np.ones((1, 1, 1), np.float32)), "too small"),
+    ("NaN voxels", _array("nan.nrrd", _with_value(np.nan)), "NaN or infinite"),
+    ("Inf voxels", _array("inf.nrrd", _with_value(np.inf)), "NaN or infinite"),
+    ("constant image", _array("const.nrrd", np.full((20, 22, 24), 7.0, np.float32)), "constant"),
+    ("zero spacing", _header("zero_spacing.mha", spacing="0 2 2"), "invalid voxel spacing"),
+    ("negative spacing", _header("neg_spacing.mha", spacing="-2 2 2"), "invalid voxel spacing"),
+    ("absurd spacing 1e6", _array("huge_spacing.nrrd", body_volume(), (1e6, 1e6, 1e6)), "implausible voxel spacing"),
+    ("non-orthogonal direction", _header("shear.mha", direction="1 0 0 0.5 1 0 0 0 1"), "not orthonormal"),
+    ("far larger than memory", _header("huge.mha", size=(100000, 100000, 10000), with_data=False),
+     "GB of memory"),
+]
+
+
+@pytest.mark.parametrize("what, make, message", IMAGE_ROWS, ids=[r[0] for r in IMAGE_ROWS])
+def test_localize_refuses_bad_images(models, tmp_path, capsys, what, make, message):
+    path = make(tmp_path)
+    out = tmp_path / "out" / "r.mrk.json"
+    line = run_refused(["localize", str(path), "--model", str(models["fcn"]), "-o", str(out),
+                        "-q", "--device", "cpu"], tmp_path, capsys)
+    assert message in line
+
+
+# --------------------------------------------------------------------------- localize: models and outputs
+
+
+def _tampered(models, tmp):
+    weights, meta = model_paths(tmp / "tampered")
+    weights.write_bytes(bytearray(b ^ 0xFF if n == 200 else b for n, b in enumerate(models["fcn"].read_bytes())))
+    meta.write_text(model_paths(models["fcn"])[1].read_text())
+    return weights
+
+
+def _truncated_model(models, tmp):
+    weights, meta = model_paths(tmp / "cut")
+    weights.write_bytes(models["fcn"].read_bytes()[:100])
+    meta.write_text(model_paths(models["fcn"])[1].read_text())
+    return weights
+
+
+def _mismatched_model(models, tmp):
+    """Valid files, but the metadata describes another architecture (e.g. copied from another model)."""
+    from safetensors.torch import load_file
+
+    from landmarkloc.io.modelfile import save_model
+
+    meta = json.loads(model_paths(models["fcn"])[1].read_text())
+    meta["global_architecture"]["head_channels"] = 99
+    weights, _ = save_model(tmp / "mismatch", load_file(str(models["fcn"])),
+                            {k: v for k, v in meta.items() if k not in ("sha256", "weights", "format_version")})
+    return weights
+
+
+def _pickle(models, tmp):
+    torch.save({"w": torch.ones(1)}, tmp / "model.pth")
+    return tmp / "model.pth"
+
+
+def _no_metadata(models, tmp):
+    (tmp / "lonely.safetensors").write_bytes(models["fcn"].read_bytes())
+    return tmp / "lonely.safetensors"
+
+
+def _future_version(models, tmp):
+    weights, meta = model_paths(tmp / "future")
+    weights.write_bytes(models["fcn"].read_bytes())
+    data = json.loads(model_paths(models["fcn"])[1].read_text())
+    data["format_version"] = 99
+    meta.write_text(json.dumps(data))
+    return weights
+
+
+MODEL_ROWS = [
+    ("tampered weights", _tampered, "sha256 differs"),
+    ("truncated weights", _truncated_model, "sha256 differs"),
+    ("weights do not fit the metadata", _mismatched_model, "do not fit the architecture"),
+    ("pickle checkpoint", _pickle, "import-model"),
+    ("weights without metadata", _no_metadata, "metadata not found"),
+    ("unknown format version", _future_version, "format version 99"),
+    ("one-shot model given to localize", lambda models, tmp: models["coarse"], "'fcn' model is needed"),
+]
+
+
+@pytest.mark.parametrize("what, make, message", MODEL_ROWS, ids=[r[0] for r in MODEL_ROWS])
+def test_localize_refuses_bad_models(models, tmp_path, capsys, what, make, message):
+    model = make(models, tmp_path)
+    path = good(tmp_path)
+    line = run_refused(["localize", str(path), "--model", str(model), "-o", str(tmp_path / "r.mrk.json"), "-q",
+                        "--device", "cpu"], tmp_path, capsys)
+    assert message in line
+
+
+def _png(tmp, rgb=True):
+    arr = (body_volume((1, 30, 40))[0] / 4).astype(np.uint8)
+    if rgb:
+        arr = np.stack([arr, arr // 2, arr], axis=-1)
+    sitk.WriteImage(sitk.GetImageFromArray(arr, isVector=rgb), str(tmp / "xray.png"))
+    return tmp / "xray.png"
+
+
+def _file_in_the_way(tmp):
+    (tmp / "blocker").write_text("a file where a folder is needed")
+    return tmp / "blocker" / "r.mrk.json"
+
+
+OTHER_LOCALIZE_ROWS = [
+    ("2D image on a 3D model", lambda m, t: [str(_png(t)), "--spacing", "0.5", "--model", str(m["fcn"]),
+                                             "-o", str(t / "r.mrk.json")], "3D images, got a 2D image"),
+    ("3D volume on a 2D model", lambda m, t: [str(good(t)), "--model", str(m["fcn2"]), "-o", str(t / "r.mrk.json")],
+     "2D model needs a 2D image"),
+    ("2D picture without pixel size", lambda m, t: [str(_png(t)), "--model", str(m["fcn2"]),
+                                                    "-o", str(t / "r.mrk.json")], "--spacing"),
+    ("output under a file", lambda m, t: [str(good(t)), "--model", str(m["fcn"]), "-o", str(_file_in_the_way(t))],
+     "is a file, not a folder"),
+    ("output is a folder", lambda m, t: [str(good(t)), "--model", str(m["fcn"]), "--format", "csv",
+                                         "-o", str((t / "outdir").mkdir() or t / "outdir" / "x.mrk.json")],
+     "does not end with .csv"),
+    ("second input bad: nothing written for the first", lambda m, t: [
+        str(good(t)), str(t / "missing.nrrd"), "--model", str(m["fcn"]), "-o", str(t / "out")], "image not found"),
+]
+
+
+@pytest.mark.parametrize("what, make, message", OTHER_LOCALIZE_ROWS, ids=[r[0] for r in OTHER_LOCALIZE_ROWS])
+def test_localize_refuses_mismatched_inputs_and_outputs(models, tmp_path, capsys, what, make, message):
+    argv = ["localize"] + make(models, tmp_path) + ["-q", "--device", "cpu"]
+    assert message in run_refused(argv, tmp_path, capsys)
+
+
+def test_rgb_2d_picture_is_converted_not_refused(models, tmp_path, capsys):
+    png = _png(tmp_path, rgb=True)
+    assert main(["localize", str(png), "--spacing", "0.5", "--model", str(models["fcn2"]),
+                 "-o", str(tmp_path / "r.mrk.json"), "-q", "--device", "cpu"]) == 0
+    assert (tmp_path / "r.mrk.json").is_file()
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write anywhere")
+def test_localize_refuses_a_read_only_output_folder(models, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    path = good(tmp_path)
+    locked.chmod(0o500)
+    try:
+        line = run_refused(["localize", str(path), "--model", str(models["fcn"]), "-o", str(locked / "r.mrk.json"),
+                            "-q", "--device", "cpu"], tmp_path, capsys)
+    finally:
+        locked.chmod(0o700)
+    assert "no permission" in line
+
+
+# --------------------------------------------------------------------------- oneshot
+
+
+def _support(tmp, points=None, shape=(20, 22, 24)):
+    sup = image(body_volume(shape, seed=1), origin=(-20.0, -20.0, -20.0))
+    write(sup, tmp / "support.nrrd")
+    points = points or [ControlPoint("a", sup.TransformIndexToPhysicalPoint((10, 10, 8))),
+                        ControlPoint("b", sup.TransformIndexToPhysicalPoint((14, 8, 12)))]
+    write_points(tmp / "support.mrk.json", points)
+    labels = np.zeros(shape, np.uint8)
+    labels[6:12, 8:14, 8:16] = 1
+    lab = image(labels, origin=(-20.0, -20.0, -20.0))
+    write(lab, tmp / "support_seg.nrrd")
+    return tmp / "support.nrrd"
+
+
+def _oneshot(m, t, query=None, support_args=None, method="rpr", extra=()):
+    _support(t)
+    query = query if query is not None else good(t)
+    argv = ["oneshot", "--query", str(query), "--support", str(t / "support.nrrd")]
+    argv += support_args if support_args is not None else ["--support-markups", str(t / "support.mrk.json")]
+    if method == "rpr":
+        argv += ["--model", str(m["coarse"]), "--fine-model", str(m["fine"]), "--runs", "3"]
+    else:
+        argv += ["--method", method]
+    return argv + ["-o", str(t / "q.mrk.json")] + list(extra)
+
+
+def _outside_points(m, t):
+    argv = _oneshot(m, t)
+    write_points(t / "support.mrk.json", [ControlPoint("far", [500.0, 0.0, 0.0])])
+    return argv
+
+
+def _other_template(m, t):
+    """A template saved with other models: the models' sha256 differs."""
+    from landmarkloc.inference.oneshot import Template
+
+    Template(names=["a"], ndim=3, coarse_latents=np.zeros((1, 3), np.float32), coarse_sha256="0" * 64).save(
+        t / "tpl")
+    return ["oneshot", "--query", str(good(t)), "--template", str(t / "tpl.safetensors"), "--model", str(m["coarse"]),
+            "-o", str(t / "q.mrk.json")]
+
+
+def _shifted_labels(m, t):
+    argv = _oneshot(m, t, support_args=["--support-labels", str(t / "support_seg.nrrd"), "--labels", "1"])
+    lab = sitk.ReadImage(str(t / "support_seg.nrrd"))
+    lab.SetOrigin((0.0, 0.0, 0.0))
+    write(lab, t / "support_seg.nrrd")
+    return argv
+
+
+def _corrupt_markups(m, t):
+    argv = _oneshot(m, t)
+    (t / "support.mrk.json").write_text('{"markups": [{"controlPoints": [{"position": "oops"')
+    return argv
+
+
+ONESHOT_ROWS = [
+    ("query missing", lambda m, t: _oneshot(m, t, query=t / "nope.nrrd"), "image not found"),
+    ("query 4D", lambda m, t: _oneshot(m, t, query=_four_d(t)), "4D image"),
+    ("query constant", lambda m, t: _oneshot(m, t, query=_array("c.nrrd", np.full((20, 22, 24), 3.0, np.float32))(t)),
+     "constant"),
+    ("query NaN (ncc)", lambda m, t: _oneshot(m, t, query=_array("n.nrrd", _with_value(np.nan))(t), method="ncc"),
+     "NaN"),
+    ("2D query on 3D models", lambda m, t: _oneshot(m, t, query=_png(t), extra=["--pixel-spacing", "0.5"]),
+     "the RPR models are 3D"),
+    ("support points outside the support", _outside_points, "outside the support image: far"),
+    ("support points outside the support (ncc)", lambda m, t: _outside_points(m, t)[:-4] + [
+        "--method", "ncc", "-o", str(t / "q.mrk.json")], "outside the support image: far"),
+    ("labels missing in the label map", lambda m, t: _oneshot(m, t, support_args=[
+        "--support-labels", str(t / "support_seg.nrrd"), "--labels", "1,9"]), "label(s) 9 not found"),
+    ("label map on another grid", _shifted_labels, "differ in size or geometry"),
+    ("unreadable support markups", _corrupt_markups, "support.mrk.json"),
+    ("template from other models", _other_template, "different coarse model"),
+    ("--rois without organs", lambda m, t: _oneshot(m, t, extra=["--rois", str(t / "rois.mrk.json")]),
+     "--rois needs organ boxes"),
+    ("output under a file", lambda m, t: _oneshot(m, t)[:-1] + [str(_file_in_the_way(t))], "is a file"),
+]
+
+
+@pytest.mark.parametrize("what, make, message", ONESHOT_ROWS, ids=[r[0] for r in ONESHOT_ROWS])
+def test_oneshot_refuses_bad_inputs(models, tmp_path, capsys, what, make, message):
+    argv = make(models, tmp_path) + ["-q", "--device", "cpu"]
+    assert message in run_refused(argv, tmp_path, capsys)
+
+
+# --------------------------------------------------------------------------- derive, evaluate
+
+
+DERIVE_ROWS = [
+    ("labels missing", lambda t: [str(_labelmap_where_image(t)), "--labels", "1,5"], "label(s) 5 not found"),
+    ("names do not match labels", lambda t: [str(_labelmap_where_image(t)), "--labels", "1", "--names", "a,b"],
+     "2 names given for 1 labels"),
+    ("label map missing", lambda t: [str(t / "none.nrrd"), "--labels", "1"], "image not found"),
+    ("label map 4D", lambda t: [str(_four_d(t)), "--labels", "1"], "4D image"),
+    ("labels not integers", lambda t: [str(_labelmap_where_image(t)), "--labels", "liver"], "integers"),
+]
+
+
+@pytest.mark.parametrize("what, make, message", DERIVE_ROWS, ids=[r[0] for r in DERIVE_ROWS])
+def test_derive_refuses_bad_inputs(tmp_path, capsys, what, make, message):
+    argv = ["derive"] + make(tmp_path) + ["-o", str(tmp_path / "out" / "p.mrk.json")]
+    assert message in run_refused(argv, tmp_path, capsys)
+
+
+def test_derive_refuses_an_unwritable_output(tmp_path, capsys):
+    argv = ["derive", str(_labelmap_where_image(tmp_path)), "--labels", "1", "-o", str(_file_in_the_way(tmp_path))]
+    assert "is a file" in run_refused(argv, tmp_path, capsys)
+
+
+def _points(t, name, labels):
+    write_points(t / name, [ControlPoint(n, [float(i), 0.0, 0.0]) for i, n in enumerate(labels)])
+    return t / name
+
+
+EVALUATE_ROWS = [
+    ("prediction missing", lambda t: [str(t / "none.mrk.json"), str(_points(t, "r.mrk.json", NAMES))], "not found"),
+    ("landmark names do not match", lambda t: [str(_points(t, "p.mrk.json", ["x", "y"])),
+                                              str(_points(t, "r.mrk.json", NAMES))], "no landmark names in common"),
+    ("corrupt reference", lambda t: [str(_points(t, "p.mrk.json", NAMES)),
+                                     str(_bytes("r.mrk.json", b"{not json")(t))], "r.mrk.json"),
+    ("file and folder mixed", lambda t: [str(_points(t, "p.mrk.json", NAMES)), str(t)], "both be files"),
+]
+
+
+@pytest.mark.parametrize("what, make, message", EVALUATE_ROWS, ids=[r[0] for r in EVALUATE_ROWS])
+def test_evaluate_refuses_bad_inputs(tmp_path, capsys, what, make, message):
+    pred, ref = make(tmp_path)
+    argv = ["evaluate", "--pred", pred, "--ref", ref, "-o", str(tmp_path / "report")]
+    assert message in run_refused(argv, tmp_path, capsys)
+
+
+def test_evaluate_refuses_bad_thresholds_and_unwritable_reports(tmp_path, capsys):
+    pred, ref = _points(tmp_path, "p.mrk.json", NAMES), _points(tmp_path, "r.mrk.json", NAMES)
+    assert "positive" in run_refused(["evaluate", "--pred", str(pred), "--ref", str(ref), "--thresholds", "0,-1",
+                                      "-o", str(tmp_path / "rep")], tmp_path, capsys)
+    assert "is a file" in run_refused(["evaluate", "--pred", str(pred), "--ref", str(ref),
+                                       "-o", str(_file_in_the_way(tmp_path))], tmp_path, capsys)
+
+
+# --------------------------------------------------------------------------- training commands
+
+
+def _dataset(t, name="data", labels=NAMES, bad=None):
+    folder = t / name
+    folder.mkdir()
+    for n in range(2):
+        arr = body_volume(seed=n) if bad is None or n == 0 else bad
+        write(image(arr), folder / f"case{n}.nrrd")
+        _points(folder, f"case{n}.mrk.json", labels)
+    return folder
+
+
+TRAIN_FCN_ROWS = [
+    ("dataset missing", lambda t: [str(t / "nothing")], "dataset not found"),
+    ("image with NaN voxels", lambda t: [str(_dataset(t, bad=_with_value(np.nan)))], "NaN"),
+    ("validation landmarks differ", lambda t: [str(_dataset(t)), "--val", str(_dataset(t, "val", ["x", "y"]))],
+     "same landmark names"),
+    ("output under a file", lambda t: [str(_dataset(t)), "-o", str(_file_in_the_way(t))], "is a file"),
+]
+
+
+@pytest.mark.parametrize("what, make, message", TRAIN_FCN_ROWS, ids=[r[0] for r in TRAIN_FCN_ROWS])
+def test_train_fcn_refuses_bad_inputs(tmp_path, capsys, what, make, message):
+    args = make(tmp_path)
+    out = [] if "-o" in args else ["-o", str(tmp_path / "model")]
+    argv = ["train-fcn"] + args + out + ["--iterations", "1", "--intensity", "mr", "-q", "--device", "cpu"]
+    assert message in run_refused(argv, tmp_path, capsys)
+
+
+def _images(t, *arrays):
+    folder = t / "imgs"
+    folder.mkdir()
+    for n, arr in enumerate(arrays):
+        write(image(arr), folder / f"img{n}.nrrd")
+    return folder
+
+
+TRAIN_RPR_ROWS = [
+    ("images missing", lambda t: ["--images", str(t / "none")], "not found"),
+    ("folder without images", lambda t: ["--images", str((t / "e").mkdir() or t / "e")], "no image files"),
+    ("constant image", lambda t: ["--images", str(_images(t, body_volume(), np.full((20, 22, 24), 5.0, np.float32)))],
+     "constant"),
+    ("4D image", lambda t: ["--images", str(_four_d(t))], "4D image"),
+    ("output under a file", lambda t: ["--images", str(_images(t, body_volume())), "-o", str(_file_in_the_way(t))],
+     "is a file"),
+]
+
+
+@pytest.mark.parametrize("what, make, message", TRAIN_RPR_ROWS, ids=[r[0] for r in TRAIN_RPR_ROWS])
+def test_train_rpr_refuses_bad_inputs(tmp_path, capsys, what, make, message):
+    args = make(tmp_path)
+    out = [] if "-o" in args else ["-o", str(tmp_path / "rpr")]
+    argv = ["train-rpr"] + args + out + ["--stage", "coarse", "--epochs", "1", "--iterations", "1",
+                                         "--patch-size", "16", "--base-channels", "2", "-q", "--device", "cpu"]
+    assert message in run_refused(argv, tmp_path, capsys)
