@@ -1,0 +1,40 @@
+"""Add the training images' intensity profile to an FCN model trained before train-fcn recorded it.
+
+The profile (what the training images look like to the network) lets localize
+warn about images unlike them. It is computed exactly as train-fcn does, from
+the same training set, and written into the model's JSON; the weights and
+their sha256 are unchanged.
+
+    python models/recipes/add_intensity_profile.py MODEL DATASET [--spacing 0.1] [--masked-copies]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from landmarkloc.geometry.intensity import intensity_profile
+from landmarkloc.io.atomic import write_text_atomic
+from landmarkloc.io.datasets import load_dataset
+from landmarkloc.io.modelfile import model_paths, read_metadata
+from landmarkloc.training.fcn import prepare_cases
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model")
+    parser.add_argument("dataset")
+    parser.add_argument("--spacing", type=float, help="pixel size of 2D picture inputs")
+    parser.add_argument("--masked-copies", action="store_true")
+    args = parser.parse_args()
+    meta = read_metadata(args.model)
+    cases = prepare_cases(load_dataset(args.dataset), meta["spacing"], meta["intensity"], args.spacing,
+                          quiet=False, masked_copies=args.masked_copies)
+    meta["intensity_profile"] = intensity_profile([c.array for c in cases])
+    _, meta_path = model_paths(args.model)
+    write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
+    print(f"added the intensity profile of {len(cases)} training images to {meta_path}")
+
+
+if __name__ == "__main__":
+    main()
