@@ -1,8 +1,9 @@
 """Add the training images' intensity profile to an FCN model trained before train-fcn recorded it.
 
 The profile (what the training images look like to the network) lets localize
-warn about images unlike them. It is computed exactly as train-fcn does, from
-the same training set, and written into the model's JSON; the weights and
+warn about images unlike them. It is computed as train-fcn does, from the
+images of the training dataset description (including any images train-fcn held out for
+validation), and written into the model's JSON; the weights and
 their sha256 are unchanged.
 
     python models/recipes/add_intensity_profile.py MODEL DATASET [--spacing 0.1] [--masked-copies]
