@@ -68,8 +68,8 @@ def pad_to_multiple(array: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(array, pad) if any(p for _, p in pad) else array
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
+def _autocast(device: torch.device, enabled: bool = True):
+    if device.type == "cuda" and enabled:
         return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
     return contextlib.nullcontext()
 
@@ -78,18 +78,22 @@ def _memory_format(ndim: int):
     return torch.channels_last if ndim == 2 else torch.channels_last_3d
 
 
-def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool = True) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
-    if device.type == "cuda":
+    if device.type == "cuda" and channels_last:
         x = x.contiguous(memory_format=_memory_format(x.dim() - 2))
     return x
 
 
-def run_global(net, array: np.ndarray, variant, spacing, device) -> VoteSummary:
-    """The global network's votes on a whole (resampled, normalized) image."""
+def run_global(net, array: np.ndarray, variant, spacing, device, amp: bool = True,
+               channels_last: bool = True) -> VoteSummary:
+    """The global network's votes on a whole (resampled, normalized) image.
+
+    ``amp`` (mixed precision) and ``channels_last`` apply on CUDA only.
+    """
     padded = pad_to_multiple(array, net.patch_size)
-    x = _to_device(torch.from_numpy(padded)[None, None], device)
-    with _autocast(device):
+    x = _to_device(torch.from_numpy(padded)[None, None], device, channels_last)
+    with _autocast(device, amp):
         logits, disp = net(x)
     return summarize_votes(logits[0].float(), disp[0].float(), net.patch_size, variant, spacing)
 
@@ -116,15 +120,15 @@ def extract_subimages(array: np.ndarray, centres: np.ndarray, size: int) -> tupl
 
 
 def run_local(bank, array: np.ndarray, centres: np.ndarray, size: int, variant, spacing, device,
-              landmarks=None) -> VoteSummary:
+              landmarks=None, amp: bool = True, channels_last: bool = True) -> VoteSummary:
     """Refine ``centres`` (L, D) with the local bank: one grouped forward pass for all landmarks.
 
     ``landmarks`` restricts the pass to some landmark rows (their sub-images are
     evaluated; the others get empty sub-images and are dropped from the result).
     """
     windows, starts = extract_subimages(array, centres, size)
-    x = _to_device(torch.from_numpy(windows)[None], device)
-    with _autocast(device):
+    x = _to_device(torch.from_numpy(windows)[None], device, channels_last)
+    with _autocast(device, amp):
         logits, disp = bank(x)
     summary = summarize_votes(logits[0].float(), disp[0].float(), bank.patch_size, variant, spacing)
     summary.estimate = summary.estimate + starts
@@ -222,16 +226,23 @@ def model_metadata_checked(metadata: dict) -> dict:
 
 
 class Localizer:
-    """A loaded FCN model, ready to localize many images (load once, call often)."""
+    """A loaded FCN model, ready to localize many images (load once, call often).
 
-    def __init__(self, network: GlobalToLocal, metadata: dict, device="auto"):
+    On CUDA the networks run with mixed precision (``amp``) in channels-last
+    memory layout (``channels_last``) unless switched off (the benchmark compares both).
+    """
+
+    def __init__(self, network: GlobalToLocal, metadata: dict, device="auto", amp: bool = True,
+                 channels_last: bool = True):
         self.metadata = model_metadata_checked(metadata)
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.variant = get_variant(metadata["variant"])
         self.names = list(metadata["landmark_names"])
         self.ndim = int(metadata["ndim"])
+        self.amp = bool(amp)
+        self.channels_last = bool(channels_last)
         self.network = network.to(self.device).eval()
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and self.channels_last:
             self.network = self.network.to(memory_format=_memory_format(self.ndim))
         self.spacing = np.asarray(metadata["spacing"], dtype=np.float64)
         self.intensity = metadata["intensity"]
@@ -240,7 +251,7 @@ class Localizer:
         self.uncertain_below = float(metadata.get("uncertain_below", UNCERTAIN_BELOW))
 
     @classmethod
-    def from_file(cls, path, device="auto") -> Localizer:
+    def from_file(cls, path, device="auto", amp: bool = True, channels_last: bool = True) -> Localizer:
         tensors, metadata = load_model(path, kind=MODEL_KIND)
         network = build_network(model_metadata_checked(metadata))
         try:
@@ -249,7 +260,7 @@ class Localizer:
             first = str(exc).splitlines()[0]
             raise ModelError(f"{Path(path).name}: weights do not fit the architecture in its metadata ({first})") \
                 from None
-        return cls(network, metadata, device)
+        return cls(network, metadata, device, amp=amp, channels_last=channels_last)
 
     @property
     def has_local_stage(self) -> bool:
@@ -277,11 +288,12 @@ class Localizer:
         start = time.perf_counter()
         image, array, geometry = self._prepare(image)
         unlike = unlike_profile(array, self.metadata.get("intensity_profile"))
-        glob = run_global(self.network.global_net, array, self.variant, geometry.spacing, self.device)
+        glob = run_global(self.network.global_net, array, self.variant, geometry.spacing, self.device,
+                          self.amp, self.channels_last)
         final, local = glob, None
         if use_local and self.has_local_stage:
             local = run_local(self.network.local_net, array, glob.estimate, self.sub_image_size, self.variant,
-                              geometry.spacing, self.device)
+                              geometry.spacing, self.device, amp=self.amp, channels_last=self.channels_last)
             final = local
         landmarks = []
         for n, name in enumerate(self.names):
@@ -328,7 +340,8 @@ class Localizer:
         centres = np.zeros((len(self.names), self.ndim))
         centres[n] = centre
         local = run_local(self.network.local_net, array, centres, self.sub_image_size, self.variant,
-                          geometry.spacing, self.device, landmarks=[n])
+                          geometry.spacing, self.device, landmarks=[n], amp=self.amp,
+                          channels_last=self.channels_last)
         conf = float(local.confidence[0])
         found = conf >= self.not_found_below and bool(np.all(np.isfinite(local.estimate[0])))
         estimate = local.estimate[0] if found else centre

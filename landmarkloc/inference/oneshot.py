@@ -32,6 +32,10 @@ from landmarkloc.io.markups import Box, ControlPoint
 from landmarkloc.networks.pnet import RprModel, load_rpr_model, relative_offset
 
 TEMPLATE_KIND = "rpr-template"
+# Patches per network pass. Small batches keep each layer's activations (a few MB) in the CPU caches; a
+# batch of 48 patches of 32^3 voxels streams ~100 MB per layer through memory and runs ~1.7x slower
+# (measured with the compact Pnet, see docs/benchmarks.md). A batch of one would leave oneDNN.
+PATCHES_PER_PASS = 4
 
 
 @dataclass
@@ -208,8 +212,9 @@ class OneShotLocator:
     @torch.inference_mode()
     def _latents(self, model: RprModel, volume: PreparedVolume, index: np.ndarray) -> torch.Tensor:
         patches = extract_patches(volume, index, model.patch_size)
+        per_pass = PATCHES_PER_PASS if self.device.type == "cpu" else len(patches)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
-            return model.net(patches).float()
+            return torch.cat([model.net(chunk).float() for chunk in patches.split(max(1, per_pass))])
 
     def make_template(self, support_images: sitk.Image | Sequence[sitk.Image],
                       support_points: Sequence[ControlPoint] | Sequence[Sequence[ControlPoint]]) -> Template:

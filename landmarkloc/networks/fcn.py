@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from landmarkloc.errors import ModelError
+from landmarkloc.networks.layers import Conv2d, Conv3d
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,8 @@ class FCNConfig:
 
 def _layers(ndim: int):
     if ndim == 2:
-        return nn.Conv2d, nn.BatchNorm2d, nn.AvgPool2d
-    return nn.Conv3d, nn.BatchNorm3d, nn.AvgPool3d
+        return Conv2d, nn.BatchNorm2d, nn.AvgPool2d
+    return Conv3d, nn.BatchNorm3d, nn.AvgPool3d
 
 
 class _ResidualPair(nn.Module):

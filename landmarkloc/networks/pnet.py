@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from landmarkloc.errors import ModelError
+from landmarkloc.networks.layers import Conv2d, Conv3d
 
 POOLINGS = 3  # three max-pools: every patch axis must be a multiple of 8
 
@@ -86,8 +87,8 @@ class PnetConfig:
 
 def _layers(ndim: int) -> tuple[type[nn.Module], type[nn.Module], type[nn.Module]]:
     if ndim == 3:
-        return nn.Conv3d, nn.InstanceNorm3d, nn.MaxPool3d
-    return nn.Conv2d, nn.InstanceNorm2d, nn.MaxPool2d
+        return Conv3d, nn.InstanceNorm3d, nn.MaxPool3d
+    return Conv2d, nn.InstanceNorm2d, nn.MaxPool2d
 
 
 class ResidualBlock(nn.Module):
