@@ -83,3 +83,14 @@ def test_import_model_refuses_a_checkpoint_with_code(tmp_path, capsys):
     assert "this must never run" not in captured.out
     assert "weights-only" in captured.err
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    _save(tmp_path)
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("m.safetensors", "m.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask
