@@ -40,6 +40,9 @@ def _addCorePackageToPath() -> None:
 
 
 _addCorePackageToPath()
+
+from LandmarkLocalizerLib.jobwidget import JobPollingMixin  # noqa: E402  (after the path set-up)
+
 POLL_MS = 100
 
 
@@ -71,7 +74,7 @@ class LandmarkLocalizerParameterNode:
     evidenceVolume: vtkMRMLScalarVolumeNode
 
 
-class LandmarkLocalizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -262,34 +265,6 @@ class LandmarkLocalizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         p = self._parameterNode
         self.startJob("refine", lambda: self.logic.startRefine(p.inputVolume, self.currentModel(), p.outputPoints,
                                                                  row, p.device))
-
-    def cancelJob(self) -> None:
-        if self._job is None:
-            return
-        self._job.cancel()
-        self.onPoll()
-
-    def onPoll(self) -> None:
-        if self._job is None:
-            self.timer.stop()
-            return
-        for event in self._job.poll():
-            if event.kind == "progress":
-                self.ui.progressBar.value = int(round(100 * event.fraction))
-                self.ui.statusLabel.text = event.stage
-            elif event.kind == "done":
-                self.applyResult(event.result)
-            elif event.kind == "failed":
-                self.ui.statusLabel.text = _("Failed.")
-                slicer.util.errorDisplay(event.error)
-            elif event.kind == "cancelled":
-                self.ui.progressBar.value = 0
-                self.ui.statusLabel.text = _("Cancelled; the scene was not changed.")
-        if not self._job.running:
-            self.timer.stop()
-            self._job.cleanup()
-            self._job = None
-            self.updateButtons()
 
     def applyResult(self, result: dict) -> None:
         from landmarkloc.errors import LandmarkLocError

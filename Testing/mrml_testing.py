@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DIRECTIONS, rotation
 
 from landmarkloc.geometry.frames import lps_to_ras, lps_to_ras_matrix
 
@@ -21,21 +22,8 @@ for _folder in MODULE_FOLDERS:
         sys.path.insert(0, str(_folder))
 
 
-def rotation(axis, degrees: float) -> np.ndarray:
-    a = np.asarray(axis, dtype=float) / np.linalg.norm(axis)
-    t = np.deg2rad(degrees)
-    k = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
-    return np.eye(3) + np.sin(t) * k + (1 - np.cos(t)) * k @ k
-
-
 # Volume axis directions in LPS (columns): as ITK reads them from files.
-DIRECTIONS_LPS = {
-    "LPS": np.eye(3),
-    "RAS": np.diag([-1.0, -1.0, 1.0]),
-    "LAS": np.diag([1.0, -1.0, 1.0]),
-    "oblique": rotation([1.0, 2.0, 0.5], 27.0),
-    "oblique_flipped": rotation([0.3, -1.0, 2.0], 63.0) @ np.diag([1.0, 1.0, -1.0]),
-}
+DIRECTIONS_LPS = DIRECTIONS
 
 
 def new_scene():

@@ -67,6 +67,17 @@ def test_every_button_is_connected(module):
 
 
 @pytest.mark.parametrize("module", MODULES)
+def test_every_connected_slot_is_defined(module):
+    """Signals (buttons, the poll timer, ...) go to methods of the widget or of the shared job mixin."""
+    source = module_source(module)
+    mixin = (REPO / "LandmarkLocalizer" / "LandmarkLocalizerLib" / "jobwidget.py").read_text()
+    slots = set(re.findall(r"\.connect\(\"[^\"]+\", self\.(\w+)\)", source))
+    assert "onPoll" in slots
+    for slot in slots:
+        assert f"def {slot}(self" in source or f"def {slot}(self" in mixin, f"{slot} is connected but not defined"
+
+
+@pytest.mark.parametrize("module", MODULES)
 def test_parameter_names_in_the_ui_are_fields_of_the_parameter_node(module):
     fields = parameter_fields(module_source(module), module)
     bound = {param for _, param in ui_widgets(module).values() if param}
