@@ -110,3 +110,24 @@ def test_rpr_model_round_trips_through_safetensors(tmp_path):
     with pytest.raises(ModelError):
         save_model(tmp_path / "t", net.state_dict(), {**meta, "kind": "fcn"})
         load_rpr_model(tmp_path / "t.safetensors")
+
+
+def test_masked_copies_join_the_training_volumes(tmp_path):
+    from rpr_phantoms import phantom
+
+    from landmarkloc.io.image import read_image, write_image
+    from landmarkloc.training.rpr import load_volumes, rpr_preset, with_overrides
+
+    image, _, labels = phantom(0)
+    write_image(image, tmp_path / "a.nii.gz")
+    write_image(image, tmp_path / "b.nii.gz")
+    (tmp_path / "masks").mkdir()
+    write_image(sitk.Cast(labels > 0, sitk.sitkUInt8), tmp_path / "masks" / "a.nii.gz")  # b has no mask
+    config = with_overrides(rpr_preset("compact", 3), spacing=(2.5, 2.5, 2.5))
+    plain = load_volumes([tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"], config, read_image)
+    both = load_volumes([tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"], config, read_image,
+                        mask_dir=tmp_path / "masks")
+    assert len(plain) == 2 and len(both) == 3
+    masked = both[1]
+    assert masked.body.sum() < both[0].body.sum()  # only the masked structures are left as body
+    assert torch.equal(both[0].data, plain[0].data)

@@ -23,11 +23,12 @@ def _display_range(arr: np.ndarray) -> tuple:
     return float(lo), float(hi if hi > lo else lo + 1)
 
 
-def render_overview(image: sitk.Image, points, path, boxes=(), title: str = "", near_mm: float = None) -> None:
+def render_overview(image: sitk.Image, points, path, boxes=(), title: str = "", near_mm: float = 10.0) -> None:
     """Write a PNG with the image and the points (and boxes) drawn on it.
 
     3D: axial, coronal and sagittal slices through the points' median; a point
-    is drawn on a slice when it lies within ``near_mm`` of it (default: all).
+    is drawn on a slice only when it lies within ``near_mm`` of it (None: every
+    point, projected), so that no mark sits on anatomy it does not belong to.
     2D: the image with every point.
     """
     import matplotlib
@@ -70,7 +71,8 @@ def render_overview(image: sitk.Image, points, path, boxes=(), title: str = "", 
                             color=c, fontsize=6)
             for box in boxes:
                 _draw_box(ax, box, geo, fixed, s, row_axis, col_axis)
-            ax.set_title(f"{name} (slice {s})", fontsize=9)
+            shown = "all points projected" if near_mm is None else f"points within {near_mm:g} mm"
+            ax.set_title(f"{name} (slice {s}; {shown})", fontsize=9)
             ax.set_axis_off()
     if title:
         fig.suptitle(title, fontsize=10)

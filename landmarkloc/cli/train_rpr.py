@@ -48,6 +48,8 @@ def register(sub) -> None:
     p.add_argument("--no-augment", action="store_true", help="no rotation/scale/intensity augmentation")
     p.add_argument("--max-minutes", type=float, help="stop (and keep the best model) after this many minutes")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT.last.safetensors")
+    p.add_argument("--masks", help="folder of masks named like the images (e.g. brain masks): each image with a "
+                   "mask is also used masked (skull-stripped), for training and validation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pixel-spacing", type=float, help="pixel size in mm for 2D picture formats (PNG, JPEG ...)")
     p.add_argument("-o", "--output", required=True, help="model path (NAME or NAME.safetensors)")
@@ -123,8 +125,11 @@ def run(args) -> int:
         fine_range_mm=args.fine_range, epochs=args.epochs, iterations_per_epoch=args.iterations,
         batch_size=args.batch_size, learning_rate=args.lr,
         augmentation=AugmentationConfig() if args.no_augment else None, **radius)
+    if args.masks and not Path(args.masks).is_dir():
+        raise InputError(f"--masks must be a folder of masks named like the images: {args.masks}")
     result = train_rpr(train, val, Path(args.output), config, args.stage, read=read, seed=args.seed,
-                       device=args.device, max_minutes=args.max_minutes, resume=args.resume, quiet=args.quiet)
+                       device=args.device, max_minutes=args.max_minutes, resume=args.resume, quiet=args.quiet,
+                       mask_dir=Path(args.masks) if args.masks else None)
     if not args.quiet:
         print(f"best validation MSE {result.best_validation_mse:.2f} mm^2 (mean error "
               f"{result.best_validation_error_mm:.2f} mm) after {result.epochs_done} epochs"

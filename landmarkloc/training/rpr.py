@@ -30,7 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from landmarkloc.errors import InputError, ModelError
+from landmarkloc.geometry.frames import ImageGeometry
 from landmarkloc.geometry.intensity import get_preset
+from landmarkloc.geometry.resample import resample_to_grid
 from landmarkloc.inference.patches import PreparedVolume, prepare_volume, sample_patches
 from landmarkloc.networks.pnet import Pnet, PnetConfig, relative_offset, rpr_metadata
 
@@ -200,8 +202,12 @@ class PairSampler:
 
 
 def load_volumes(paths: Sequence[Path], config: RprTrainingConfig, read: Callable[[Path], sitk.Image],
-                 quiet: bool = True) -> list[PreparedVolume]:
-    """Read, reorient, resample and normalise training volumes (kept in memory)."""
+                 quiet: bool = True, mask_dir: Path | None = None) -> list[PreparedVolume]:
+    """Read, reorient, resample and normalise training volumes (kept in memory).
+
+    With ``mask_dir``, an image with a mask of the same file name there is also
+    used with the mask applied (e.g. skull-stripped), so the model learns both.
+    """
     from landmarkloc.runtime import progress
 
     volumes = []
@@ -209,8 +215,13 @@ def load_volumes(paths: Sequence[Path], config: RprTrainingConfig, read: Callabl
         image = read(path)
         if image.GetDimension() != config.pnet.ndim:
             raise InputError(f"{path}: {image.GetDimension()}D image, but the model is {config.pnet.ndim}D")
-        volumes.append(prepare_volume(image, config.spacing, get_preset(config.intensity),
-                                      config.foreground_threshold))
+        variants = [image]
+        mask_path = Path(mask_dir) / Path(path).name if mask_dir is not None else None
+        if mask_path is not None and mask_path.is_file():
+            mask = resample_to_grid(read(mask_path), ImageGeometry.from_image(image), "nearest", 0.0)
+            variants.append(sitk.Mask(image, sitk.Cast(mask > 0.5, sitk.sitkUInt8)))
+        volumes += [prepare_volume(v, config.spacing, get_preset(config.intensity), config.foreground_threshold)
+                    for v in variants]
     return volumes
 
 
@@ -294,7 +305,8 @@ class TrainingResult:
 
 def train_rpr(train_paths: Sequence[Path], val_paths: Sequence[Path], output: Path, config: RprTrainingConfig,
               stage: str, *, read: Callable[[Path], sitk.Image], seed: int = 0, device: str = "auto",
-              max_minutes: float | None = None, resume: bool = False, quiet: bool = False) -> TrainingResult:
+              max_minutes: float | None = None, resume: bool = False, quiet: bool = False,
+              mask_dir: Path | None = None) -> TrainingResult:
     """Train a coarse or fine Pnet; saves the best model (by validation MSE) to ``output``.
 
     ``read`` turns a path into an image (the CLI passes ``read_image``). Works in
@@ -314,8 +326,10 @@ def train_rpr(train_paths: Sequence[Path], val_paths: Sequence[Path], output: Pa
     quiet = quiet or not context.is_main
     radius = config.radius(stage)
 
-    volumes = load_volumes(train_paths, config, read, quiet)
-    val_volumes = load_volumes(val_paths, config, read, quiet) if val_paths else volumes
+    volumes = load_volumes(train_paths, config, read, quiet, mask_dir)
+    val_volumes = load_volumes(val_paths, config, read, quiet, mask_dir) if val_paths else volumes
+    # The best validation MSE is only comparable on the same validation set.
+    validation_set = {"images": [str(p) for p in (val_paths or train_paths)], "volumes": len(val_volumes)}
     val_batches = validation_pairs(val_volumes, config, stage, seed=seed + 10_007) if context.is_main else []
     sampler = PairSampler(volumes, config, stage, torch.Generator().manual_seed(seed * 1000 + context.rank))
 
@@ -341,7 +355,8 @@ def train_rpr(train_paths: Sequence[Path], val_paths: Sequence[Path], output: Pa
         _restore_optimizer(optimizer, tensors, meta["optimizer"])
         first_epoch = int(meta["epochs_done"])
         scheduler.last_epoch = first_epoch
-        best_mse, best_err = float(meta["best_validation_mse"]), float(meta["best_validation_error_mm"])
+        if meta.get("validation_set") == validation_set:
+            best_mse, best_err = float(meta["best_validation_mse"]), float(meta["best_validation_error_mm"])
         history = list(meta.get("history", []))
         sampler.generator.manual_seed(seed * 1000 + context.rank + 7919 * first_epoch)
 
@@ -356,7 +371,8 @@ def train_rpr(train_paths: Sequence[Path], val_paths: Sequence[Path], output: Pa
             config.foreground_threshold, fine_range_mm=config.fine_range_mm if stage == "fine" else None,
             training={"config": config.to_dict(), "epochs_done": epochs_done, "validation_mse": val_mse,
                       "validation_error_mm": val_err, "train_images": len(train_paths),
-                      "validation_images": len(val_paths), "seed": seed, "world_size": context.world_size}))
+                      "validation_images": len(val_paths), "masked_copies": mask_dir is not None, "seed": seed,
+                      "world_size": context.world_size}))
 
     def save_last(epochs_done: int) -> None:
         tensors = {f"model.{k}": v.detach().float() for k, v in net.state_dict().items()}
@@ -365,7 +381,7 @@ def train_rpr(train_paths: Sequence[Path], val_paths: Sequence[Path], output: Pa
         save_model(last_path, tensors, {
             "kind": "rpr-checkpoint", "stage": stage, "pnet": config.pnet.to_dict(), "epochs_done": epochs_done,
             "best_validation_mse": best_mse, "best_validation_error_mm": best_err, "history": history,
-            "optimizer": opt_meta})
+            "validation_set": validation_set, "optimizer": opt_meta})
 
     deadline = start + 60.0 * max_minutes if max_minutes else None
     stopped = False
