@@ -26,6 +26,7 @@ import SimpleITK as sitk  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from landmarkloc.geometry.frames import ImageGeometry, from_point3  # noqa: E402
+from landmarkloc.geometry.resample import canonical_orientation  # noqa: E402
 from landmarkloc.io.image import read_image  # noqa: E402
 from landmarkloc.io.markups import read_boxes, read_points  # noqa: E402
 
@@ -86,7 +87,9 @@ def main(argv=None) -> int:
     parser.add_argument("--title", default="")
     parser.add_argument("-o", "--output", required=True, help="PNG to write")
     args = parser.parse_args(argv)
-    image = read_image(args.image, spacing=args.spacing)
+    # Canonical axis order (i -> patient left, j -> posterior): the axial view is shown as Slicer shows it,
+    # anterior up and the patient's right on the viewer's left.
+    image = canonical_orientation(read_image(args.image, spacing=args.spacing))
     render(image, read_points(args.points), read_boxes(args.boxes) if args.boxes else [], Path(args.output),
            args.title)
     return 0
