@@ -56,15 +56,9 @@ def labelmap_3d(direction):
 @pytest.fixture(scope="session")
 def mrml_scene():
     """A real MRML scene (slicer-core) with the markups logic registered, as Slicer sets it up."""
-    slicer = pytest.importorskip("slicer")
-    scene = slicer.vtkMRMLScene()
-    selection = slicer.vtkMRMLSelectionNode()
-    selection.SetSingletonTag("Singleton")
-    scene.AddNode(selection)
-    logic = slicer.vtkSlicerMarkupsLogic()
-    logic.SetMRMLScene(scene)
-    scene._markups_logic = logic  # keep the logic alive as long as the scene
-    return scene
+    from mrml_testing import new_scene  # imported here: mrml_testing itself imports this module
+
+    return new_scene()
 
 
 @pytest.fixture

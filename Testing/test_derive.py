@@ -64,7 +64,7 @@ def test_missing_label_is_reported(labelmap_3d):
 
 
 def _mrml_points(scene, path):
-    node = scene.GetNodeByID(scene._markups_logic.LoadMarkups(str(path)))
+    node = scene.GetNodeByID(scene._landmarkloc_markups_logic.LoadMarkups(str(path)))
     out = []
     for i in range(node.GetNumberOfControlPoints()):
         p = [0.0, 0.0, 0.0]

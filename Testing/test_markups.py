@@ -74,7 +74,7 @@ def test_missing_file_and_unknown_suffix(tmp_path):
 def _read_with_mrml(scene, path, node_class, index=0):
     import slicer
 
-    logic = scene._markups_logic
+    logic = scene._landmarkloc_markups_logic
     node_id = logic.LoadMarkups(str(path)) if index == 0 else None
     if node_id:
         return scene.GetNodeByID(node_id)

@@ -97,17 +97,22 @@ def ncc_scores(volume: PreparedVolume, templates: torch.Tensor, config: NccConfi
     return scores.masked_fill(flat, -2.0), stride
 
 
-def ncc_locate(query_image: sitk.Image, support_image: sitk.Image, support_points, config: NccConfig = NccConfig(),
-               names: Sequence[str] | None = None) -> OneShotResult:
-    """Template matching of each support point's patch over the query."""
-    start = time.perf_counter()
+def _support(query_image: sitk.Image, support_image: sitk.Image, support_points, names) -> tuple:
+    """(dimension, point names, support positions (P, D) in LPS) shared by the baselines; checks the inputs."""
     ndim = query_image.GetDimension()
     if support_image.GetDimension() != ndim:
         raise InputError("support and query images differ in dimension")
     names = list(names) if names is not None else [p.label for p in support_points]
+    return ndim, names, support_positions(support_image, support_points, names)
+
+
+def ncc_locate(query_image: sitk.Image, support_image: sitk.Image, support_points, config: NccConfig = NccConfig(),
+               names: Sequence[str] | None = None) -> OneShotResult:
+    """Template matching of each support point's patch over the query."""
+    start = time.perf_counter()
+    ndim, names, pos = _support(query_image, support_image, support_points, names)
     spacing = (float(config.spacing),) * ndim
     patch = (int(config.patch_size),) * ndim
-    pos = support_positions(support_image, support_points, names)
     support = prepare_volume(support_image, spacing, config.intensity, name="support image")
     query = prepare_volume(query_image, spacing, config.intensity, name="query image")
     templates = extract_patches(support, support.to_index(pos), patch)[:, 0]
@@ -216,11 +221,7 @@ def registration_locate(query_image: sitk.Image, support_image: sitk.Image, supp
                         names: Sequence[str] | None = None) -> OneShotResult:
     """Register the support to the query and carry the support points over."""
     start = time.perf_counter()
-    ndim = query_image.GetDimension()
-    if support_image.GetDimension() != ndim:
-        raise InputError("support and query images differ in dimension")
-    names = list(names) if names is not None else [p.label for p in support_points]
-    pos = support_positions(support_image, support_points, names)
+    _, names, pos = _support(query_image, support_image, support_points, names)
     check_not_constant(support_image, "support image")
     check_not_constant(query_image, "query image")
     linear, bspline = register_images(query_image, support_image, config)
