@@ -9,7 +9,7 @@ args=(runs/ceph/train.csv --spacing 0.1 -o runs/fcn/ceph-isbi19 --preset compact
 # Phase 1: 6000 iterations (cosine schedule); phase 2: resumed and extended to 9000 iterations
 # (the cosine schedule recomputed over 9000 iterations: the rate rises to a quarter of the initial one and
 # decays to zero again; the best validation model of both phases is kept), as the shipped model was trained.
-landmarkloc train-fcn "${args[@]}" --iterations 6000 --max-minutes 55
-landmarkloc train-fcn "${args[@]}" --iterations 9000 --max-minutes 30 --resume
+landmarkloc train-fcn "${args[@]}" --iterations 6000 --max-minutes 55 "$@"
+landmarkloc train-fcn "${args[@]}" --iterations 9000 --max-minutes 30 --resume "$@"
 python models/recipes/add_intensity_profile.py runs/fcn/ceph-isbi19 runs/ceph/train.csv --spacing 0.1
 cp runs/fcn/ceph-isbi19.safetensors runs/fcn/ceph-isbi19.json models/
