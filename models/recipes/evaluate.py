@@ -50,8 +50,9 @@ DISCUSSION = [
     "preset are the obvious next steps (the recipe passes extra options such as `--preset paper` on).",
     "* **One-shot boxes**: RPR is faster than both baselines but clearly less accurate than affine registration. "
     "Its projection networks were trained for about an hour of one CPU core per stage in total (the paper: "
-    "days on a GPU), and the fine model still errs by several mm per extreme point, which the box IoU of small "
-    "structures (hippocampus, thalamus) punishes most.",
+    "days on a GPU). Across subjects the fine step makes the boxes slightly worse than the coarse step alone "
+    "(although it reduces the error when support and query are the same image): it errs by several mm per extreme "
+    "point, which the IoU of small structures (hippocampus, thalamus) punishes most.",
     "* **Known problem**: the RPR models do not carry over to the MNI152 template used by the demo: even with the "
     "template itself as support and query, the one-shot points are tens of mm off, while on IXI test images "
     "(with or without skull) the same experiment gives a few mm. The FCN has no such problem on the template. "
