@@ -42,23 +42,28 @@ IXI16_LABELS = {"3rdVentricle": 4, "4thVentricle": 11, "BrainStem": 35, "Amygdal
                 "ThalamusProper_L": 60, "CorpusCallosum": 95}
 DISCUSSION = [
     "## Where we are behind, and why", "",
-    "* **Cephalograms**: behind Noothout et al. The shipped network is the `compact` preset (a quarter of the "
-    "paper's widths, one residual pair per stage) trained for 5000 iterations of 4 crops (17 minutes on one CPU "
-    "core) on 135 images at 0.5 mm; the paper trained the full network far longer on a GPU. Gonion, porion and "
-    "subspinale have the largest errors; the long tail (mean well above the median) means a few estimates are far "
-    "off, and we have not yet analysed whether they come from the global stage. More training and the `paper` "
-    "preset are the obvious next steps (the recipe passes extra options such as `--preset paper` on).",
-    "* **One-shot boxes**: RPR is faster than both baselines but clearly less accurate than affine registration. "
-    "Its projection networks were trained for about an hour of one CPU core per stage in total (the paper: "
-    "days on a GPU). Across subjects the fine step makes the boxes slightly worse than the coarse step alone "
-    "(although it reduces the error when support and query are the same image): it errs by several mm per extreme "
-    "point, which the IoU of small structures (hippocampus, thalamus) punishes most.",
-    "* **Known problem**: the RPR models do not carry over to the MNI152 template used by the demo: even with the "
-    "template itself as support and query, the one-shot points are tens of mm off, while on IXI test images "
-    "(with or without skull) the same experiment gives a few mm. The FCN has no such problem on the template. "
-    "The cause is not found yet; until it is, the demo's one-shot step shows this failure rather than hiding it.",
+    "* **Cephalograms**: behind Noothout et al. The shipped network is the `compact` preset (8-64 "
+    "channels instead of the paper's 16-256, one residual pair per stage instead of 3-6) trained for 5000"
+    " iterations of 4 crops (17 minutes on one CPU core) on 135 images at 0.5 mm; the paper trained the "
+    "full network far longer on a GPU. Gonion, porion and subspinale have the largest errors; the long "
+    "tail (mean well above the median) means a few estimates are far off, and we have not yet analysed "
+    "whether they come from the global stage. More training and the `paper` preset are the obvious next "
+    "steps (the recipe passes extra options such as `--preset paper` on).",
+    "* **One-shot boxes**: RPR is faster than both baselines but clearly less accurate than affine "
+    "registration. Its projection networks were trained for about an hour of one CPU core per stage in "
+    "total (the paper: days on a GPU). Across subjects the fine step makes the boxes slightly worse than "
+    "the coarse step alone (although it reduces the error when support and query are the same image): it "
+    "errs by several mm per extreme point, which the IoU of small structures (hippocampus, thalamus) "
+    "punishes most.",
+    "* **Known problem**: the RPR models do not carry over to the MNI152 template used by the demo: even "
+    "with the template itself as support and query, the one-shot points are tens of mm off, while on IXI "
+    "test images (with or without skull) the same experiment gives a few mm. The FCN has no such problem "
+    "on the template. The cause is not found yet; until it is, the demo's one-shot step shows this "
+    "failure rather than hiding it.",
     "",
 ]
+
+
 CEPH_PUBLISHED = "Noothout et al. 2020 (global-to-local FCN), Test1: median 0.95 mm (IQR 1.15)"
 
 
@@ -235,7 +240,8 @@ def report() -> None:
     md = ["# Results on real data", "",
           "Produced by `python models/recipes/evaluate.py` (after the recipes in `models/recipes/`) on the "
           "held-out splits; numbers are from the models in `models/`. CPU timings are single-image wall times "
-          "on the 2-core development machine (see docs/benchmarks.md for controlled benchmarks).", ""]
+          "on the 2-core development machine, some taken while training jobs shared it (docs/benchmarks.md has "
+          "controlled timings).", ""]
     g2l, glob, stripped = _load("brain_g2l"), _load("brain_global"), _load("brain_stripped")
     if g2l:
         md += ["## brain-t1-ixi16 — 16 brain landmarks, IXI test split (20 subjects)", "",
