@@ -31,6 +31,7 @@ MNI_IN_NILEARN = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz
 FCN_MODEL = "brain-t1-ixi16"
 RPR_MODELS = ("brain-t1-rpr-coarse", "brain-t1-rpr-fine")
 SUPPORT_TEMPLATE = "brain-t1-rpr-mni152-support"
+ONE_SHOT_TOLERANCE_MM = 10.0  # above this median distance the demo says plainly that one-shot failed
 
 
 def mni_template_path() -> Path:
@@ -113,6 +114,9 @@ def run_demo(out_dir, device: str = "auto", say=print) -> dict:
     say(f"\n2. One-shot RPR on the template moved by a known rigid motion and cropped: {len(found.points)} points "
         f"in {found.seconds:.2f} s; distance to where the motion put them: median {np.median(errors):.1f} mm, "
         f"max {errors.max():.1f} mm")
+    if np.median(errors) > ONE_SHOT_TOLERANCE_MM:
+        say("   warning: that is far off. The shipped RPR models do not yet carry over to this template (a known "
+            "problem, see docs/results.md); on IXI test images they find points to a few mm.")
 
     t0 = time.perf_counter()
     render_overview(image, points, out / "mni152_landmarks.png", title=f"{FCN_MODEL} on the MNI152 T1 template")
