@@ -124,7 +124,7 @@ def test_shipped_models_lists_valid_models_of_the_kind(tmp_path):
 def test_inspect_model_refuses_corrupt_wrong_and_missing_files(tmp_path):
     weights, meta = write_model(tmp_path / "m")
     assert inspect_model(weights, "fcn").path == str(meta)
-    with pytest.raises(ModelError, match="'fcn' model; this module needs a 'rpr'"):
+    with pytest.raises(ModelError, match="'fcn' model, but a 'rpr' model is needed"):
         inspect_model(meta, "rpr")
     weights.write_bytes(weights.read_bytes()[:-4])
     with pytest.raises(ModelError, match="sha256"):

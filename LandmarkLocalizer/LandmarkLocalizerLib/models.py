@@ -12,7 +12,7 @@ from pathlib import Path
 
 from landmarkloc.errors import InputError, ModelError
 from landmarkloc.geometry.frames import ImageGeometry
-from landmarkloc.io.modelfile import model_paths, models_folder, read_metadata, sha256_of
+from landmarkloc.io.modelfile import model_paths, models_folder, verify_model
 
 
 @dataclass
@@ -38,15 +38,8 @@ def inspect_model(path, kind: str) -> ModelInfo:
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
-    weights, meta_path = model_paths(path)
-    meta = read_metadata(meta_path)
-    if meta["kind"] != kind:
-        raise ModelError(f"{meta_path.name} is a '{meta['kind']}' model; this module needs a '{kind}' model")
-    if not weights.is_file():
-        raise ModelError(f"model weights not found: {weights}")
-    if sha256_of(weights) != meta["sha256"]:
-        raise ModelError(f"{weights.name} does not match its metadata (sha256 differs): the file is damaged or "
-                         "was replaced")
+    _, meta = verify_model(path, kind)
+    meta_path = model_paths(path)[1]
     ndim = meta.get("ndim", 3)
     if ndim not in (2, 3):
         raise ModelError(f"{meta_path.name}: ndim must be 2 or 3, got {ndim!r}")

@@ -99,11 +99,8 @@ def read_metadata(path) -> dict:
     return meta
 
 
-def load_model(path, kind: str = None) -> tuple:
-    """Load (tensors, metadata), checking kind, format version and the weights' sha256."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+def verify_model(path, kind: str = None) -> tuple:
+    """(weights path, metadata) after checking kind, format version and the weights' sha256 (no torch needed)."""
     weights, meta_path = model_paths(path)
     meta = read_metadata(path)
     if kind is not None and meta["kind"] != kind:
@@ -113,6 +110,15 @@ def load_model(path, kind: str = None) -> tuple:
     if sha256_of(weights) != meta["sha256"]:
         raise ModelError(f"{weights.name} does not match its metadata (sha256 differs): "
                          "the file is damaged, truncated or was replaced")
+    return weights, meta
+
+
+def load_model(path, kind: str = None) -> tuple:
+    """Load (tensors, metadata), checking kind, format version and the weights' sha256."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights, meta = verify_model(path, kind)
     try:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
