@@ -15,7 +15,7 @@ from landmarkloc.io.markups import ControlPoint
 
 from . import mrml
 from .exchange import point_from_dict, point_to_dict, read_temporary_image, write_temporary_image
-from .jobs import Job, new_workdir, package_paths
+from .jobs import Job, package_paths, starting_workdir
 from .models import ModelInfo, check_model_fits
 
 WORKER_MODULE = "LandmarkLocalizerLib.worker"
@@ -41,6 +41,15 @@ def checked_image(volume_node):
     return image
 
 
+def start_worker(request: dict, image, python: str = None) -> Job:
+    """Write ``image`` for the worker process, start it on ``request`` and return at once."""
+    with starting_workdir() as workdir:
+        job = Job(WORKER_MODULE, {**request, "image": write_temporary_image(image, workdir / "input.mha")}, workdir,
+                  python_paths=worker_paths(), python=python)
+        job.start()
+        return job
+
+
 def output_name(volume_node, model: ModelInfo) -> str:
     return f"{volume_node.GetName()} {model.name}"
 
@@ -54,13 +63,8 @@ def start_localize(volume_node, model: ModelInfo, device: str = "Auto", evidence
         raise InputError("select a model")
     geometry = mrml.volume_geometry(volume_node)
     check_model_fits(model, geometry, volume_node.GetName())
-    image = checked_image(volume_node)
-    workdir = new_workdir()
-    request = {"task": "localize", "model": model.path, "device": device, "evidence": bool(evidence),
-               "image": write_temporary_image(image, workdir / "input.mha")}
-    job = Job(WORKER_MODULE, request, workdir, python_paths=worker_paths(), python=python)
-    job.start()
-    return job
+    return start_worker({"task": "localize", "model": model.path, "device": device, "evidence": bool(evidence)},
+                        checked_image(volume_node), python)
 
 
 def apply_localization(scene, result: dict, volume_node, model: ModelInfo, uncertain_below: float = 0.5,
@@ -94,13 +98,8 @@ def start_refine(volume_node, model: ModelInfo, points_node, index: int, device:
         raise InputError(f"point {label!r} has no position yet")
     mrml.world_transform(points_node)  # refuses a non-linear parent transform
     point = ControlPoint(label, mrml.point_position_lps(points_node, index))
-    image = mrml.volume_to_image(volume_node)
-    workdir = new_workdir()
-    request = {"task": "refine", "model": model.path, "device": device, "point": point_to_dict(point),
-               "image": write_temporary_image(image, workdir / "input.mha")}
-    job = Job(WORKER_MODULE, request, workdir, python_paths=worker_paths(), python=python)
-    job.start()
-    return job
+    return start_worker({"task": "refine", "model": model.path, "device": device, "point": point_to_dict(point)},
+                        checked_image(volume_node), python)
 
 
 def apply_refinement(points_node, index: int, result: dict, volume_node, uncertain_below: float = 0.5) -> None:

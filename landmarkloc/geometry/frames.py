@@ -70,15 +70,6 @@ class ImageGeometry:
     def _spacing_text(self) -> str:
         return "(" + ", ".join(f"{float(v):g}" for v in self.spacing) + ")"
 
-    @property
-    def index_to_physical_matrix(self) -> np.ndarray:
-        """Homogeneous (D+1)x(D+1) matrix mapping continuous (i, j, k, 1) to LPS mm."""
-        d = self.ndim
-        m = np.eye(d + 1)
-        m[:d, :d] = self.direction * self.spacing[None, :]
-        m[:d, d] = self.origin
-        return m
-
     def index_to_physical(self, index) -> np.ndarray:
         """Continuous ITK-order index [..., D] -> physical LPS mm [..., D]."""
         idx = np.asarray(index, dtype=np.float64)

@@ -195,9 +195,6 @@ class LocalizationResult:
     def not_found(self) -> list:
         return [lm.name for lm in self.landmarks if not lm.found]
 
-    def control_points(self, include_not_found: bool = False) -> list:
-        return [lm.to_control_point() for lm in self.landmarks if include_not_found or lm.found]
-
 
 # --------------------------------------------------------------------------- the model
 

@@ -226,8 +226,3 @@ def write_image(image: sitk.Image, path) -> None:
         except RuntimeError as exc:
             raise InputError(f"cannot write image {path}: {_first_line(exc)}") from None
 
-
-def image_from_array(array: np.ndarray, geometry: ImageGeometry) -> sitk.Image:
-    """Wrap a numpy array indexed [k, j, i] as an image on ``geometry``'s grid."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
-    return geometry.apply_to(image)

@@ -64,11 +64,6 @@ class Box:
         self.size = np.asarray(self.size, dtype=np.float64).reshape(3)
         self.orientation = np.asarray(self.orientation, dtype=np.float64).reshape(3, 3)
 
-    @property
-    def bounds_local(self) -> tuple:
-        """(low, high) corners in the box's own axes (coordinates = orientation.T @ p)."""
-        c = self.orientation.T @ self.center
-        return c - self.size / 2.0, c + self.size / 2.0
 
 
 def _check_system(coordinate_system: str) -> str:
