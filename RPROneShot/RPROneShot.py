@@ -460,7 +460,7 @@ class RPROneShotTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Support points outside the support are refused")
         geometry = mrml.volume_geometry(support)
-        from landmarkloc.io.markups import ControlPoint
+        from landmarkloc.points import ControlPoint
 
         far = mrml.add_points_node(slicer.mrmlScene, [ControlPoint("far", geometry.index_to_physical([99, 0, 0]))],
                                    "far")

@@ -27,8 +27,9 @@ from reliability_inputs import (
 from RPROneShotLib.selftest import make_tiny_rpr_models
 
 from landmarkloc.cli import main
-from landmarkloc.io.markups import ControlPoint, write_points
+from landmarkloc.io.markups import write_points
 from landmarkloc.io.modelfile import model_paths
+from landmarkloc.points import ControlPoint
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from mrml_testing import DIRECTIONS_LPS, add_linear_transform, add_volume, new_s
 
 from landmarkloc.errors import InputError, ModelError
 from landmarkloc.geometry.frames import ras_to_lps
-from landmarkloc.io.markups import ControlPoint
 from landmarkloc.io.modelfile import model_paths
+from landmarkloc.points import ControlPoint
 
 torch = pytest.importorskip("torch")
 slicer = pytest.importorskip("slicer")

@@ -33,9 +33,9 @@ from ..geometry.frames import ImageGeometry, from_point3, to_point3
 from ..geometry.intensity import get_preset, normalize, unlike_profile
 from ..geometry.resample import resample_to_grid, to_model_grid
 from ..io.image import check_image, check_not_constant, squeeze_single_slice
-from ..io.markups import ControlPoint
 from ..io.modelfile import load_model
 from ..networks.fcn import FCNConfig, GlobalToLocal
+from ..points import ControlPoint
 from ..runtime import resolve_device
 from ..training.fcn_targets import get_variant
 from .fcn_votes import VoteSummary, summarize_votes

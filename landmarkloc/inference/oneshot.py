@@ -28,8 +28,8 @@ from landmarkloc.errors import InputError, ModelError
 from landmarkloc.geometry.frames import ImageGeometry, from_point3, to_point3
 from landmarkloc.geometry.labels import box_from_points, group_extreme_points, label_extreme_points
 from landmarkloc.inference.patches import PreparedVolume, extract_patches, prepare_volume
-from landmarkloc.io.markups import Box, ControlPoint
 from landmarkloc.networks.pnet import RprModel, load_rpr_model, relative_offset
+from landmarkloc.points import Box, ControlPoint
 
 TEMPLATE_KIND = "rpr-template"
 # Patches per network pass. Small batches keep each layer's activations (a few MB) in the CPU caches; a
