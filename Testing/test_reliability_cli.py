@@ -464,3 +464,53 @@ def test_train_rpr_refuses_bad_inputs(tmp_path, capsys, what, make, message):
     argv = ["train-rpr"] + args + out + ["--stage", "coarse", "--epochs", "1", "--iterations", "1",
                                          "--patch-size", "16", "--base-channels", "2", "-q", "--device", "cpu"]
     assert message in run_refused(argv, tmp_path, capsys)
+
+
+# --------------------------------------------------------------------------- shipped models by name
+
+
+def _shipped(models, monkeypatch):
+    """The tiny models stand in for the shipped folder; the command runs from an unrelated folder."""
+    monkeypatch.setenv("LANDMARKLOC_MODELS", str(models["folder"]))
+
+
+MODEL_NAME_ROWS = [
+    # (description, --model value, what is made in the working folder, expected exit code, message fragment)
+    ("shipped name from another folder", "fcn3", None, 0, "landmarks in"),
+    ("a path that exists wins over a shipped name", "fcn3", "local 2D model", 2, "2D model needs a 2D image"),
+    ("unknown name lists the shipped models", "no-such-model", None, 2, "or the name of a shipped model: fcn2, fcn3"),
+]
+
+
+@pytest.mark.parametrize("what, name, local, code, message", MODEL_NAME_ROWS, ids=[r[0] for r in MODEL_NAME_ROWS])
+def test_models_by_name_from_any_folder(models, tmp_path, capsys, monkeypatch, what, name, local, code, message):
+    _shipped(models, monkeypatch)
+    image_path = good(tmp_path)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    if local:
+        tiny_fcn(work / name, ndim=2, spacing=0.5)
+    argv = ["localize", str(image_path), "--model", name, "-o", str(tmp_path / "r.mrk.json"), "-q", "--device", "cpu"]
+    if code == 2:
+        assert message in run_refused(argv, tmp_path, capsys)
+        return
+    assert main(argv) == 0
+    assert message in capsys.readouterr().out
+    assert (tmp_path / "r.mrk.json").is_file()
+
+
+def test_real_shipped_models_resolve_by_name_from_any_folder_and_help_lists_them(tmp_path, capsys, monkeypatch):
+    from landmarkloc.cli import build_parser
+    from landmarkloc.io.modelfile import read_metadata
+
+    monkeypatch.delenv("LANDMARKLOC_MODELS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert read_metadata("brain-t1-ixi16")["kind"] == "fcn"
+    assert read_metadata("brain-t1-rpr-coarse")["kind"] == "rpr"
+    for command, names in (("localize", ("brain-t1-ixi16", "ceph-isbi19")),
+                           ("oneshot", ("brain-t1-rpr-coarse", "brain-t1-rpr-fine", "brain-t1-rpr-mni152-support"))):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert all(n in text for n in names), text

@@ -32,6 +32,14 @@ def add_quiet_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or progress messages")
 
 
+def model_help(what: str, kinds) -> str:
+    """``--model`` help that lists the shipped models of these kinds (usable by name from any folder)."""
+    from ..io.modelfile import shipped_model_names
+
+    names = ", ".join(shipped_model_names(kinds)) or "none found"
+    return f"{what}: a .safetensors/.json path, or the name of a shipped model ({names}); an existing path wins"
+
+
 def parse_floats(text: str, what: str) -> list:
     """Comma-separated numbers from the command line, with a clear error."""
     try:

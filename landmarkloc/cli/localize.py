@@ -16,12 +16,12 @@ from ..io.atomic import check_writable, write_text_atomic
 from ..io.image import check_image_file, read_image, write_image
 from ..io.markups import write_points
 from ..runtime import progress
-from . import about, add_device_argument, add_quiet_argument, parse_floats
+from . import about, add_device_argument, add_quiet_argument, model_help, parse_floats
 
 FORMATS = {"mrk.json": ".mrk.json", "fcsv": ".fcsv", "csv": ".csv"}
 
 EXAMPLE = """examples:
-  landmarkloc localize IXI002.nii.gz --model models/ixi16.safetensors -o IXI002.mrk.json
+  landmarkloc localize IXI002.nii.gz --model brain-t1-ixi16 -o IXI002.mrk.json
   landmarkloc localize ceph/images/15*.jpg --spacing 0.1 --model ceph.json -o out/ --format csv --evidence
   (several inputs: OUT is a folder, one file per input named after it; landmarks that are not found,
    e.g. outside the field of view, are left out and reported; uncertain ones are written unselected)
@@ -34,7 +34,7 @@ def register(sub) -> None:
                        "points are written in the input's physical space (LPS) with a confidence per point.",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", help="input image files or DICOM folders")
-    p.add_argument("--model", required=True, help="model .safetensors or .json")
+    p.add_argument("--model", required=True, help=model_help("FCN model", ("fcn",)))
     p.add_argument("-o", "--output", required=True, help="output file (one input) or folder (several)")
     p.add_argument("--spacing", help="pixel size in mm of 2D picture inputs (PNG/JPEG/...), e.g. 0.1")
     p.add_argument("--format", choices=list(FORMATS), default=None,

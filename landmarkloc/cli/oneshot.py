@@ -11,14 +11,14 @@ from ..errors import InputError
 from ..io.atomic import check_writable
 from ..io.image import check_image_file, is_plain_2d, read_image
 from ..io.markups import read_points, write_boxes, write_points
-from . import about, add_device_argument, add_quiet_argument
+from . import about, add_device_argument, add_quiet_argument, model_help
 
 EXAMPLE = """examples:
   landmarkloc oneshot --query q.nii.gz --support s.nii.gz --support-labels s_seg.nii.gz --labels 35,47,48 \\
       --names BrainStem,Hippocampus_R,Hippocampus_L --model coarse.safetensors --fine-model fine.safetensors \\
       -o q_points.mrk.json --rois q_rois.mrk.json --save-template brain3.safetensors
-  landmarkloc oneshot --query a.nii.gz b.nii.gz --template brain3.safetensors --model coarse.safetensors \\
-      --fine-model fine.safetensors -o out/ --rois out/
+  landmarkloc oneshot --query a.nii.gz b.nii.gz --template brain3.safetensors --model brain-t1-rpr-coarse \\
+      --fine-model brain-t1-rpr-fine -o out/ --rois out/
   landmarkloc oneshot --method registration --query q.nii.gz --support s.nii.gz \\
       --support-markups s.mrk.json -o q.mrk.json
   (with several queries, -o and --rois are folders: QUERY.mrk.json / QUERY_rois.mrk.json)
@@ -37,10 +37,11 @@ def register(sub) -> None:
     p.add_argument("--support-labels", help="support label map: organ boxes from their six extreme points")
     p.add_argument("--labels", help="with --support-labels: comma-separated label values")
     p.add_argument("--names", help="with --support-labels: comma-separated organ names")
-    p.add_argument("--template", help="rpr: a saved support template instead of --support")
+    p.add_argument("--template", help=model_help("rpr: a saved support template instead of --support",
+                                                 ("rpr-template",)))
     p.add_argument("--save-template", help="rpr: save the support template here (NAME.safetensors + NAME.json)")
-    p.add_argument("--model", help="rpr: coarse model")
-    p.add_argument("--fine-model", help="rpr: fine model")
+    p.add_argument("--model", help=model_help("rpr: coarse model", ("rpr",)))
+    p.add_argument("--fine-model", help=model_help("rpr: fine model", ("rpr",)))
     p.add_argument("--fine-steps", type=int, default=1, help="rpr: fine steps (default 1)")
     p.add_argument("--runs", type=int, default=15, help="rpr: random starts K of the multi-run ensemble (default 15)")
     p.add_argument("--seed", type=int, default=0)
