@@ -100,3 +100,23 @@ def test_single_slice_volume_becomes_2d_with_same_physical_points():
     assert flat.GetDimension() == 2
     np.testing.assert_allclose(flat.TransformContinuousIndexToPhysicalPoint((2.5, 3.0)),
                                image.TransformContinuousIndexToPhysicalPoint((2.5, 3.0, 0.0))[:2])
+
+
+def test_complete_gzip_files_are_read_whatever_their_trailer_says(tmp_path):
+    """Two gzip members (valid gzip; the last trailer holds only the second member's size): the cheap trailer
+    check differs, the stream is then decompressed to its end and found complete."""
+    import gzip
+
+    from landmarkloc.io.image import check_image_file
+
+    whole = tmp_path / "whole.nii"
+    volume = np.random.default_rng(0).normal(size=(8, 10, 12)).astype(np.float32)
+    sitk.WriteImage(make_image(volume, (1, 1, 2), (0, 0, 0), np.eye(3)), str(whole))
+    data = whole.read_bytes()
+    two = tmp_path / "two.nii.gz"
+    two.write_bytes(gzip.compress(data[:1000]) + gzip.compress(data[1000:]))
+    check_image_file(two)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(two)), sitk.GetArrayFromImage(read_image(whole)))
+    two.write_bytes(gzip.compress(data[:1000]) + gzip.compress(data[1000:])[:-40])
+    with pytest.raises(InputError, match="two.nii.gz is truncated"):
+        check_image_file(two)

@@ -65,11 +65,16 @@ def good(tmp):
     return write(image(body_volume()), tmp / "good.nrrd")
 
 
-def _truncated(tmp):
-    data = good(tmp).read_bytes()
-    path = tmp / "truncated.nrrd"
-    path.write_bytes(data[: len(data) // 2])
-    return path
+def _truncated(name, compress=False, keep=0.5, data_file=None):
+    """``name`` written whole, then cut to ``keep`` of its bytes (or of its detached ``data_file``)."""
+    def make(tmp):
+        path = tmp / name
+        sitk.WriteImage(image(body_volume()), str(path), compress)
+        cut = tmp / data_file if data_file else path
+        data = cut.read_bytes()
+        cut.write_bytes(data[: int(len(data) * keep)])
+        return path
+    return make
 
 
 def _bytes(name, content):
@@ -112,7 +117,14 @@ def _labelmap_where_image(tmp):
 IMAGE_ROWS = [
     ("missing file", lambda tmp: tmp / "nope.nii.gz", "image not found"),
     ("empty file", _bytes("empty.nii.gz", b""), "is empty"),
-    ("truncated file", _truncated, "cannot read truncated.nrrd"),
+    ("truncated .nii.gz (ITK alone reads zeros)", _truncated("cut.nii.gz", True), "cut.nii.gz is truncated"),
+    ("truncated .nii.gz, last 1 %", _truncated("cut.nii.gz", True, keep=0.99), "cut.nii.gz is truncated"),
+    ("truncated .nii (ITK alone reads zeros)", _truncated("cut.nii"), "cut.nii is truncated"),
+    ("truncated gzip .nrrd", _truncated("cut.nrrd", True), "cut.nrrd is truncated"),
+    ("truncated raw .nrrd", _truncated("cut.nrrd"), "cut.nrrd is truncated"),
+    ("truncated data of a .nhdr", _truncated("cut.nhdr", True, data_file="cut.raw.gz"), "(data file cut.raw.gz) is"),
+    ("truncated zlib .mha", _truncated("cut.mha", True), "cut.mha is truncated"),
+    ("truncated raw .mha", _truncated("cut.mha", keep=0.9), "cut.mha is truncated"),
     ("not an image", _bytes("notes.nii.gz", b"this is a text file"), "cannot read notes.nii.gz as an image"),
     ("unsupported format", _bytes("scan.xyz", b"\x00\x01binary"), "cannot read scan.xyz as an image"),
     ("folder without DICOM", lambda tmp: (tmp / "emptydir").mkdir() or tmp / "emptydir", "without a DICOM series"),

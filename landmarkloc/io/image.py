@@ -17,6 +17,7 @@ from ..errors import InputError
 from ..geometry.frames import ImageGeometry
 from ..memory import COPIES_IN_MEMORY, check_fits_in_memory, sizes_text
 from .atomic import atomic_path
+from .completeness import check_data_complete
 
 PLAIN_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
@@ -112,7 +113,8 @@ def _to_grey(image: sitk.Image) -> sitk.Image:
 
 def check_image_file(path) -> None:
     """What can be checked without reading the voxels: the file exists, is not empty, its header is
-    readable, describes a 2D/3D image with positive spacing and fits in memory (DICOM folder: its series)."""
+    readable, describes a 2D/3D image with positive spacing and fits in memory, and the file holds all the
+    data its header promises (io.completeness; DICOM folder: its series)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"image not found: {path}")
@@ -122,6 +124,7 @@ def check_image_file(path) -> None:
     if path.stat().st_size == 0:
         raise InputError(f"image file is empty: {path}")
     _check_header(_read_header(path), path.name)
+    check_data_complete(path)
 
 
 def read_image(path, spacing=None, allow_single_slice: bool = True) -> sitk.Image:
