@@ -18,9 +18,12 @@ import torch
 from mrml_testing import REPO  # noqa: F401  (puts the module Lib folders on sys.path)
 from reliability_inputs import (
     NAMES,
+    SERIES_UID,
     body_volume,
+    dicom_series,
     image,
     metaimage_header,
+    stack_origins,
     tiny_fcn,
     write,
 )
@@ -108,6 +111,20 @@ def _header(name, **kw):
     return lambda tmp: metaimage_header(tmp / name, **kw)
 
 
+OTHER_UID = "1.2.826.0.1.3680043.2.1125.7002"
+
+
+def _two_series(tmp):
+    """A clinic's folder: the volume and a 3-slice localizer (scout) series."""
+    dicom_series(tmp / "dicom", stack_origins(count=16), description="T1 axial")
+    return dicom_series(tmp / "dicom", stack_origins(count=3, step=10.0), uid=OTHER_UID, description="localizer")
+
+
+def _shared_positions(tmp):
+    origins = stack_origins(count=8)
+    return dicom_series(tmp / "echoes", np.r_[origins, origins])
+
+
 def _labelmap_where_image(tmp):
     labels = np.zeros((20, 22, 24), np.uint8)
     labels[5:9, 6:10, 7:12] = 1
@@ -128,6 +145,10 @@ IMAGE_ROWS = [
     ("not an image", _bytes("notes.nii.gz", b"this is a text file"), "cannot read notes.nii.gz as an image"),
     ("unsupported format", _bytes("scan.xyz", b"\x00\x01binary"), "cannot read scan.xyz as an image"),
     ("folder without DICOM", lambda tmp: (tmp / "emptydir").mkdir() or tmp / "emptydir", "without a DICOM series"),
+    ("DICOM folder with several series: listed", _two_series,
+     f"holds 2 DICOM series; choose one with --series UID: {SERIES_UID} (16 slices, T1 axial); "
+     f"{OTHER_UID} (3 slices, localizer)"),
+    ("DICOM slices sharing positions", _shared_positions, "8 slice(s) at the position of another"),
     ("4D series", _four_d, "4D image (3 volumes"),
     ("vector image", _vector, "3 components per voxel"),
     ("zero-size image", _header("zero.mha", size=(0, 0, 0)), "too small"),
@@ -247,6 +268,9 @@ OTHER_LOCALIZE_ROWS = [
     ("output is a folder", lambda m, t: [str(good(t)), "--model", str(m["fcn"]), "--format", "csv",
                                          "-o", str((t / "outdir").mkdir() or t / "outdir" / "x.mrk.json")],
      "does not end with .csv"),
+    ("--series not in the DICOM folder", lambda m, t: [str(_two_series(t)), "--series", "1.2.3", "--model",
+                                                       str(m["fcn"]), "-o", str(t / "r.mrk.json")],
+     f"holds no DICOM series 1.2.3; it holds: {SERIES_UID} (16 slices"),
     ("second input bad: nothing written for the first", lambda m, t: [
         str(good(t)), str(t / "missing.nrrd"), "--model", str(m["fcn"]), "-o", str(t / "out")], "image not found"),
 ]
@@ -526,3 +550,48 @@ def test_real_shipped_models_resolve_by_name_from_any_folder_and_help_lists_them
             build_parser().parse_args([command, "--help"])
         text = " ".join(capsys.readouterr().out.split())
         assert all(n in text for n in names), text
+
+
+# --------------------------------------------------------------------------- DICOM series read with a warning
+
+DICOM_ROWS = [
+    # (description, how the series differs from the intact one, extra arguments, warning fragment)
+    ("missing slice", {"skip": {13}}, [], "1 missing slice (a gap of 5 mm where slices are 2.5 mm apart); resampled"),
+    ("gantry tilt", {"shift": (0.0, np.tan(np.radians(12.0)), 0.0)}, [], "a gantry tilt of 12 degrees; resampled"),
+    ("uneven spacing", {"steps": [3.0] * 6 + [2.5] * 11 + [2.0] * 6}, [], "uneven slice spacing (2 to 3 mm); "),
+    ("--series picks one of several", {"other_series": True}, ["--series", SERIES_UID], None),
+]
+
+
+def _derived_points(argv, capsys):
+    from landmarkloc.io.markups import read_points
+
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    return {p.label: p.position for p in read_points(argv[argv.index("-o") + 1])}, err
+
+
+@pytest.mark.parametrize("what, change, extra, warning", DICOM_ROWS, ids=[r[0] for r in DICOM_ROWS])
+def test_irregular_dicom_series_warn_and_keep_geometry(tmp_path, capsys, what, change, extra, warning):
+    """Exit 0, exactly one warning line (or none), and the structures where the intact series puts them (a label
+    map scanned as a series; `derive` gives their LPS centroids). Voxel-level checks: test_image_io.py."""
+    from reliability_inputs import labels_at
+
+    derive = ["derive", "--labels", "1,2"]
+    intact = dicom_series(tmp_path / "intact", stack_origins(count=24), values=labels_at)
+    reference, _ = _derived_points(derive + [str(intact), "-o", str(tmp_path / "intact.mrk.json")], capsys)
+    origins = stack_origins(count=24, shift=change.get("shift", (0.0, 0.0, 0.0)), steps=change.get("steps"))
+    folder = dicom_series(tmp_path / "series", origins, skip=change.get("skip", ()), values=labels_at)
+    if change.get("other_series"):
+        dicom_series(folder, stack_origins(count=3, step=10.0), uid=OTHER_UID, description="localizer")
+    points, err = _derived_points(derive + [str(folder), "-o", str(tmp_path / "r.mrk.json")] + extra, capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    if warning is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and lines[0].startswith("landmarkloc derive: warning: ") and warning in lines[0], err
+    assert points.keys() == reference.keys() == {"1", "2"}
+    for name, position in points.items():
+        assert np.linalg.norm(position - reference[name]) < 0.5, (name, position, reference[name])

@@ -10,6 +10,7 @@ from ..geometry.labels import label_boxes, label_centroids, label_extreme_points
 from ..io.atomic import check_writable
 from ..io.image import check_image_file, read_image
 from ..io.markups import write_boxes, write_points
+from . import add_series_argument
 
 EXAMPLE = """example:
   landmarkloc derive seg/IXI002.nii.gz --labels 35,47,48 --names BrainStem,Hippocampus_R,Hippocampus_L \\
@@ -33,6 +34,7 @@ def register(sub) -> None:
                    help="coordinate system written to the file (default: LPS, Slicer's default)")
     p.add_argument("--spacing", type=float, help="pixel size in mm, needed for 2D picture formats")
     p.add_argument("-o", "--output", required=True, help="output .mrk.json, .fcsv or .csv (boxes: .mrk.json)")
+    add_series_argument(p)
     p.set_defaults(func=run)
 
 
@@ -49,9 +51,9 @@ def parse_labels(text: str) -> list:
 def run(args) -> int:
     labels = parse_labels(args.labels)
     names = [n.strip() for n in args.names.split(",")] if args.names else None
-    check_image_file(args.labelmap)
+    check_image_file(args.labelmap, args.series)
     check_writable(args.output)
-    labelmap = read_image(args.labelmap, spacing=args.spacing)
+    labelmap = read_image(args.labelmap, spacing=args.spacing, series=args.series)
     if args.kind == "box":
         boxes = label_boxes(labelmap, labels, names)
         write_boxes(args.output, boxes, args.coordinate_system)

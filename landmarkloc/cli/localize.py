@@ -16,7 +16,7 @@ from ..io.atomic import check_writable, write_text_atomic
 from ..io.image import check_image_file, read_image, write_image
 from ..io.markups import write_points
 from ..runtime import progress
-from . import about, add_device_argument, add_quiet_argument, model_help, parse_floats
+from . import about, add_device_argument, add_quiet_argument, add_series_argument, model_help, parse_floats
 
 FORMATS = {"mrk.json": ".mrk.json", "fcsv": ".fcsv", "csv": ".csv"}
 
@@ -43,6 +43,7 @@ def register(sub) -> None:
                    help="also write each landmark's classification posterior (NRRD on the input grid) "
                    "and its votes (CSV: LPS x, y, z, weight)")
     p.add_argument("--global-only", action="store_true", help="skip the local refinement stage")
+    add_series_argument(p)
     add_device_argument(p)
     add_quiet_argument(p)
     p.set_defaults(func=run)
@@ -94,7 +95,7 @@ def run(args) -> int:
     # Everything checkable without the voxels is checked first, so a bad input or output path is
     # reported before any work and before any file is written.
     for image_path, out_path in zip(args.images, outputs):
-        check_image_file(image_path)
+        check_image_file(image_path, args.series)
         check_writable(out_path)
     t0 = time.perf_counter()
     localizer = Localizer.from_file(args.model, args.device)
@@ -103,7 +104,7 @@ def run(args) -> int:
     times = []
     for image_path, out_path in progress(list(zip(args.images, outputs)), desc="localize", quiet=args.quiet):
         with about(Path(image_path)):
-            image = read_image(image_path, spacing=spacing)
+            image = read_image(image_path, spacing=spacing, series=args.series)
             result = localizer.localize(image, evidence=bool(args.evidence), use_local=not args.global_only)
         times.append(result.seconds)
         write_points(out_path, result.points)

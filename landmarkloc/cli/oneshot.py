@@ -11,7 +11,7 @@ from ..errors import InputError
 from ..io.atomic import check_writable
 from ..io.image import check_image_file, is_plain_2d, read_image
 from ..io.markups import read_points, write_boxes, write_points
-from . import about, add_device_argument, add_quiet_argument, model_help
+from . import about, add_device_argument, add_quiet_argument, add_series_argument, model_help
 
 EXAMPLE = """examples:
   landmarkloc oneshot --query q.nii.gz --support s.nii.gz --support-labels s_seg.nii.gz --labels 35,47,48 \\
@@ -53,6 +53,7 @@ def register(sub) -> None:
     p.add_argument("--coordinate-system", choices=("LPS", "RAS"), default="LPS")
     p.add_argument("-o", "--output", required=True, help="points file, or a folder with several queries")
     p.add_argument("--rois", help="organ boxes (ROI .mrk.json) file, or a folder with several queries")
+    add_series_argument(p)
     add_device_argument(p)
     add_quiet_argument(p)
     p.set_defaults(func=run)
@@ -60,7 +61,7 @@ def register(sub) -> None:
 
 def _read(path, args):
     """--pixel-spacing gives the pixel size of 2D pictures only; volumes keep the spacing in their header."""
-    return read_image(path, spacing=args.pixel_spacing if is_plain_2d(path) else None)
+    return read_image(path, spacing=args.pixel_spacing if is_plain_2d(path) else None, series=args.series)
 
 
 def _support_points(args, support_image):
@@ -103,7 +104,7 @@ def run(args) -> int:
     several = len(queries) > 1
     # Check every input file's header and every output path before any work or any file written.
     for path in queries + [Path(p) for p in (args.support, args.support_labels) if p]:
-        check_image_file(path)
+        check_image_file(path, args.series)
     if args.support_markups and not Path(args.support_markups).is_file():
         raise InputError(f"support markups not found: {args.support_markups}")
     for query_path in queries:
