@@ -595,3 +595,42 @@ def test_irregular_dicom_series_warn_and_keep_geometry(tmp_path, capsys, what, c
     assert points.keys() == reference.keys() == {"1", "2"}
     for name, position in points.items():
         assert np.linalg.norm(position - reference[name]) < 0.5, (name, position, reference[name])
+
+
+# --------------------------------------------------------------------------- a label map given as the image
+
+
+def _integer_ct(tmp):
+    from reliability_inputs import ct_like_volume
+
+    return write(image(np.round(ct_like_volume()).astype(np.int16)), tmp / "ct.nrrd")
+
+
+LABEL_MAP_ROWS = [
+    # (description, command line from (models, folder), expected warning fragment or None)
+    ("localize: label map", lambda m, t: ["localize", str(_labelmap_where_image(t)), "--model", str(m["fcn"]),
+                                          "-o", str(t / "r.mrk.json")],
+     "seg.nrrd: the image looks like a label map (2 distinct integer values), not a scan"),
+    ("oneshot rpr: label map query", lambda m, t: _oneshot(m, t, query=_labelmap_where_image(t)),
+     "seg.nrrd: the query image looks like a label map (2 distinct integer values)"),
+    ("oneshot ncc: label map query", lambda m, t: _oneshot(m, t, query=_labelmap_where_image(t), method="ncc"),
+     "the query image looks like a label map"),
+    ("localize: integer CT (HU) is a scan", lambda m, t: ["localize", str(_integer_ct(t)), "--model", str(m["fcn"]),
+                                                          "-o", str(t / "r.mrk.json")], None),
+    ("localize: float MR is a scan", lambda m, t: ["localize", str(good(t)), "--model", str(m["fcn"]),
+                                                   "-o", str(t / "r.mrk.json")], None),
+]
+
+
+@pytest.mark.parametrize("what, make, warning", LABEL_MAP_ROWS, ids=[r[0] for r in LABEL_MAP_ROWS])
+def test_label_map_given_as_the_image_warns(models, tmp_path, capsys, what, make, warning):
+    argv = make(models, tmp_path) + ["-q", "--device", "cpu"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "label map" in ln]
+    if warning is None:
+        assert lines == []
+    else:
+        command = argv[0]
+        assert len(lines) == 1 and lines[0].startswith(f"landmarkloc {command}: warning: ") and warning in lines[0]
+    assert (tmp_path / ("q.mrk.json" if argv[0] == "oneshot" else "r.mrk.json")).is_file()

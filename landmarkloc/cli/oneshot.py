@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,8 @@ def run(args) -> int:
         write_points(out, result.points, args.coordinate_system)
         if rois is not None:
             write_boxes(rois, result.boxes, args.coordinate_system)
+        for warning in result.warnings:
+            print(f"landmarkloc oneshot: warning: {query_path}: {warning}", file=sys.stderr)
         if not args.quiet:
             print(f"{query_path.name}: {len(result.points)} points"
                   + (f", {len(result.boxes)} boxes" if result.boxes else "")
