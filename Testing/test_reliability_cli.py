@@ -634,3 +634,95 @@ def test_label_map_given_as_the_image_warns(models, tmp_path, capsys, what, make
         command = argv[0]
         assert len(lines) == 1 and lines[0].startswith(f"landmarkloc {command}: warning: ") and warning in lines[0]
     assert (tmp_path / ("q.mrk.json" if argv[0] == "oneshot" else "r.mrk.json")).is_file()
+
+
+# --------------------------------------------------------------------------- one -o rule for every command
+
+
+def _out(t):
+    (t / "out").mkdir(exist_ok=True)
+    return str(t / "out")
+
+
+def _checkpoint(t):
+    torch.save({"state_dict": {"w": torch.ones(2, 2)}}, t / "model.pth")
+    (t / "meta.json").write_text(json.dumps({"kind": "fcn"}))
+    return [str(t / "model.pth"), "--metadata", str(t / "meta.json")]
+
+
+def _two_named(t, name="x.nrrd"):
+    for sub in ("a", "b"):
+        (t / sub).mkdir()
+        write(image(body_volume()), t / sub / name)
+    return [str(t / "a" / name), str(t / "b" / name)]
+
+
+_NCC = ["--method", "ncc"]
+OUTPUT_ROWS = [
+    # (description, command line from (models, folder) with -o an existing folder, files expected in out/)
+    ("localize", lambda m, t: ["localize", str(good(t)), "--model", str(m["fcn"]), "-o", _out(t)],
+     ["good.mrk.json"]),
+    ("localize --format csv", lambda m, t: ["localize", str(good(t)), "--model", str(m["fcn"]), "--format", "csv",
+                                            "-o", _out(t)], ["good.csv"]),
+    ("localize, several inputs", lambda m, t: ["localize", *_two_named(t, "a.nrrd")[:1], str(good(t)), "--model",
+                                               str(m["fcn"]), "-o", _out(t)], ["a.mrk.json", "good.mrk.json"]),
+    ("oneshot points", lambda m, t: _oneshot(m, t, method="ncc")[:-1] + [_out(t)], ["good.mrk.json"]),
+    ("oneshot points and rois", lambda m, t: _oneshot(m, t, method="ncc", support_args=[
+        "--support-labels", str(t / "support_seg.nrrd"), "--labels", "1"])[:-1] + [_out(t), "--rois", _out(t)],
+     ["good.mrk.json", "good_rois.mrk.json"]),
+    ("derive points", lambda m, t: ["derive", str(_labelmap_where_image(t)), "--labels", "1", "-o", _out(t)],
+     ["seg.mrk.json"]),
+    ("derive boxes", lambda m, t: ["derive", str(_labelmap_where_image(t)), "--labels", "1", "--kind", "box",
+                                   "-o", _out(t)], ["seg_rois.mrk.json"]),
+    ("evaluate", lambda m, t: ["evaluate", "--pred", str(_points(t, "p.mrk.json", NAMES)),
+                               "--ref", str(_points(t, "r.mrk.json", NAMES)), "-o", _out(t)],
+     ["p_evaluation.csv", "p_evaluation.json"]),
+    ("import-model", lambda m, t: ["import-model", *_checkpoint(t), "-o", _out(t)],
+     ["model.json", "model.safetensors"]),
+]
+
+
+@pytest.mark.parametrize("what, make, expected", OUTPUT_ROWS, ids=[r[0] for r in OUTPUT_ROWS])
+def test_an_existing_folder_as_output_names_the_files_after_the_inputs(models, tmp_path, capsys, what, make,
+                                                                       expected):
+    argv = make(models, tmp_path)
+    if argv[0] in ("localize", "oneshot"):
+        argv += ["-q", "--device", "cpu"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == expected
+
+
+def test_training_commands_take_a_folder_as_output(tmp_path, capsys):
+    _out(tmp_path)
+    assert main(["train-fcn", str(_dataset(tmp_path)), "-o", str(tmp_path / "out"), "--iterations", "1",
+                 "--intensity", "mr", "-q", "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert {"data.safetensors", "data.json"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    assert main(["train-rpr", "--images", str(_images(tmp_path, body_volume(), body_volume(seed=1))), "-o",
+                 str(tmp_path / "out"), "--stage", "coarse", "--epochs", "1", "--iterations", "1", "--patch-size",
+                 "16", "--base-channels", "2", "-q", "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert {"imgs_coarse.safetensors", "imgs_coarse.json"} <= {p.name for p in (tmp_path / "out").iterdir()}
+
+
+OUTPUT_REFUSAL_ROWS = [
+    ("localize: several inputs, a file name", lambda m, t: ["localize", str(good(t)), *_two_named(t)[:1],
+                                                            "--model", str(m["fcn"]), "-o", str(t / "r.mrk.json")],
+     "2 inputs need a folder"),
+    ("localize: two inputs of one name", lambda m, t: ["localize", *_two_named(t), "--model", str(m["fcn"]),
+                                                       "-o", str(t / "out")], "same name"),
+    ("oneshot: several queries, a file name", lambda m, t: _oneshot(m, t, method="ncc")[:2] + [
+        str(good(t)), *_two_named(t)[:1]] + _oneshot(m, t, method="ncc")[3:], "2 inputs need a folder"),
+    ("oneshot: --rois not .mrk.json", lambda m, t: _oneshot(m, t, method="ncc", extra=["--rois", str(t / "b.csv")]),
+     "--rois b.csv does not end with .mrk.json"),
+    ("derive: boxes to a .csv", lambda m, t: ["derive", str(_labelmap_where_image(t)), "--labels", "1", "--kind",
+                                              "box", "-o", str(t / "b.csv")], "b.csv does not end with .mrk.json"),
+    ("derive: unknown suffix", lambda m, t: ["derive", str(_labelmap_where_image(t)), "--labels", "1",
+                                             "-o", str(t / "p.txt")], "p.txt does not end with .mrk.json or .fcsv"),
+]
+
+
+@pytest.mark.parametrize("what, make, message", OUTPUT_REFUSAL_ROWS, ids=[r[0] for r in OUTPUT_REFUSAL_ROWS])
+def test_outputs_that_break_the_rule_are_refused(models, tmp_path, capsys, what, make, message):
+    argv = make(models, tmp_path)
+    if argv[0] in ("localize", "oneshot"):
+        argv += ["-q", "--device", "cpu"]
+    assert message in run_refused(argv, tmp_path, capsys)

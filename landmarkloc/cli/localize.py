@@ -11,19 +11,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
 from ..io.atomic import check_writable, write_text_atomic
 from ..io.image import check_image_file, read_image, write_image
 from ..io.markups import write_points
 from ..runtime import progress
 from . import about, add_device_argument, add_quiet_argument, add_series_argument, model_help, parse_floats
+from .outputs import output_paths
 
 FORMATS = {"mrk.json": ".mrk.json", "fcsv": ".fcsv", "csv": ".csv"}
 
 EXAMPLE = """examples:
   landmarkloc localize IXI002.nii.gz --model brain-t1-ixi16 -o IXI002.mrk.json
   landmarkloc localize ceph/images/15*.jpg --spacing 0.1 --model ceph.json -o out/ --format csv --evidence
-  (several inputs: OUT is a folder, one file per input named after it; landmarks that are not found,
+  (-o a folder (or several inputs): one file per input named after it; landmarks that are not found,
    e.g. outside the field of view, are left out and reported; uncertain ones are written unselected)
 """
 
@@ -35,7 +35,8 @@ def register(sub) -> None:
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", help="input image files or DICOM folders")
     p.add_argument("--model", required=True, help=model_help("FCN model", ("fcn",)))
-    p.add_argument("-o", "--output", required=True, help="output file (one input) or folder (several)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output file (one input), or a folder: one file per input, named after it")
     p.add_argument("--spacing", help="pixel size in mm of 2D picture inputs (PNG/JPEG/...), e.g. 0.1")
     p.add_argument("--format", choices=list(FORMATS), default=None,
                    help="output format (default: from the output file name, else mrk.json)")
@@ -50,25 +51,8 @@ def register(sub) -> None:
 
 
 def _output_paths(images, output: Path, fmt) -> list:
-    if len(images) == 1 and not output.is_dir() and not str(output).endswith(("/", "\\")):
-        if fmt and not output.name.endswith(FORMATS[fmt]):
-            raise InputError(f"output {output.name} does not end with {FORMATS[fmt]} (--format {fmt})")
-        if not any(output.name.lower().endswith(s) for s in FORMATS.values()):
-            raise InputError(f"output {output.name}: use a .mrk.json, .fcsv or .csv file name, or a folder")
-        return [output]
-    suffix = FORMATS[fmt or "mrk.json"]
-    names = [_case_name(Path(p)) for p in images]
-    if len(set(names)) != len(names):
-        raise InputError("several inputs have the same name; their outputs would overwrite each other")
-    return [output / f"{n}{suffix}" for n in names]
-
-
-def _case_name(path: Path) -> str:
-    name = path.name
-    for s in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
-        if name.lower().endswith(s):
-            return name[: -len(s)]
-    return name
+    suffixes = (FORMATS[fmt],) if fmt else tuple(FORMATS.values())
+    return output_paths(images, output, FORMATS[fmt or "mrk.json"], suffixes)
 
 
 def _without_format_suffix(path: Path) -> str:

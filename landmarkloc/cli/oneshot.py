@@ -13,6 +13,7 @@ from ..io.atomic import check_writable
 from ..io.image import check_image_file, is_plain_2d, read_image
 from ..io.markups import read_points, write_boxes, write_points
 from . import about, add_device_argument, add_quiet_argument, add_series_argument, model_help
+from .outputs import output_paths
 
 EXAMPLE = """examples:
   landmarkloc oneshot --query q.nii.gz --support s.nii.gz --support-labels s_seg.nii.gz --labels 35,47,48 \\
@@ -22,7 +23,7 @@ EXAMPLE = """examples:
       --fine-model brain-t1-rpr-fine -o out/ --rois out/
   landmarkloc oneshot --method registration --query q.nii.gz --support s.nii.gz \\
       --support-markups s.mrk.json -o q.mrk.json
-  (with several queries, -o and --rois are folders: QUERY.mrk.json / QUERY_rois.mrk.json)
+  (-o and --rois folders (needed for several queries): QUERY.mrk.json / QUERY_rois.mrk.json)
 """
 
 
@@ -52,8 +53,9 @@ def register(sub) -> None:
     p.add_argument("--bspline", action="store_true", help="registration: add a B-spline stage after affine")
     p.add_argument("--pixel-spacing", type=float, help="pixel size in mm for 2D picture formats")
     p.add_argument("--coordinate-system", choices=("LPS", "RAS"), default="LPS")
-    p.add_argument("-o", "--output", required=True, help="points file, or a folder with several queries")
-    p.add_argument("--rois", help="organ boxes (ROI .mrk.json) file, or a folder with several queries")
+    p.add_argument("-o", "--output", required=True,
+                   help="points file (one query), or a folder: QUERY.mrk.json per query")
+    p.add_argument("--rois", help="organ boxes: a .mrk.json file (one query), or a folder: QUERY_rois.mrk.json")
     add_series_argument(p)
     add_device_argument(p)
     add_quiet_argument(p)
@@ -85,17 +87,11 @@ def _support_points(args, support_image):
     return label_extreme_points(labelmap, parse_labels(args.labels), names)
 
 
-def _output_paths(query: Path, args, several: bool) -> tuple[Path, Path | None]:
-    stem = query.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    out = Path(args.output) / f"{stem}.mrk.json" if several else Path(args.output)
-    rois = None
-    if args.rois:
-        rois = Path(args.rois) / f"{stem}_rois.mrk.json" if several else Path(args.rois)
-    return out, rois
+def _output_paths(queries, args) -> list:
+    """(points file, ROI file or None) per query, under the one -o rule (cli/outputs.py)."""
+    points = output_paths(queries, args.output, ".mrk.json", (".mrk.json", ".fcsv", ".csv"))
+    rois = output_paths(queries, args.rois, "_rois.mrk.json", (".mrk.json",), "--rois") if args.rois else None
+    return list(zip(points, rois or [None] * len(points)))
 
 
 def run(args) -> int:
@@ -103,15 +99,15 @@ def run(args) -> int:
 
     queries = [Path(q) for q in args.query]
     several = len(queries) > 1
+    outputs = _output_paths(queries, args)
     # Check every input file's header and every output path before any work or any file written.
     for path in queries + [Path(p) for p in (args.support, args.support_labels) if p]:
         check_image_file(path, args.series)
     if args.support_markups and not Path(args.support_markups).is_file():
         raise InputError(f"support markups not found: {args.support_markups}")
-    for query_path in queries:
-        for out in _output_paths(query_path, args, several):
-            if out is not None:
-                check_writable(out)
+    for out in (path for pair in outputs for path in pair):
+        if out is not None:
+            check_writable(out)
     if args.save_template:
         check_writable(args.save_template)
     if args.method == "rpr":
@@ -122,11 +118,11 @@ def run(args) -> int:
         support = _read(args.support, args)
         points = _support_points(args, support)
         locate = _baseline(args, support, points)
-    for query_path in progress(queries, desc="queries", quiet=args.quiet or not several):
+    for query_path, (out, rois) in progress(list(zip(queries, outputs)), desc="queries",
+                                            quiet=args.quiet or not several):
         with about(query_path):
             query = _read(query_path, args)
             result = locate(query)
-        out, rois = _output_paths(query_path, args, several)
         if rois is not None and not result.boxes:
             raise InputError("--rois needs organ boxes: give the support as --support-labels")
         write_points(out, result.points, args.coordinate_system)
