@@ -322,6 +322,8 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
         self._roiNodes = outcome.roi_nodes
         self.ui.statusLabel.text = _("Located {n} points and {m} organ boxes.").format(
             n=outcome.points_node.GetNumberOfControlPoints(), m=len(outcome.roi_nodes))
+        if outcome.warnings:
+            slicer.util.warningDisplay("\n".join(outcome.warnings))
 
     def onExportButton(self) -> None:
         from landmarkloc.errors import LandmarkLocError
@@ -460,7 +462,7 @@ class RPROneShotTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Support points outside the support are refused")
         geometry = mrml.volume_geometry(support)
-        from landmarkloc.io.markups import ControlPoint
+        from landmarkloc.points import ControlPoint
 
         far = mrml.add_points_node(slicer.mrmlScene, [ControlPoint("far", geometry.index_to_physical([99, 0, 0]))],
                                    "far")

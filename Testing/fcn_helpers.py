@@ -7,7 +7,8 @@ import SimpleITK as sitk
 
 from landmarkloc.geometry.frames import ImageGeometry
 from landmarkloc.io.image import write_image
-from landmarkloc.io.markups import ControlPoint, write_points
+from landmarkloc.io.markups import write_points
+from landmarkloc.points import ControlPoint
 
 # Two landmarks on a soft-tissue background (CT-like values, "ct" window): the centres of a bright
 # blob (peak 1400 HU) and of a dark one (peak -1000 HU).

@@ -88,3 +88,85 @@ def tiny_fcn(path, ndim: int = 3, names=NAMES, intensity: str = "mr", spacing: f
         metadata["intensity_profile"] = profile
     weights, _ = save_model(path, network.state_dict(), metadata)
     return weights
+
+
+SERIES_UID = "1.2.826.0.1.3680043.2.1125.7001"
+
+
+def blobs_at(points: np.ndarray) -> np.ndarray:
+    """Two Gaussian blobs (LPS centres BLOB_CENTRES, 7 mm wide) on a faint body: a volume defined in physical space,
+    so a series can sample it on any slice geometry and the blobs' true positions are known."""
+    values = np.full(len(points), 100.0)
+    for centre, height in zip(BLOB_CENTRES, (800.0, 500.0)):
+        values += height * np.exp(-np.sum((points - centre) ** 2, axis=1) / (2 * 7.0 ** 2))
+    return values
+
+
+BLOB_CENTRES = np.array([[4.0, -6.0, 3.0], [-12.0, 8.0, -9.0]])
+
+
+def labels_at(points: np.ndarray) -> np.ndarray:
+    """A label map in physical space: labels 1 and 2 are 7 mm balls at BLOB_CENTRES."""
+    values = np.zeros(len(points))
+    for label, centre in enumerate(BLOB_CENTRES, start=1):
+        values[np.linalg.norm(points - centre, axis=1) < 7.0] = label
+    return values
+
+
+def dicom_series(folder, slice_origins, size=(40, 36), pixel=(1.5, 1.5), row=(1.0, 0.0, 0.0), col=(0.0, 1.0, 0.0),
+                 skip=(), uid=SERIES_UID, description="T1 phantom", values=blobs_at) -> Path:
+    """Write a DICOM series (int16 MR slices with position, orientation and UIDs) that samples ``values`` (a function
+    of LPS points) at each slice of the given origins; slices whose index is in ``skip`` are left out (a gap)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    row, col = np.asarray(row, float), np.asarray(col, float)
+    i, j = np.meshgrid(np.arange(size[0]), np.arange(size[1]), indexing="xy")  # [j, i]
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k, origin in enumerate(np.asarray(slice_origins, float)):
+        if k in skip:
+            continue
+        points = origin + (i.reshape(-1, 1) * pixel[0]) * row + (j.reshape(-1, 1) * pixel[1]) * col
+        pixels = np.round(values(points)).reshape(size[1], size[0]).astype(np.int16)
+        slice_image = sitk.GetImageFromArray(pixels)
+        slice_image.SetSpacing(tuple(float(p) for p in pixel))
+        tags = {"0008|0060": "MR", "0008|0016": "1.2.840.10008.5.1.4.1.1.4", "0008|0018": f"{uid}.{k + 1}",
+                "0020|000d": "1.2.826.0.1.3680043.2.1125.7000", "0020|000e": uid, "0008|103e": description,
+                "0020|0013": str(k + 1), "0020|0032": "\\".join(f"{v:.4f}" for v in origin),
+                "0020|0037": "\\".join(f"{v:.6f}" for v in np.r_[row, col])}
+        for tag, value in tags.items():
+            slice_image.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{uid[-4:]}_{k:03d}.dcm"))
+        writer.Execute(slice_image)
+    return folder
+
+
+def stack_origins(count=24, first=(-30.0, -27.0, -30.0), step=2.5, normal=(0.0, 0.0, 1.0), shift=(0.0, 0.0, 0.0),
+                  steps=None) -> np.ndarray:
+    """Slice origins: ``step`` mm apart along ``normal`` (or the given ``steps``), each moved by ``shift`` (mm of
+    in-plane shift per mm along the normal: a gantry tilt)."""
+    distances = np.r_[0.0, np.cumsum(steps)] if steps is not None else step * np.arange(count)
+    return np.asarray(first) + distances[:, None] * (np.asarray(normal) + np.asarray(shift))[None]
+
+
+def blob_centre(img: sitk.Image, near: np.ndarray, radius: float = 8.0) -> np.ndarray:
+    """Intensity-weighted LPS centre of the blob near ``near`` (voxels within ``radius`` mm, above the body)."""
+    arr = sitk.GetArrayFromImage(img).astype(np.float64)
+    k, j, i = np.nonzero(np.ones_like(arr, dtype=bool))
+    index = np.stack([i, j, k], axis=1).astype(np.float64)
+    direction = np.reshape(img.GetDirection(), (3, 3))
+    points = np.asarray(img.GetOrigin()) + (index * np.asarray(img.GetSpacing())) @ direction.T
+    weight = np.clip(arr.reshape(-1) - 150.0, 0.0, None) * (np.linalg.norm(points - near, axis=1) < radius)
+    return (points * weight[:, None]).sum(axis=0) / weight.sum()
+
+
+def error_against_truth(img: sitk.Image, acquired=None) -> float:
+    """Largest |voxel - blobs_at(its LPS position)|, over the voxels inside ``acquired`` (a function of LPS points
+    that says which lie inside the scanned stack; default: all)."""
+    arr = sitk.GetArrayFromImage(img).astype(np.float64).reshape(-1)
+    k, j, i = np.indices(sitk.GetArrayViewFromImage(img).shape)
+    index = np.stack([i.ravel(), j.ravel(), k.ravel()], axis=1).astype(np.float64)
+    direction = np.reshape(img.GetDirection(), (3, 3))
+    points = np.asarray(img.GetOrigin()) + (index * np.asarray(img.GetSpacing())) @ direction.T
+    inside = acquired(points) if acquired is not None else np.ones(len(points), bool)
+    return float(np.abs(arr - blobs_at(points))[inside].max())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from landmarkloc.io.markups import ControlPoint
+from landmarkloc.points import ControlPoint
 
 # blob centres (mm, relative to the body centre), radii (mm) and intensities
 BLOBS = (

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from landmarkloc.cli import main
-from landmarkloc.io.markups import Box, ControlPoint, write_boxes, write_points
+from landmarkloc.io.markups import write_boxes, write_points
 from landmarkloc.metrics import box_iou, box_wall_distance, sdr, summarize_errors
+from landmarkloc.points import Box, ControlPoint
 
 
 def test_summary_statistics():

@@ -8,7 +8,8 @@ import SimpleITK as sitk
 
 from landmarkloc.errors import InputError
 from landmarkloc.io.datasets import load_dataset
-from landmarkloc.io.markups import ControlPoint, write_points
+from landmarkloc.io.markups import write_points
+from landmarkloc.points import ControlPoint
 
 CEPH = Path(__file__).resolve().parents[2] / "shared" / "data" / "ceph"
 

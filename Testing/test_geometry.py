@@ -120,3 +120,20 @@ def test_model_grid_shows_the_same_anatomy_for_any_axis_order(direction):
     ras = to_model_grid(make_image(arr[:, ::-1, ::-1].copy(), (1, 1, 1), (39, 33, 0), DIRECTIONS["RAS"]), 1.0)
     np.testing.assert_allclose(sitk.GetArrayFromImage(ras), sitk.GetArrayFromImage(lps), atol=1e-5)
     np.testing.assert_allclose(ras.GetOrigin(), lps.GetOrigin(), atol=1e-9)
+
+
+def test_geometry_does_not_import_io():
+    """geometry/ sits below io/ (docs/architecture.md): the shared point types live in landmarkloc.points."""
+    import ast
+    from pathlib import Path
+
+    import landmarkloc.geometry as geometry_package
+
+    offenders = []
+    for source in Path(geometry_package.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                module = "." * node.level + (node.module or "")
+                if module.startswith("..io") or module.startswith("landmarkloc.io"):
+                    offenders.append(f"{source.name}: {module}")
+    assert not offenders

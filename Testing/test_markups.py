@@ -8,7 +8,8 @@ from conftest import rotation
 
 from landmarkloc.errors import InputError
 from landmarkloc.geometry.frames import lps_to_ras
-from landmarkloc.io.markups import Box, ControlPoint, read_boxes, read_points, write_boxes, write_points
+from landmarkloc.io.markups import read_boxes, read_points, write_boxes, write_points
+from landmarkloc.points import Box, ControlPoint
 
 POINTS = [
     ControlPoint("Sella", [12.25, -40.5, 7.125], properties={"confidence": 0.93, "spread_mm": 1.25}),

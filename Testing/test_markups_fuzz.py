@@ -7,7 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from landmarkloc.errors import InputError
-from landmarkloc.io.markups import Box, ControlPoint, read_boxes, read_points, write_boxes, write_points
+from landmarkloc.io.markups import read_boxes, read_points, write_boxes, write_points
+from landmarkloc.points import Box, ControlPoint
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers() | st.text(max_size=8),

@@ -18,17 +18,21 @@ import torch
 from mrml_testing import REPO  # noqa: F401  (puts the module Lib folders on sys.path)
 from reliability_inputs import (
     NAMES,
+    SERIES_UID,
     body_volume,
+    dicom_series,
     image,
     metaimage_header,
+    stack_origins,
     tiny_fcn,
     write,
 )
 from RPROneShotLib.selftest import make_tiny_rpr_models
 
 from landmarkloc.cli import main
-from landmarkloc.io.markups import ControlPoint, write_points
+from landmarkloc.io.markups import write_points
 from landmarkloc.io.modelfile import model_paths
+from landmarkloc.points import ControlPoint
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +68,16 @@ def good(tmp):
     return write(image(body_volume()), tmp / "good.nrrd")
 
 
-def _truncated(tmp):
-    data = good(tmp).read_bytes()
-    path = tmp / "truncated.nrrd"
-    path.write_bytes(data[: len(data) // 2])
-    return path
+def _truncated(name, compress=False, keep=0.5, data_file=None):
+    """``name`` written whole, then cut to ``keep`` of its bytes (or of its detached ``data_file``)."""
+    def make(tmp):
+        path = tmp / name
+        sitk.WriteImage(image(body_volume()), str(path), compress)
+        cut = tmp / data_file if data_file else path
+        data = cut.read_bytes()
+        cut.write_bytes(data[: int(len(data) * keep)])
+        return path
+    return make
 
 
 def _bytes(name, content):
@@ -102,6 +111,20 @@ def _header(name, **kw):
     return lambda tmp: metaimage_header(tmp / name, **kw)
 
 
+OTHER_UID = "1.2.826.0.1.3680043.2.1125.7002"
+
+
+def _two_series(tmp):
+    """A clinic's folder: the volume and a 3-slice localizer (scout) series."""
+    dicom_series(tmp / "dicom", stack_origins(count=16), description="T1 axial")
+    return dicom_series(tmp / "dicom", stack_origins(count=3, step=10.0), uid=OTHER_UID, description="localizer")
+
+
+def _shared_positions(tmp):
+    origins = stack_origins(count=8)
+    return dicom_series(tmp / "echoes", np.r_[origins, origins])
+
+
 def _labelmap_where_image(tmp):
     labels = np.zeros((20, 22, 24), np.uint8)
     labels[5:9, 6:10, 7:12] = 1
@@ -111,10 +134,21 @@ def _labelmap_where_image(tmp):
 IMAGE_ROWS = [
     ("missing file", lambda tmp: tmp / "nope.nii.gz", "image not found"),
     ("empty file", _bytes("empty.nii.gz", b""), "is empty"),
-    ("truncated file", _truncated, "cannot read truncated.nrrd"),
+    ("truncated .nii.gz (ITK alone reads zeros)", _truncated("cut.nii.gz", True), "cut.nii.gz is truncated"),
+    ("truncated .nii.gz, last 1 %", _truncated("cut.nii.gz", True, keep=0.99), "cut.nii.gz is truncated"),
+    ("truncated .nii (ITK alone reads zeros)", _truncated("cut.nii"), "cut.nii is truncated"),
+    ("truncated gzip .nrrd", _truncated("cut.nrrd", True), "cut.nrrd is truncated"),
+    ("truncated raw .nrrd", _truncated("cut.nrrd"), "cut.nrrd is truncated"),
+    ("truncated data of a .nhdr", _truncated("cut.nhdr", True, data_file="cut.raw.gz"), "(data file cut.raw.gz) is"),
+    ("truncated zlib .mha", _truncated("cut.mha", True), "cut.mha is truncated"),
+    ("truncated raw .mha", _truncated("cut.mha", keep=0.9), "cut.mha is truncated"),
     ("not an image", _bytes("notes.nii.gz", b"this is a text file"), "cannot read notes.nii.gz as an image"),
     ("unsupported format", _bytes("scan.xyz", b"\x00\x01binary"), "cannot read scan.xyz as an image"),
     ("folder without DICOM", lambda tmp: (tmp / "emptydir").mkdir() or tmp / "emptydir", "without a DICOM series"),
+    ("DICOM folder with several series: listed", _two_series,
+     f"holds 2 DICOM series; choose one with --series UID: {SERIES_UID} (16 slices, T1 axial); "
+     f"{OTHER_UID} (3 slices, localizer)"),
+    ("DICOM slices sharing positions", _shared_positions, "8 slice(s) at the position of another"),
     ("4D series", _four_d, "4D image (3 volumes"),
     ("vector image", _vector, "3 components per voxel"),
     ("zero-size image", _header("zero.mha", size=(0, 0, 0)), "too small"),
@@ -234,6 +268,9 @@ OTHER_LOCALIZE_ROWS = [
     ("output is a folder", lambda m, t: [str(good(t)), "--model", str(m["fcn"]), "--format", "csv",
                                          "-o", str((t / "outdir").mkdir() or t / "outdir" / "x.mrk.json")],
      "does not end with .csv"),
+    ("--series not in the DICOM folder", lambda m, t: [str(_two_series(t)), "--series", "1.2.3", "--model",
+                                                       str(m["fcn"]), "-o", str(t / "r.mrk.json")],
+     f"holds no DICOM series 1.2.3; it holds: {SERIES_UID} (16 slices"),
     ("second input bad: nothing written for the first", lambda m, t: [
         str(good(t)), str(t / "missing.nrrd"), "--model", str(m["fcn"]), "-o", str(t / "out")], "image not found"),
 ]
@@ -462,4 +499,230 @@ def test_train_rpr_refuses_bad_inputs(tmp_path, capsys, what, make, message):
     out = [] if "-o" in args else ["-o", str(tmp_path / "rpr")]
     argv = ["train-rpr"] + args + out + ["--stage", "coarse", "--epochs", "1", "--iterations", "1",
                                          "--patch-size", "16", "--base-channels", "2", "-q", "--device", "cpu"]
+    assert message in run_refused(argv, tmp_path, capsys)
+
+
+# --------------------------------------------------------------------------- shipped models by name
+
+
+def _shipped(models, monkeypatch):
+    """The tiny models stand in for the shipped folder; the command runs from an unrelated folder."""
+    monkeypatch.setenv("LANDMARKLOC_MODELS", str(models["folder"]))
+
+
+MODEL_NAME_ROWS = [
+    # (description, --model value, what is made in the working folder, expected exit code, message fragment)
+    ("shipped name from another folder", "fcn3", None, 0, "landmarks in"),
+    ("a path that exists wins over a shipped name", "fcn3", "local 2D model", 2, "2D model needs a 2D image"),
+    ("unknown name lists the shipped models", "no-such-model", None, 2, "or the name of a shipped model: fcn2, fcn3"),
+]
+
+
+@pytest.mark.parametrize("what, name, local, code, message", MODEL_NAME_ROWS, ids=[r[0] for r in MODEL_NAME_ROWS])
+def test_models_by_name_from_any_folder(models, tmp_path, capsys, monkeypatch, what, name, local, code, message):
+    _shipped(models, monkeypatch)
+    image_path = good(tmp_path)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    if local:
+        tiny_fcn(work / name, ndim=2, spacing=0.5)
+    argv = ["localize", str(image_path), "--model", name, "-o", str(tmp_path / "r.mrk.json"), "-q", "--device", "cpu"]
+    if code == 2:
+        assert message in run_refused(argv, tmp_path, capsys)
+        return
+    assert main(argv) == 0
+    assert message in capsys.readouterr().out
+    assert (tmp_path / "r.mrk.json").is_file()
+
+
+def test_real_shipped_models_resolve_by_name_from_any_folder_and_help_lists_them(tmp_path, capsys, monkeypatch):
+    from landmarkloc.cli import build_parser
+    from landmarkloc.io.modelfile import read_metadata
+
+    monkeypatch.delenv("LANDMARKLOC_MODELS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert read_metadata("brain-t1-ixi16")["kind"] == "fcn"
+    assert read_metadata("brain-t1-rpr-coarse")["kind"] == "rpr"
+    for command, names in (("localize", ("brain-t1-ixi16", "ceph-isbi19")),
+                           ("oneshot", ("brain-t1-rpr-coarse", "brain-t1-rpr-fine", "brain-t1-rpr-mni152-support"))):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert all(n in text for n in names), text
+
+
+# --------------------------------------------------------------------------- DICOM series read with a warning
+
+DICOM_ROWS = [
+    # (description, how the series differs from the intact one, extra arguments, warning fragment)
+    ("missing slice", {"skip": {13}}, [], "1 missing slice (a gap of 5 mm where slices are 2.5 mm apart); resampled"),
+    ("gantry tilt", {"shift": (0.0, np.tan(np.radians(12.0)), 0.0)}, [], "a gantry tilt of 12 degrees; resampled"),
+    ("uneven spacing", {"steps": [3.0] * 6 + [2.5] * 11 + [2.0] * 6}, [], "uneven slice spacing (2 to 3 mm); "),
+    ("--series picks one of several", {"other_series": True}, ["--series", SERIES_UID], None),
+]
+
+
+def _derived_points(argv, capsys):
+    from landmarkloc.io.markups import read_points
+
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    return {p.label: p.position for p in read_points(argv[argv.index("-o") + 1])}, err
+
+
+@pytest.mark.parametrize("what, change, extra, warning", DICOM_ROWS, ids=[r[0] for r in DICOM_ROWS])
+def test_irregular_dicom_series_warn_and_keep_geometry(tmp_path, capsys, what, change, extra, warning):
+    """Exit 0, exactly one warning line (or none), and the structures where the intact series puts them (a label
+    map scanned as a series; `derive` gives their LPS centroids). Voxel-level checks: test_image_io.py."""
+    from reliability_inputs import labels_at
+
+    derive = ["derive", "--labels", "1,2"]
+    intact = dicom_series(tmp_path / "intact", stack_origins(count=24), values=labels_at)
+    reference, _ = _derived_points(derive + [str(intact), "-o", str(tmp_path / "intact.mrk.json")], capsys)
+    origins = stack_origins(count=24, shift=change.get("shift", (0.0, 0.0, 0.0)), steps=change.get("steps"))
+    folder = dicom_series(tmp_path / "series", origins, skip=change.get("skip", ()), values=labels_at)
+    if change.get("other_series"):
+        dicom_series(folder, stack_origins(count=3, step=10.0), uid=OTHER_UID, description="localizer")
+    points, err = _derived_points(derive + [str(folder), "-o", str(tmp_path / "r.mrk.json")] + extra, capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    if warning is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and lines[0].startswith("landmarkloc derive: warning: ") and warning in lines[0], err
+    assert points.keys() == reference.keys() == {"1", "2"}
+    for name, position in points.items():
+        assert np.linalg.norm(position - reference[name]) < 0.5, (name, position, reference[name])
+
+
+# --------------------------------------------------------------------------- a label map given as the image
+
+
+def _integer_ct(tmp):
+    from reliability_inputs import ct_like_volume
+
+    return write(image(np.round(ct_like_volume()).astype(np.int16)), tmp / "ct.nrrd")
+
+
+LABEL_MAP_ROWS = [
+    # (description, command line from (models, folder), expected warning fragment or None)
+    ("localize: label map", lambda m, t: ["localize", str(_labelmap_where_image(t)), "--model", str(m["fcn"]),
+                                          "-o", str(t / "r.mrk.json")],
+     "seg.nrrd: the image looks like a label map (2 distinct integer values), not a scan"),
+    ("oneshot rpr: label map query", lambda m, t: _oneshot(m, t, query=_labelmap_where_image(t)),
+     "seg.nrrd: the query image looks like a label map (2 distinct integer values)"),
+    ("oneshot ncc: label map query", lambda m, t: _oneshot(m, t, query=_labelmap_where_image(t), method="ncc"),
+     "the query image looks like a label map"),
+    ("localize: integer CT (HU) is a scan", lambda m, t: ["localize", str(_integer_ct(t)), "--model", str(m["fcn"]),
+                                                          "-o", str(t / "r.mrk.json")], None),
+    ("localize: float MR is a scan", lambda m, t: ["localize", str(good(t)), "--model", str(m["fcn"]),
+                                                   "-o", str(t / "r.mrk.json")], None),
+]
+
+
+@pytest.mark.parametrize("what, make, warning", LABEL_MAP_ROWS, ids=[r[0] for r in LABEL_MAP_ROWS])
+def test_label_map_given_as_the_image_warns(models, tmp_path, capsys, what, make, warning):
+    argv = make(models, tmp_path) + ["-q", "--device", "cpu"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "label map" in ln]
+    if warning is None:
+        assert lines == []
+    else:
+        command = argv[0]
+        assert len(lines) == 1 and lines[0].startswith(f"landmarkloc {command}: warning: ") and warning in lines[0]
+    assert (tmp_path / ("q.mrk.json" if argv[0] == "oneshot" else "r.mrk.json")).is_file()
+
+
+# --------------------------------------------------------------------------- one -o rule for every command
+
+
+def _out(t):
+    (t / "out").mkdir(exist_ok=True)
+    return str(t / "out")
+
+
+def _checkpoint(t):
+    torch.save({"state_dict": {"w": torch.ones(2, 2)}}, t / "model.pth")
+    (t / "meta.json").write_text(json.dumps({"kind": "fcn"}))
+    return [str(t / "model.pth"), "--metadata", str(t / "meta.json")]
+
+
+def _two_named(t, name="x.nrrd"):
+    for sub in ("a", "b"):
+        (t / sub).mkdir()
+        write(image(body_volume()), t / sub / name)
+    return [str(t / "a" / name), str(t / "b" / name)]
+
+
+_NCC = ["--method", "ncc"]
+OUTPUT_ROWS = [
+    # (description, command line from (models, folder) with -o an existing folder, files expected in out/)
+    ("localize", lambda m, t: ["localize", str(good(t)), "--model", str(m["fcn"]), "-o", _out(t)],
+     ["good.mrk.json"]),
+    ("localize --format csv", lambda m, t: ["localize", str(good(t)), "--model", str(m["fcn"]), "--format", "csv",
+                                            "-o", _out(t)], ["good.csv"]),
+    ("localize, several inputs", lambda m, t: ["localize", *_two_named(t, "a.nrrd")[:1], str(good(t)), "--model",
+                                               str(m["fcn"]), "-o", _out(t)], ["a.mrk.json", "good.mrk.json"]),
+    ("oneshot points", lambda m, t: _oneshot(m, t, method="ncc")[:-1] + [_out(t)], ["good.mrk.json"]),
+    ("oneshot points and rois", lambda m, t: _oneshot(m, t, method="ncc", support_args=[
+        "--support-labels", str(t / "support_seg.nrrd"), "--labels", "1"])[:-1] + [_out(t), "--rois", _out(t)],
+     ["good.mrk.json", "good_rois.mrk.json"]),
+    ("derive points", lambda m, t: ["derive", str(_labelmap_where_image(t)), "--labels", "1", "-o", _out(t)],
+     ["seg.mrk.json"]),
+    ("derive boxes", lambda m, t: ["derive", str(_labelmap_where_image(t)), "--labels", "1", "--kind", "box",
+                                   "-o", _out(t)], ["seg_rois.mrk.json"]),
+    ("evaluate", lambda m, t: ["evaluate", "--pred", str(_points(t, "p.mrk.json", NAMES)),
+                               "--ref", str(_points(t, "r.mrk.json", NAMES)), "-o", _out(t)],
+     ["p_evaluation.csv", "p_evaluation.json"]),
+    ("import-model", lambda m, t: ["import-model", *_checkpoint(t), "-o", _out(t)],
+     ["model.json", "model.safetensors"]),
+]
+
+
+@pytest.mark.parametrize("what, make, expected", OUTPUT_ROWS, ids=[r[0] for r in OUTPUT_ROWS])
+def test_an_existing_folder_as_output_names_the_files_after_the_inputs(models, tmp_path, capsys, what, make,
+                                                                       expected):
+    argv = make(models, tmp_path)
+    if argv[0] in ("localize", "oneshot"):
+        argv += ["-q", "--device", "cpu"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == expected
+
+
+def test_training_commands_take_a_folder_as_output(tmp_path, capsys):
+    _out(tmp_path)
+    assert main(["train-fcn", str(_dataset(tmp_path)), "-o", str(tmp_path / "out"), "--iterations", "1",
+                 "--intensity", "mr", "-q", "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert {"data.safetensors", "data.json"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    assert main(["train-rpr", "--images", str(_images(tmp_path, body_volume(), body_volume(seed=1))), "-o",
+                 str(tmp_path / "out"), "--stage", "coarse", "--epochs", "1", "--iterations", "1", "--patch-size",
+                 "16", "--base-channels", "2", "-q", "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert {"imgs_coarse.safetensors", "imgs_coarse.json"} <= {p.name for p in (tmp_path / "out").iterdir()}
+
+
+OUTPUT_REFUSAL_ROWS = [
+    ("localize: several inputs, a file name", lambda m, t: ["localize", str(good(t)), *_two_named(t)[:1],
+                                                            "--model", str(m["fcn"]), "-o", str(t / "r.mrk.json")],
+     "2 inputs need a folder"),
+    ("localize: two inputs of one name", lambda m, t: ["localize", *_two_named(t), "--model", str(m["fcn"]),
+                                                       "-o", str(t / "out")], "same name"),
+    ("oneshot: several queries, a file name", lambda m, t: _oneshot(m, t, method="ncc")[:2] + [
+        str(good(t)), *_two_named(t)[:1]] + _oneshot(m, t, method="ncc")[3:], "2 inputs need a folder"),
+    ("oneshot: --rois not .mrk.json", lambda m, t: _oneshot(m, t, method="ncc", extra=["--rois", str(t / "b.csv")]),
+     "--rois b.csv does not end with .mrk.json"),
+    ("derive: boxes to a .csv", lambda m, t: ["derive", str(_labelmap_where_image(t)), "--labels", "1", "--kind",
+                                              "box", "-o", str(t / "b.csv")], "b.csv does not end with .mrk.json"),
+    ("derive: unknown suffix", lambda m, t: ["derive", str(_labelmap_where_image(t)), "--labels", "1",
+                                             "-o", str(t / "p.txt")], "p.txt does not end with .mrk.json or .fcsv"),
+]
+
+
+@pytest.mark.parametrize("what, make, message", OUTPUT_REFUSAL_ROWS, ids=[r[0] for r in OUTPUT_REFUSAL_ROWS])
+def test_outputs_that_break_the_rule_are_refused(models, tmp_path, capsys, what, make, message):
+    argv = make(models, tmp_path)
+    if argv[0] in ("localize", "oneshot"):
+        argv += ["-q", "--device", "cpu"]
     assert message in run_refused(argv, tmp_path, capsys)

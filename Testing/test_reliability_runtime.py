@@ -24,7 +24,8 @@ from landmarkloc.geometry.intensity import get_preset, intensity_profile, normal
 from landmarkloc.geometry.resample import to_model_grid
 from landmarkloc.inference.fcn import Localizer
 from landmarkloc.inference.oneshot import OneShotLocator
-from landmarkloc.io.markups import ControlPoint, read_points, write_points
+from landmarkloc.io.markups import read_points, write_points
+from landmarkloc.points import ControlPoint
 
 
 def mr_profile(n: int = 4) -> dict:

@@ -7,7 +7,8 @@ import numpy as np
 import SimpleITK as sitk
 from mrml_testing import REPO
 
-from landmarkloc.io.markups import Box, ControlPoint, write_boxes, write_points
+from landmarkloc.io.markups import write_boxes, write_points
+from landmarkloc.points import Box, ControlPoint
 
 sys.path.insert(0, str(REPO / "scripts"))
 import render_slicer_figure  # noqa: E402

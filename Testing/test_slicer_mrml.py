@@ -19,7 +19,8 @@ from mrml_testing import (
 from landmarkloc.errors import InputError
 from landmarkloc.geometry.frames import ImageGeometry, lps_to_ras, lps_to_ras_matrix, ras_to_lps
 from landmarkloc.io.image import squeeze_single_slice
-from landmarkloc.io.markups import Box, ControlPoint, read_boxes, read_points
+from landmarkloc.io.markups import read_boxes, read_points
+from landmarkloc.points import Box, ControlPoint
 
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")

@@ -9,8 +9,8 @@ from mrml_testing import DIRECTIONS_LPS, add_linear_transform, add_volume, new_s
 
 from landmarkloc.errors import InputError, ModelError
 from landmarkloc.geometry.frames import ras_to_lps
-from landmarkloc.io.markups import ControlPoint
 from landmarkloc.io.modelfile import model_paths
+from landmarkloc.points import ControlPoint
 
 torch = pytest.importorskip("torch")
 slicer = pytest.importorskip("slicer")
@@ -212,3 +212,31 @@ def test_one_shot_refuses_support_points_outside_the_support_without_changing_th
     with pytest.raises(InputError, match="query volume"):
         rpr_logic.start_find(None, rpr_logic.Support(support_volume, points_node), "ncc")
     assert node_names(scene) == before
+
+
+def _label_map(shape=(20, 22, 24)):
+    labels = np.zeros(shape, np.int16)
+    labels[5:12, 6:14, 7:16] = 1
+    labels[12:16, 8:12, 9:13] = 2
+    return labels
+
+
+def test_a_label_map_given_as_the_image_warns_in_both_modules(models):
+    """The core's label-map check reaches the user through the result's warnings, word for word as on the CLI."""
+    scene = new_scene()
+    labels = add_volume(scene, _label_map(), SPACING, ORIGIN, DIRECTIONS_LPS["oblique"], name="seg",
+                        class_name="vtkMRMLLabelMapVolumeNode")
+    job = fcn_logic.start_localize(labels, models["fcn"], "CPU", python=sys.executable)
+    outcome = fcn_logic.apply_localization(scene, finish(job), labels, models["fcn"])
+    assert any("looks like a label map (3 distinct integer values)" in w for w in outcome.warnings), outcome.warnings
+    support_volume, _ = organ_support(scene)
+    geometry = mrml.volume_geometry(support_volume)
+    points_node = mrml.add_points_node(scene, [ControlPoint("P0", geometry.index_to_physical((15.0, 12.0, 9.0)))],
+                                       "placed")
+    job = rpr_logic.start_find(labels, rpr_logic.Support(support_volume, points_node), "ncc", python=sys.executable)
+    found = rpr_logic.apply_find(scene, finish(job), labels)
+    assert any("the query image looks like a label map (3 distinct integer values)" in w for w in found.warnings)
+    scan = oblique_transformed_volume(scene, "scan")  # a scan: no such warning
+    job = fcn_logic.start_localize(scan, models["fcn"], "CPU", python=sys.executable)
+    assert not any("label map" in w for w in fcn_logic.apply_localization(scene, finish(job), scan,
+                                                                           models["fcn"]).warnings)

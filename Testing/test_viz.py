@@ -4,7 +4,7 @@ import numpy as np
 import SimpleITK as sitk
 from conftest import DIRECTIONS, make_image
 
-from landmarkloc.io.markups import Box, ControlPoint
+from landmarkloc.points import Box, ControlPoint
 from landmarkloc.viz import render_overview
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from landmarkloc.errors import InputError, LandmarkLocError
-from landmarkloc.io.markups import ControlPoint
+from landmarkloc.points import ControlPoint
 
 BRAIN_MODEL = "brain-t1-ixi16"
 CEPH_MODEL = "ceph-isbi19"

@@ -23,8 +23,9 @@ from .errors import InputError
 from .geometry.frames import ImageGeometry
 from .geometry.resample import crop_or_pad
 from .io.image import read_image
-from .io.markups import ControlPoint, write_points
+from .io.markups import write_points
 from .io.modelfile import shipped_model
+from .points import ControlPoint
 from .viz import render_overview
 
 MNI_IN_NILEARN = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"

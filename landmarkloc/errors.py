@@ -16,3 +16,8 @@ class InputError(LandmarkLocError):
 
 class ModelError(LandmarkLocError):
     """A model file is missing, damaged, tampered with or does not fit the input."""
+
+
+class InputWarning(UserWarning):
+    """A valid input that was changed or may mislead (issued with :func:`warnings.warn`): the CLI prints it as
+    one ``landmarkloc COMMAND: warning: ...`` line; the command goes on."""

@@ -8,7 +8,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from landmarkloc.errors import InputError
-from landmarkloc.io.markups import Box, ControlPoint
+from landmarkloc.points import Box, ControlPoint
 
 
 def write_temporary_image(image: sitk.Image, path) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from landmarkloc.errors import InputError
 from landmarkloc.io.image import check_image, check_not_constant
-from landmarkloc.io.markups import ControlPoint
+from landmarkloc.points import ControlPoint
 
 from . import mrml
 from .exchange import point_from_dict, point_to_dict, read_temporary_image, write_temporary_image

@@ -24,15 +24,8 @@ import SimpleITK as sitk
 from landmarkloc.errors import InputError
 from landmarkloc.geometry.frames import ImageGeometry, lps_to_ras, lps_to_ras_matrix, ras_to_lps, to_point3
 from landmarkloc.io.image import check_image
-from landmarkloc.io.markups import (
-    Box,
-    ControlPoint,
-    describe,
-    points_by_label,
-    split_description,
-    write_boxes,
-    write_points,
-)
+from landmarkloc.io.markups import describe, points_by_label, split_description, write_boxes, write_points
+from landmarkloc.points import Box, ControlPoint
 
 EVIDENCE_COLOR_NAME = "LandmarkLoc evidence"
 UNCERTAIN_COLOR = (1.0, 0.85, 0.0)  # unselected (uncertain) points: amber

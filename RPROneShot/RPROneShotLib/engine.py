@@ -52,12 +52,13 @@ def load_template(path):
 
 
 def locate_rpr(locator, template, query: sitk.Image, runs: int, seed: int = 0) -> tuple:
+    """(points, boxes, warnings) of the query."""
     result = locator.locate(as_model_image(query, locator.ndim), template, runs=int(runs), seed=int(seed))
-    return result.points, with_spread(result.boxes, result.points)
+    return result.points, with_spread(result.boxes, result.points), list(result.warnings)
 
 
 def locate_baseline(method: str, query: sitk.Image, support_image: sitk.Image, support_points) -> tuple:
-    """The ncc or registration baseline; both need the support image itself, not a template."""
+    """(points, boxes, warnings) of the ncc or registration baseline; both need the support image itself."""
     from landmarkloc.inference.baselines import ncc_locate, registration_locate
 
     if method not in ("ncc", "registration"):
@@ -67,7 +68,7 @@ def locate_baseline(method: str, query: sitk.Image, support_image: sitk.Image, s
         raise InputError("the support and query images differ in dimension (2D vs 3D)")
     run = ncc_locate if method == "ncc" else registration_locate
     result = run(as_model_image(query, ndim), as_model_image(support_image, ndim), list(support_points))
-    return result.points, with_spread(result.boxes, result.points)
+    return result.points, with_spread(result.boxes, result.points), list(result.warnings)
 
 
 def with_spread(boxes, points) -> list:

@@ -41,6 +41,7 @@ class Support:
 class FindOutcome:
     points_node: object
     roi_nodes: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)  # shown to the user beside the result (not errors)
 
 
 def inspect_template(path) -> dict:
@@ -140,4 +141,4 @@ def apply_find(scene, result: dict, query_volume, name: str = "") -> FindOutcome
     base = name or f"{query_volume.GetName()} one-shot"
     points_node = mrml.add_points_node(scene, points, base)
     rois = [mrml.add_roi_node(scene, box) for box in boxes]
-    return FindOutcome(points_node=points_node, roi_nodes=rois)
+    return FindOutcome(points_node=points_node, roi_nodes=rois, warnings=list(result.get("warnings", [])))

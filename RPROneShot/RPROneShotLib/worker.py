@@ -48,8 +48,9 @@ def handle(request: dict, workdir, report) -> dict:
         support_image = read_temporary_image(request["support"]["image"])
         query = read_temporary_image(request["query"])
         report(0.2, "Registering" if method == "registration" else "Template matching")
-        found, boxes = engine.locate_baseline(method, query, support_image, points)
-        return {"points": [point_to_dict(p) for p in found], "boxes": [box_to_dict(b) for b in boxes]}
+        found, boxes, warnings = engine.locate_baseline(method, query, support_image, points)
+        return {"points": [point_to_dict(p) for p in found], "boxes": [box_to_dict(b) for b in boxes],
+                "warnings": warnings}
     report(0.05, "Loading models")
     locator = engine.load_locator(request["model"], request.get("fine_model"), request.get("device", "Auto"),
                                   request.get("steps", 1))
@@ -65,9 +66,10 @@ def handle(request: dict, workdir, report) -> dict:
         engine.save_template(template, request["save_to"])
         return {"template": request["save_to"], "names": list(template.names)}
     report(0.4, f"Locating ({request.get('runs', 15)} runs)")
-    found, boxes = engine.locate_rpr(locator, template, read_temporary_image(request["query"]),
-                                     request.get("runs", 15), request.get("seed", 0))
-    return {"points": [point_to_dict(p) for p in found], "boxes": [box_to_dict(b) for b in boxes]}
+    found, boxes, warnings = engine.locate_rpr(locator, template, read_temporary_image(request["query"]),
+                                               request.get("runs", 15), request.get("seed", 0))
+    return {"points": [point_to_dict(p) for p in found], "boxes": [box_to_dict(b) for b in boxes],
+            "warnings": warnings}
 
 
 if __name__ == "__main__":

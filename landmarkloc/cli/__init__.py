@@ -10,9 +10,10 @@ import argparse
 import contextlib
 import importlib
 import sys
+import warnings
 
 from .. import __version__
-from ..errors import InputError, LandmarkLocError
+from ..errors import InputError, InputWarning, LandmarkLocError
 from ..runtime import DEVICE_CHOICES
 
 # Subcommands; each is the module of that name (dashes as underscores) with register(subparsers) and run(args).
@@ -30,6 +31,14 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_quiet_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or progress messages")
+
+
+def model_help(what: str, kinds) -> str:
+    """``--model`` help that lists the shipped models of these kinds (usable by name from any folder)."""
+    from ..io.modelfile import shipped_model_names
+
+    names = ", ".join(shipped_model_names(kinds)) or "none found"
+    return f"{what}: a .safetensors/.json path, or the name of a shipped model ({names}); an existing path wins"
 
 
 def parse_floats(text: str, what: str) -> list:
@@ -66,17 +75,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_series_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--series", metavar="UID",
+                        help="the DICOM series to read from a folder that holds several (its SeriesInstanceUID; "
+                        "the error for such a folder lists them)")
+
+
+def _print_input_warnings(command: str):
+    """``warnings.showwarning`` that prints an InputWarning as one ``landmarkloc COMMAND: warning:`` line."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, InputWarning):
+            print(f"landmarkloc {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+    return show
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except LandmarkLocError as exc:
-        print(f"landmarkloc {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(f"landmarkloc {args.command}: interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", InputWarning)  # every input's warning, not only the first
+        warnings.showwarning = _print_input_warnings(args.command)
+        try:
+            return int(args.func(args) or 0)
+        except LandmarkLocError as exc:
+            print(f"landmarkloc {args.command}: error: {exc}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except KeyboardInterrupt:
+            print(f"landmarkloc {args.command}: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

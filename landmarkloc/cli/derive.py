@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..errors import InputError
 from ..geometry.labels import label_boxes, label_centroids, label_extreme_points
 from ..io.atomic import check_writable
 from ..io.image import check_image_file, read_image
 from ..io.markups import write_boxes, write_points
+from . import add_series_argument
+from .outputs import output_paths
 
 EXAMPLE = """example:
   landmarkloc derive seg/IXI002.nii.gz --labels 35,47,48 --names BrainStem,Hippocampus_R,Hippocampus_L \\
@@ -32,7 +33,9 @@ def register(sub) -> None:
     p.add_argument("--coordinate-system", choices=("LPS", "RAS"), default="LPS",
                    help="coordinate system written to the file (default: LPS, Slicer's default)")
     p.add_argument("--spacing", type=float, help="pixel size in mm, needed for 2D picture formats")
-    p.add_argument("-o", "--output", required=True, help="output .mrk.json, .fcsv or .csv (boxes: .mrk.json)")
+    p.add_argument("-o", "--output", required=True, help="output .mrk.json, .fcsv or .csv (boxes: .mrk.json), or a "
+                   "folder: LABELMAP.mrk.json (boxes: LABELMAP_rois.mrk.json)")
+    add_series_argument(p)
     p.set_defaults(func=run)
 
 
@@ -49,16 +52,19 @@ def parse_labels(text: str) -> list:
 def run(args) -> int:
     labels = parse_labels(args.labels)
     names = [n.strip() for n in args.names.split(",")] if args.names else None
-    check_image_file(args.labelmap)
-    check_writable(args.output)
-    labelmap = read_image(args.labelmap, spacing=args.spacing)
-    if args.kind == "box":
+    check_image_file(args.labelmap, args.series)
+    boxes = args.kind == "box"
+    output = output_paths([args.labelmap], args.output, "_rois.mrk.json" if boxes else ".mrk.json",
+                          (".mrk.json",) if boxes else (".mrk.json", ".fcsv", ".csv"))[0]
+    check_writable(output)
+    labelmap = read_image(args.labelmap, spacing=args.spacing, series=args.series)
+    if boxes:
         boxes = label_boxes(labelmap, labels, names)
-        write_boxes(args.output, boxes, args.coordinate_system)
-        print(f"wrote {len(boxes)} boxes to {Path(args.output)}")
+        write_boxes(output, boxes, args.coordinate_system)
+        print(f"wrote {len(boxes)} boxes to {output}")
         return 0
     derive = label_centroids if args.kind == "centroid" else label_extreme_points
     points = derive(labelmap, labels, names)
-    write_points(args.output, points, args.coordinate_system)
-    print(f"wrote {len(points)} points to {Path(args.output)}")
+    write_points(output, points, args.coordinate_system)
+    print(f"wrote {len(points)} points to {output}")
     return 0

@@ -10,6 +10,7 @@ from ..io.atomic import check_writable
 from ..metrics.landmarks import DEFAULT_THRESHOLDS
 from ..metrics.report import Evaluation, format_table, pair_files, write_reports
 from . import parse_floats
+from .outputs import output_paths
 
 EXAMPLE = """example:
   landmarkloc evaluate --pred out/ --ref reference/ --thresholds 1,2,2.5,3,4 -o report --plot
@@ -27,7 +28,8 @@ def register(sub) -> None:
     p.add_argument("--ref", required=True, help="reference markups file or folder")
     p.add_argument("--thresholds", default=",".join(f"{t:g}" for t in DEFAULT_THRESHOLDS),
                    help="SDR thresholds in mm (default: 2,2.5,3,4)")
-    p.add_argument("-o", "--output", default="evaluation", help="report file stem (default: evaluation)")
+    p.add_argument("-o", "--output", default="evaluation",
+                   help="report file stem (default: evaluation), or a folder: PRED_evaluation.json/.csv in it")
     p.add_argument("--plot", action="store_true", help="also write an SDR curve and a per-landmark box plot")
     p.set_defaults(func=run)
 
@@ -36,13 +38,16 @@ def run(args) -> int:
     thresholds = tuple(parse_floats(args.thresholds, "--thresholds"))
     if not thresholds or any(not t > 0 for t in thresholds):
         raise InputError("--thresholds must be positive numbers of mm")
-    stem = Path(args.output)
+    stem = output_paths([args.pred], args.output, "_evaluation")[0]
+    for suffix in (".json", ".csv"):  # -o report.json: the stem is report
+        if stem.name.lower().endswith(suffix) and not Path(args.output).is_dir():
+            stem = stem.with_name(stem.name[: -len(suffix)])
     check_writable(stem.with_name(stem.name + ".json"))
     evaluation = Evaluation(thresholds=thresholds)
     for case, pred, ref in pair_files(args.pred, args.ref):
         evaluation.add_case(case, pred, ref)
     summary = evaluation.summary()
     print(format_table(summary))
-    for path in write_reports(evaluation, Path(args.output), plot=args.plot):
+    for path in write_reports(evaluation, stem, plot=args.plot):
         print(f"wrote {path}")
     return 0

@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 from ..errors import InputError, ModelError
-from ..io.modelfile import save_model
+from ..io.atomic import check_writable
+from ..io.modelfile import model_paths, save_model
+from .outputs import output_paths
 
 EXAMPLE = """example:
   landmarkloc import-model colleague.pth --metadata colleague.json -o models/colleague
@@ -25,7 +27,8 @@ def register(sub) -> None:
     p.add_argument("checkpoint", help="the .pt/.pth file (a state dict, or a dict holding one under "
                    "'state_dict' or 'model')")
     p.add_argument("--metadata", required=True, help="JSON file with the model's metadata (must contain 'kind')")
-    p.add_argument("-o", "--output", required=True, help="output model path (stem or .safetensors)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output model path (stem or .safetensors), or a folder: CHECKPOINT.safetensors in it")
     p.set_defaults(func=run)
 
 
@@ -50,6 +53,8 @@ def load_state_dict_safely(path: Path) -> dict:
 
 
 def run(args) -> int:
+    output = output_paths([args.checkpoint], args.output, "")[0]  # a folder: CHECKPOINT.safetensors in it
+    check_writable(model_paths(output)[0])
     meta_path = Path(args.metadata)
     try:
         metadata = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -62,6 +67,6 @@ def run(args) -> int:
     for stale in ("sha256", "weights", "format_version"):
         metadata.pop(stale, None)
     tensors = load_state_dict_safely(Path(args.checkpoint))
-    weights, meta = save_model(args.output, tensors, metadata)
+    weights, meta = save_model(output, tensors, metadata)
     print(f"wrote {weights} and {meta} ({len(tensors)} tensors)")
     return 0

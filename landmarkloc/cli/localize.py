@@ -11,19 +11,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
 from ..io.atomic import check_writable, write_text_atomic
 from ..io.image import check_image_file, read_image, write_image
 from ..io.markups import write_points
 from ..runtime import progress
-from . import about, add_device_argument, add_quiet_argument, parse_floats
+from . import about, add_device_argument, add_quiet_argument, add_series_argument, model_help, parse_floats
+from .outputs import output_paths
 
 FORMATS = {"mrk.json": ".mrk.json", "fcsv": ".fcsv", "csv": ".csv"}
 
 EXAMPLE = """examples:
-  landmarkloc localize IXI002.nii.gz --model models/ixi16.safetensors -o IXI002.mrk.json
+  landmarkloc localize IXI002.nii.gz --model brain-t1-ixi16 -o IXI002.mrk.json
   landmarkloc localize ceph/images/15*.jpg --spacing 0.1 --model ceph.json -o out/ --format csv --evidence
-  (several inputs: OUT is a folder, one file per input named after it; landmarks that are not found,
+  (-o a folder (or several inputs): one file per input named after it; landmarks that are not found,
    e.g. outside the field of view, are left out and reported; uncertain ones are written unselected)
 """
 
@@ -34,8 +34,9 @@ def register(sub) -> None:
                        "points are written in the input's physical space (LPS) with a confidence per point.",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", help="input image files or DICOM folders")
-    p.add_argument("--model", required=True, help="model .safetensors or .json")
-    p.add_argument("-o", "--output", required=True, help="output file (one input) or folder (several)")
+    p.add_argument("--model", required=True, help=model_help("FCN model", ("fcn",)))
+    p.add_argument("-o", "--output", required=True,
+                   help="output file (one input), or a folder: one file per input, named after it")
     p.add_argument("--spacing", help="pixel size in mm of 2D picture inputs (PNG/JPEG/...), e.g. 0.1")
     p.add_argument("--format", choices=list(FORMATS), default=None,
                    help="output format (default: from the output file name, else mrk.json)")
@@ -43,31 +44,15 @@ def register(sub) -> None:
                    help="also write each landmark's classification posterior (NRRD on the input grid) "
                    "and its votes (CSV: LPS x, y, z, weight)")
     p.add_argument("--global-only", action="store_true", help="skip the local refinement stage")
+    add_series_argument(p)
     add_device_argument(p)
     add_quiet_argument(p)
     p.set_defaults(func=run)
 
 
 def _output_paths(images, output: Path, fmt) -> list:
-    if len(images) == 1 and not output.is_dir() and not str(output).endswith(("/", "\\")):
-        if fmt and not output.name.endswith(FORMATS[fmt]):
-            raise InputError(f"output {output.name} does not end with {FORMATS[fmt]} (--format {fmt})")
-        if not any(output.name.lower().endswith(s) for s in FORMATS.values()):
-            raise InputError(f"output {output.name}: use a .mrk.json, .fcsv or .csv file name, or a folder")
-        return [output]
-    suffix = FORMATS[fmt or "mrk.json"]
-    names = [_case_name(Path(p)) for p in images]
-    if len(set(names)) != len(names):
-        raise InputError("several inputs have the same name; their outputs would overwrite each other")
-    return [output / f"{n}{suffix}" for n in names]
-
-
-def _case_name(path: Path) -> str:
-    name = path.name
-    for s in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
-        if name.lower().endswith(s):
-            return name[: -len(s)]
-    return name
+    suffixes = (FORMATS[fmt],) if fmt else tuple(FORMATS.values())
+    return output_paths(images, output, FORMATS[fmt or "mrk.json"], suffixes)
 
 
 def _without_format_suffix(path: Path) -> str:
@@ -94,7 +79,7 @@ def run(args) -> int:
     # Everything checkable without the voxels is checked first, so a bad input or output path is
     # reported before any work and before any file is written.
     for image_path, out_path in zip(args.images, outputs):
-        check_image_file(image_path)
+        check_image_file(image_path, args.series)
         check_writable(out_path)
     t0 = time.perf_counter()
     localizer = Localizer.from_file(args.model, args.device)
@@ -103,7 +88,7 @@ def run(args) -> int:
     times = []
     for image_path, out_path in progress(list(zip(args.images, outputs)), desc="localize", quiet=args.quiet):
         with about(Path(image_path)):
-            image = read_image(image_path, spacing=spacing)
+            image = read_image(image_path, spacing=spacing, series=args.series)
             result = localizer.localize(image, evidence=bool(args.evidence), use_local=not args.global_only)
         times.append(result.seconds)
         write_points(out_path, result.points)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +12,18 @@ from ..errors import InputError
 from ..io.atomic import check_writable
 from ..io.image import check_image_file, is_plain_2d, read_image
 from ..io.markups import read_points, write_boxes, write_points
-from . import about, add_device_argument, add_quiet_argument
+from . import about, add_device_argument, add_quiet_argument, add_series_argument, model_help
+from .outputs import output_paths
 
 EXAMPLE = """examples:
   landmarkloc oneshot --query q.nii.gz --support s.nii.gz --support-labels s_seg.nii.gz --labels 35,47,48 \\
       --names BrainStem,Hippocampus_R,Hippocampus_L --model coarse.safetensors --fine-model fine.safetensors \\
       -o q_points.mrk.json --rois q_rois.mrk.json --save-template brain3.safetensors
-  landmarkloc oneshot --query a.nii.gz b.nii.gz --template brain3.safetensors --model coarse.safetensors \\
-      --fine-model fine.safetensors -o out/ --rois out/
+  landmarkloc oneshot --query a.nii.gz b.nii.gz --template brain3.safetensors --model brain-t1-rpr-coarse \\
+      --fine-model brain-t1-rpr-fine -o out/ --rois out/
   landmarkloc oneshot --method registration --query q.nii.gz --support s.nii.gz \\
       --support-markups s.mrk.json -o q.mrk.json
-  (with several queries, -o and --rois are folders: QUERY.mrk.json / QUERY_rois.mrk.json)
+  (-o and --rois folders (needed for several queries): QUERY.mrk.json / QUERY_rois.mrk.json)
 """
 
 
@@ -37,10 +39,11 @@ def register(sub) -> None:
     p.add_argument("--support-labels", help="support label map: organ boxes from their six extreme points")
     p.add_argument("--labels", help="with --support-labels: comma-separated label values")
     p.add_argument("--names", help="with --support-labels: comma-separated organ names")
-    p.add_argument("--template", help="rpr: a saved support template instead of --support")
+    p.add_argument("--template", help=model_help("rpr: a saved support template instead of --support",
+                                                 ("rpr-template",)))
     p.add_argument("--save-template", help="rpr: save the support template here (NAME.safetensors + NAME.json)")
-    p.add_argument("--model", help="rpr: coarse model")
-    p.add_argument("--fine-model", help="rpr: fine model")
+    p.add_argument("--model", help=model_help("rpr: coarse model", ("rpr",)))
+    p.add_argument("--fine-model", help=model_help("rpr: fine model", ("rpr",)))
     p.add_argument("--fine-steps", type=int, default=1, help="rpr: fine steps (default 1)")
     p.add_argument("--runs", type=int, default=15, help="rpr: random starts K of the multi-run ensemble (default 15)")
     p.add_argument("--seed", type=int, default=0)
@@ -50,8 +53,10 @@ def register(sub) -> None:
     p.add_argument("--bspline", action="store_true", help="registration: add a B-spline stage after affine")
     p.add_argument("--pixel-spacing", type=float, help="pixel size in mm for 2D picture formats")
     p.add_argument("--coordinate-system", choices=("LPS", "RAS"), default="LPS")
-    p.add_argument("-o", "--output", required=True, help="points file, or a folder with several queries")
-    p.add_argument("--rois", help="organ boxes (ROI .mrk.json) file, or a folder with several queries")
+    p.add_argument("-o", "--output", required=True,
+                   help="points file (one query), or a folder: QUERY.mrk.json per query")
+    p.add_argument("--rois", help="organ boxes: a .mrk.json file (one query), or a folder: QUERY_rois.mrk.json")
+    add_series_argument(p)
     add_device_argument(p)
     add_quiet_argument(p)
     p.set_defaults(func=run)
@@ -59,7 +64,7 @@ def register(sub) -> None:
 
 def _read(path, args):
     """--pixel-spacing gives the pixel size of 2D pictures only; volumes keep the spacing in their header."""
-    return read_image(path, spacing=args.pixel_spacing if is_plain_2d(path) else None)
+    return read_image(path, spacing=args.pixel_spacing if is_plain_2d(path) else None, series=args.series)
 
 
 def _support_points(args, support_image):
@@ -82,17 +87,11 @@ def _support_points(args, support_image):
     return label_extreme_points(labelmap, parse_labels(args.labels), names)
 
 
-def _output_paths(query: Path, args, several: bool) -> tuple[Path, Path | None]:
-    stem = query.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    out = Path(args.output) / f"{stem}.mrk.json" if several else Path(args.output)
-    rois = None
-    if args.rois:
-        rois = Path(args.rois) / f"{stem}_rois.mrk.json" if several else Path(args.rois)
-    return out, rois
+def _output_paths(queries, args) -> list:
+    """(points file, ROI file or None) per query, under the one -o rule (cli/outputs.py)."""
+    points = output_paths(queries, args.output, ".mrk.json", (".mrk.json", ".fcsv", ".csv"))
+    rois = output_paths(queries, args.rois, "_rois.mrk.json", (".mrk.json",), "--rois") if args.rois else None
+    return list(zip(points, rois or [None] * len(points)))
 
 
 def run(args) -> int:
@@ -100,15 +99,15 @@ def run(args) -> int:
 
     queries = [Path(q) for q in args.query]
     several = len(queries) > 1
+    outputs = _output_paths(queries, args)
     # Check every input file's header and every output path before any work or any file written.
     for path in queries + [Path(p) for p in (args.support, args.support_labels) if p]:
-        check_image_file(path)
+        check_image_file(path, args.series)
     if args.support_markups and not Path(args.support_markups).is_file():
         raise InputError(f"support markups not found: {args.support_markups}")
-    for query_path in queries:
-        for out in _output_paths(query_path, args, several):
-            if out is not None:
-                check_writable(out)
+    for out in (path for pair in outputs for path in pair):
+        if out is not None:
+            check_writable(out)
     if args.save_template:
         check_writable(args.save_template)
     if args.method == "rpr":
@@ -119,16 +118,18 @@ def run(args) -> int:
         support = _read(args.support, args)
         points = _support_points(args, support)
         locate = _baseline(args, support, points)
-    for query_path in progress(queries, desc="queries", quiet=args.quiet or not several):
+    for query_path, (out, rois) in progress(list(zip(queries, outputs)), desc="queries",
+                                            quiet=args.quiet or not several):
         with about(query_path):
             query = _read(query_path, args)
             result = locate(query)
-        out, rois = _output_paths(query_path, args, several)
         if rois is not None and not result.boxes:
             raise InputError("--rois needs organ boxes: give the support as --support-labels")
         write_points(out, result.points, args.coordinate_system)
         if rois is not None:
             write_boxes(rois, result.boxes, args.coordinate_system)
+        for warning in result.warnings:
+            print(f"landmarkloc oneshot: warning: {query_path}: {warning}", file=sys.stderr)
         if not args.quiet:
             print(f"{query_path.name}: {len(result.points)} points"
                   + (f", {len(result.boxes)} boxes" if result.boxes else "")

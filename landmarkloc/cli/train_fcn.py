@@ -12,6 +12,7 @@ from ..io.modelfile import model_paths
 from ..training.fcn import train_config, train_fcn
 from ..training.fcn_targets import VARIANTS
 from . import add_device_argument, add_quiet_argument, parse_floats
+from .outputs import output_paths
 
 EXAMPLE = """examples:
   landmarkloc train-fcn ixi_train/ -o models/ixi16 --intensity mr --model-spacing 2 --max-minutes 45
@@ -29,7 +30,8 @@ def register(sub) -> None:
                        "dataset of images with landmarks; validation keeps the best model.",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", help="dataset folder or CSV description")
-    p.add_argument("-o", "--output", required=True, help="model path stem (writes STEM.safetensors + STEM.json)")
+    p.add_argument("-o", "--output", required=True,
+                   help="model path stem (writes STEM.safetensors + STEM.json), or a folder: DATASET.safetensors in it")
     p.add_argument("--val", help="validation dataset (default: hold out --val-fraction of the images)")
     p.add_argument("--landmarks-dir", help="folder with the landmark files of a folder dataset")
     p.add_argument("--preset", default="compact", choices=["compact", "paper"],
@@ -76,6 +78,7 @@ def _json_dict(text, what) -> dict:
 
 
 def run(args) -> int:
+    args.output = str(output_paths([args.dataset], args.output, "")[0])  # a folder: DATASET.safetensors in it
     check_writable(model_paths(args.output)[0])  # before any reading or training
     dataset = load_dataset(args.dataset, landmarks_dir=args.landmarks_dir)
     val = load_dataset(args.val, landmarks_dir=args.landmarks_dir) if args.val else None
@@ -104,5 +107,5 @@ def run(args) -> int:
         v = meta["validation"]
         print(f"best model (iteration {v['iteration']}): validation mean radial error "
               f"{v['mean_radial_error_mm']:.2f} mm, median {v['median_radial_error_mm']:.2f} mm -> "
-              f"{args.output}.safetensors")
+              f"{model_paths(args.output)[0]}")
     return 0

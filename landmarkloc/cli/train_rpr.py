@@ -10,6 +10,7 @@ from ..io.atomic import check_writable
 from ..io.image import PLAIN_2D_SUFFIXES, VOLUME_SUFFIXES, read_image
 from ..io.modelfile import model_paths
 from . import add_device_argument, add_quiet_argument, parse_floats
+from .outputs import output_paths
 
 EXAMPLE = """examples:
   landmarkloc train-rpr --images ixi/t1 --stage coarse --preset compact -o models/rpr_brain_coarse --max-minutes 60
@@ -52,7 +53,8 @@ def register(sub) -> None:
                    "mask is also used masked (skull-stripped), for training and validation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pixel-spacing", type=float, help="pixel size in mm for 2D picture formats (PNG, JPEG ...)")
-    p.add_argument("-o", "--output", required=True, help="model path (NAME or NAME.safetensors)")
+    p.add_argument("-o", "--output", required=True,
+                   help="model path (NAME or NAME.safetensors), or a folder: IMAGES_STAGE.safetensors in it")
     add_device_argument(p)
     add_quiet_argument(p)
     p.set_defaults(func=run)
@@ -101,6 +103,8 @@ def _per_axis(text: str | None, what: str, ndim: int, cast=float):
 def run(args) -> int:
     from ..training.rpr import AugmentationConfig, rpr_preset, train_rpr, with_overrides
 
+    # a folder: IMAGES_STAGE.safetensors in it, named after the (first) --images folder or list
+    args.output = str(output_paths(args.images[:1], args.output, f"_{args.stage}")[0])
     check_writable(model_paths(args.output)[0])  # before any reading or training
 
     images = expand_images(args.images)

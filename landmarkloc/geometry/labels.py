@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..io.markups import Box, ControlPoint
+from ..points import Box, ControlPoint
 from .frames import ImageGeometry, to_point3
 
 AXIS_NAMES = ("x", "y", "z")

@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from landmarkloc.errors import InputError
-from landmarkloc.geometry.frames import ImageGeometry
 from landmarkloc.inference.oneshot import OneShotResult, result_from_positions, support_positions
 from landmarkloc.inference.patches import PreparedVolume, extract_patches, prepare_volume
 from landmarkloc.io.image import check_not_constant
@@ -122,7 +121,7 @@ def ncc_locate(query_image: sitk.Image, support_image: sitk.Image, support_point
     best_scores = scores.flatten(1).max(dim=1).values.cpu().numpy()
     located = query.to_physical(grid)
     properties = [{"ncc": round(float(s), 4)} for s in best_scores]
-    return result_from_positions(names, located, ImageGeometry.from_image(query_image), "ncc",
+    return result_from_positions(names, located, query_image, "ncc",
                                  time.perf_counter() - start, properties)
 
 
@@ -226,5 +225,5 @@ def registration_locate(query_image: sitk.Image, support_image: sitk.Image, supp
     check_not_constant(query_image, "query image")
     linear, bspline = register_images(query_image, support_image, config)
     located = map_support_points(pos, linear, bspline)
-    return result_from_positions(names, located, ImageGeometry.from_image(query_image), "registration",
+    return result_from_positions(names, located, query_image, "registration",
                                  time.perf_counter() - start)

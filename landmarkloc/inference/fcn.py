@@ -33,9 +33,10 @@ from ..geometry.frames import ImageGeometry, from_point3, to_point3
 from ..geometry.intensity import get_preset, normalize, unlike_profile
 from ..geometry.resample import resample_to_grid, to_model_grid
 from ..io.image import check_image, check_not_constant, squeeze_single_slice
-from ..io.markups import ControlPoint
+from ..io.labelmap import label_map_warning
 from ..io.modelfile import load_model
 from ..networks.fcn import FCNConfig, GlobalToLocal
+from ..points import ControlPoint
 from ..runtime import resolve_device
 from ..training.fcn_targets import get_variant
 from .fcn_votes import VoteSummary, summarize_votes
@@ -306,7 +307,8 @@ class Localizer:
                 global_confidence=global_conf,
                 local_confidence=None if local is None else float(local.confidence[n]),
                 unlike_training=unlike is not None))
-        result = LocalizationResult(landmarks=landmarks, warnings=[unlike] if unlike else [])
+        label_map = label_map_warning(image)
+        result = LocalizationResult(landmarks=landmarks, warnings=[w for w in (label_map, unlike) if w])
         wanted = self.names if evidence is True else list(evidence or ())
         for name in wanted:
             n = self._name_index(name)

@@ -28,8 +28,9 @@ from landmarkloc.errors import InputError, ModelError
 from landmarkloc.geometry.frames import ImageGeometry, from_point3, to_point3
 from landmarkloc.geometry.labels import box_from_points, group_extreme_points, label_extreme_points
 from landmarkloc.inference.patches import PreparedVolume, extract_patches, prepare_volume
-from landmarkloc.io.markups import Box, ControlPoint
+from landmarkloc.io.labelmap import label_map_warning
 from landmarkloc.networks.pnet import RprModel, load_rpr_model, relative_offset
+from landmarkloc.points import Box, ControlPoint
 
 TEMPLATE_KIND = "rpr-template"
 # Patches per network pass. Small batches keep each layer's activations (a few MB) in the CPU caches; a
@@ -100,6 +101,7 @@ class OneShotResult:
     seconds: float = 0.0
     method: str = "rpr"
     run_positions: np.ndarray | None = None  # (K, P, D) coarse estimates of the K runs
+    warnings: list = field(default_factory=list)  # one-line warnings for the user (not errors)
 
 
 def query_orientation(geometry: ImageGeometry) -> np.ndarray:
@@ -129,16 +131,20 @@ def support_points_from_labels(labelmap: sitk.Image, labels: Sequence[int],
     return label_extreme_points(labelmap, labels, names)
 
 
-def result_from_positions(names: Sequence[str], positions: np.ndarray, geometry: ImageGeometry, method: str,
+def result_from_positions(names: Sequence[str], positions: np.ndarray, query_image: sitk.Image, method: str,
                           seconds: float, properties: Sequence[dict] | None = None) -> OneShotResult:
-    """Package located positions (P, D) of any method as points (+ boxes for extreme-point names)."""
+    """Package located positions (P, D) of any method as points (+ boxes for extreme-point names), with a
+    warning when the query looks like a label map."""
+    geometry = ImageGeometry.from_image(query_image)
     points = []
     for n, (name, pos) in enumerate(zip(names, positions)):
         props = {"method": method}
         if properties is not None:
             props.update(properties[n])
         points.append(ControlPoint(name, to_point3(pos), properties=props))
-    return OneShotResult(points=points, boxes=boxes_from_points(points, geometry), seconds=seconds, method=method)
+    warning = label_map_warning(query_image, "the query image")
+    return OneShotResult(points=points, boxes=boxes_from_points(points, geometry), seconds=seconds, method=method,
+                         warnings=[warning] if warning else [])
 
 
 def _by_name(points: Sequence[ControlPoint], names: Sequence[str], where: str) -> np.ndarray:
@@ -285,7 +291,7 @@ class OneShotLocator:
         properties = [{"spread_mm": round(float(s), 3), "runs": runs,
                        "fine_shift_mm": round(float(np.linalg.norm(p - c)), 3)}
                       for s, p, c in zip(spread, position, coarse_position)]
-        result = result_from_positions(template.names, position, ImageGeometry.from_image(query_image), "rpr",
+        result = result_from_positions(template.names, position, query_image, "rpr",
                                        time.perf_counter() - start, properties)
         result.run_positions = runs_pos
         return result

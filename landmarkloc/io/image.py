@@ -16,7 +16,9 @@ import SimpleITK as sitk
 from ..errors import InputError
 from ..geometry.frames import ImageGeometry
 from ..memory import COPIES_IN_MEMORY, check_fits_in_memory, sizes_text
+from . import dicom
 from .atomic import atomic_path
+from .completeness import check_data_complete
 
 PLAIN_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
@@ -34,27 +36,13 @@ def is_plain_2d(path) -> bool:
     return _suffix(Path(path)) in PLAIN_2D_SUFFIXES
 
 
-def _dicom_series_files(folder: Path) -> list:
-    """The files of the largest DICOM series in ``folder``, header checked."""
-    reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise InputError(f"{folder} is a folder without a DICOM series (give an image file or a DICOM folder)")
-    files_per_series = [reader.GetGDCMSeriesFileNames(str(folder), s) for s in series]
-    files = max(files_per_series, key=len)  # several series: take the largest, the usual volume
+def _dicom_stack(folder: Path, series: str = None) -> dicom.StackGeometry:
+    """The DICOM series of ``folder`` (or ``series``), header and slice positions checked."""
+    files = dicom.series_files(folder, series)
     if len(files) < 2:
         raise InputError(f"DICOM series in {folder} has a single slice; a volume is needed")
     _check_header(_read_header(Path(files[0])), folder.name, slices=len(files))
-    return list(files)
-
-
-def _read_dicom_series(folder: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(_dicom_series_files(folder))
-    try:
-        return reader.Execute()
-    except RuntimeError as exc:
-        raise InputError(f"cannot read the DICOM series in {folder}: {_first_line(exc)}") from None
+    return dicom.stack_geometry(files, folder.name)
 
 
 def _read_header(path: Path) -> sitk.ImageFileReader:
@@ -110,32 +98,37 @@ def _to_grey(image: sitk.Image) -> sitk.Image:
     return out
 
 
-def check_image_file(path) -> None:
+def check_image_file(path, series: str = None) -> None:
     """What can be checked without reading the voxels: the file exists, is not empty, its header is
-    readable, describes a 2D/3D image with positive spacing and fits in memory (DICOM folder: its series)."""
+    readable, describes a 2D/3D image with positive spacing and fits in memory, and the file holds all the
+    data its header promises (io.completeness). A DICOM folder: its one series (or ``series``, a
+    SeriesInstanceUID) and where its slices are (io.dicom)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"image not found: {path}")
     if path.is_dir():
-        _dicom_series_files(path)
+        _dicom_stack(path, series)
         return
     if path.stat().st_size == 0:
         raise InputError(f"image file is empty: {path}")
     _check_header(_read_header(path), path.name)
+    check_data_complete(path)
 
 
-def read_image(path, spacing=None, allow_single_slice: bool = True) -> sitk.Image:
+def read_image(path, spacing=None, allow_single_slice: bool = True, series: str = None) -> sitk.Image:
     """Read an image file or DICOM folder as a float32 scalar image with validated geometry.
 
     ``spacing`` (a number or one value per axis, in mm) sets the pixel size of
     2D picture formats (PNG, JPEG, BMP, TIFF), which is required for them, and
-    overrides the stored spacing of other formats.
+    overrides the stored spacing of other formats. ``series`` chooses a series of a DICOM
+    folder by its SeriesInstanceUID; a series with missing slices, uneven spacing or a gantry
+    tilt is resampled onto a regular grid with an :class:`InputWarning` (io.dicom).
     """
     path = Path(path)
-    check_image_file(path)
     if path.is_dir():
-        image = _read_dicom_series(path)
+        image = dicom.read_series(_dicom_stack(path, series), path.name)
     else:
+        check_image_file(path)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:

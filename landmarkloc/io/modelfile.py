@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 from ..errors import ModelError
@@ -21,13 +22,29 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 
 
 def models_folder() -> Path:
-    """Where the shipped models are: ``$LANDMARKLOC_MODELS``, else ``models/`` next to the package.
-
-    Next to the package is the repository root in a checkout and the built
-    Slicer extension's folder, which installs ``models/`` beside ``landmarkloc``.
+    """Where the shipped models are: ``$LANDMARKLOC_MODELS``; else ``models/`` next to the package (a clone,
+    installed with ``pip install -e`` or not, and the built Slicer extension, which installs ``models/`` beside
+    ``landmarkloc``); else ``<prefix>/share/landmarkloc/models``, where a wheel installs them (pyproject.toml).
     """
     env = os.environ.get("LANDMARKLOC_MODELS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "models"
+    if env:
+        return Path(env)
+    beside = Path(__file__).resolve().parents[2] / "models"
+    installed = Path(sys.prefix) / "share" / "landmarkloc" / "models"
+    return installed if not beside.is_dir() and installed.is_dir() else beside
+
+
+def shipped_model_names(kinds=None) -> list:
+    """Names of the shipped models (of the given kinds), sorted; a folder without models gives []."""
+    names = []
+    for meta_path in sorted(models_folder().glob("*.json")):
+        try:
+            kind = json.loads(meta_path.read_text(encoding="utf-8")).get("kind")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            continue
+        if kind and (kinds is None or kind in kinds) and model_paths(meta_path)[0].is_file():
+            names.append(meta_path.name[: -len(".json")])
+    return names
 
 
 def shipped_model(name: str) -> Path:
@@ -37,6 +54,17 @@ def shipped_model(name: str) -> Path:
         raise ModelError(f"the model {name!r} is not in {models_folder()} (set LANDMARKLOC_MODELS or train it with "
                          f"models/recipes/)")
     return path
+
+
+def find_model(path) -> Path:
+    """The model to read for ``path``: the path itself when its files exist (a path always wins), else, for a
+    bare name such as ``brain-t1-ixi16``, the shipped model of that name (from any working folder)."""
+    path = Path(path)
+    weights, meta = model_paths(path)
+    if weights.exists() or meta.exists() or len(path.parts) != 1:
+        return path
+    shipped = models_folder() / path.name
+    return shipped if model_paths(shipped)[1].is_file() else path
 
 
 def sha256_of(path) -> str:
@@ -79,10 +107,12 @@ def save_model(path, tensors: dict, metadata: dict) -> tuple:
 
 
 def read_metadata(path) -> dict:
-    """The validated metadata of a model (no weights loaded)."""
-    _, meta_path = model_paths(path)
+    """The validated metadata of a model (no weights loaded); ``path`` may name a shipped model."""
+    _, meta_path = model_paths(find_model(path))
     if not meta_path.is_file():
-        raise ModelError(f"model metadata not found: {meta_path} (a model is NAME.safetensors + NAME.json)")
+        shipped = ", ".join(shipped_model_names()) or "none"
+        raise ModelError(f"model metadata not found: {meta_path} (a model is NAME.safetensors + NAME.json, "
+                         f"or the name of a shipped model: {shipped})")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -101,6 +131,7 @@ def read_metadata(path) -> dict:
 
 def verify_model(path, kind: str = None) -> tuple:
     """(weights path, metadata) after checking kind, format version and the weights' sha256 (no torch needed)."""
+    path = find_model(path)
     weights, meta_path = model_paths(path)
     meta = read_metadata(path)
     if kind is not None and meta["kind"] != kind:

@@ -14,7 +14,8 @@ import argparse
 import csv
 from pathlib import Path
 
-from landmarkloc.io.markups import ControlPoint, write_points
+from landmarkloc.io.markups import write_points
+from landmarkloc.points import ControlPoint
 
 PIXEL_MM = 0.1
 
