@@ -1,0 +1,48 @@
+"""Try it in one click: the MNI152 T1 template as Slicer sample data, with the shipped one-shot support template.
+
+The image is the MNI152 (ICBM 2009a symmetric) T1 template inside the nilearn
+wheel, as ``landmarkloc demo`` uses it: nothing is downloaded once nilearn is
+installed. The support template ``brain-t1-rpr-mni152-support`` (16 brain
+points, encoded with the shipped RPR models) was made on this image, so after
+loading the sample the user can click Localize (Landmark Localizer) and Find
+(RPR One-Shot) without any data of their own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from landmarkloc.errors import InputError
+from landmarkloc.io.modelfile import models_folder
+
+SAMPLE_CATEGORY = "Landmark Localization"
+SAMPLE_NAME = "MNI152 T1"
+NODE_NAME = "MNI152_T1"
+SUPPORT_TEMPLATE = "brain-t1-rpr-mni152-support"
+THUMBNAIL = "MNI152Sample.png"  # in LandmarkLocalizer/Resources/Icons
+
+
+def mni152_file() -> Path:
+    """The template image file (in the nilearn package); InputError when nilearn is not installed."""
+    from landmarkloc.demo import mni_template_path
+
+    return mni_template_path()
+
+
+def support_template_path() -> str:
+    """The shipped one-shot template (metadata file) made on the MNI152 image."""
+    path = models_folder() / f"{SUPPORT_TEMPLATE}.json"
+    if not path.is_file():
+        raise InputError(f"the support template {path.name} is missing from {path.parent}")
+    return str(path)
+
+
+def load_mni152(scene, name: str = NODE_NAME):
+    """The MNI152 T1 template as a volume node of ``scene`` (its file geometry, in world coordinates)."""
+    from landmarkloc.io.image import read_image
+
+    from . import mrml
+
+    node = mrml.image_to_volume(scene, read_image(mni152_file()), name)
+    node.CreateDefaultDisplayNodes()
+    return node
