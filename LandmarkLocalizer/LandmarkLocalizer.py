@@ -438,6 +438,8 @@ class LandmarkLocalizerTest(ScriptedLoadableModuleTest):
         self.test_localize_refine_export()
         self.setUp()
         self.test_bad_input_changes_nothing()
+        self.setUp()
+        self.test_widget_click_through()
 
     def _volume(self, name="generated"):
         import numpy as np
@@ -527,3 +529,18 @@ class LandmarkLocalizerTest(ScriptedLoadableModuleTest):
             logic.startLocalize(volume, model2d)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
         self.delayDisplay("Bad input refused")
+
+    def test_widget_click_through(self):
+        """Localize, move a point, Refine selected, Export: through the module's widget, as a user clicks."""
+        from LandmarkLocalizerLib.selftest import click_through_localizer, process_events_until_idle
+
+        volume = self._volume("clicked")
+        modelPath = self._model()
+        slicer.util.selectModule("LandmarkLocalizer")
+        widget = slicer.modules.landmarklocalizer.widgetRepresentation().self()
+        self.delayDisplay("Clicking Localize, Refine selected and Export")
+        points = click_through_localizer(widget, volume, modelPath,
+                                         os.path.join(slicer.app.temporaryPath, "LandmarkLocalizerSelfTest", "ui"),
+                                         process_events_until_idle)
+        self.assertEqual(points.GetName(), "clicked tiny-test")
+        self.delayDisplay("Test passed")

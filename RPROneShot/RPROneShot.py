@@ -399,6 +399,8 @@ class RPROneShotTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_organs_template_and_points()
+        self.setUp()
+        self.test_widget_click_through()
 
     def test_organs_template_and_points(self):
         import numpy as np
@@ -463,4 +465,47 @@ class RPROneShotTest(ScriptedLoadableModuleTest):
         with self.assertRaises(InputError):
             logic.startFind(query, Support(support, far), "rpr", coarse, fine)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+        self.delayDisplay("Test passed")
+
+    def test_widget_click_through(self):
+        """Find and Export through the module's widget, with a point list and with a segmentation as support."""
+        import numpy as np
+        from LandmarkLocalizerLib import mrml
+        from LandmarkLocalizerLib.dependencies import ensure_installed
+        from LandmarkLocalizerLib.selftest import blob_volume, process_events_until_idle
+        from RPROneShotLib.selftest import click_through_one_shot, make_tiny_rpr_models
+
+        from landmarkloc.io.markups import ControlPoint
+
+        ensure_installed(slicer.util.confirmOkCancelDisplay)
+        folder = os.path.join(slicer.app.temporaryPath, "RPROneShotSelfTest", "ui")
+        coarse, fine = make_tiny_rpr_models(folder)
+        support = slicer.util.addVolumeFromArray(blob_volume(), name="support")
+        labels = np.zeros(blob_volume().shape, dtype=np.uint8)
+        labels[6:12, 8:16, 10:20] = 1
+        labels[13:19, 12:20, 6:14] = 2
+        labelmap = slicer.util.addVolumeFromArray(labels, name="organ labels",
+                                                  nodeClassName="vtkMRMLLabelMapVolumeNode")
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "organs")
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(support)
+        slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, segmentation)
+        geometry = mrml.volume_geometry(support)
+        placed = mrml.add_points_node(slicer.mrmlScene, [ControlPoint("P0", geometry.index_to_physical([15, 12, 9])),
+                                                         ControlPoint("P1", geometry.index_to_physical([10, 16, 15]))],
+                                      "placed")
+        query = slicer.util.addVolumeFromArray(blob_volume(seed=1), name="query")
+        query.SetOrigin(5.0, -3.0, 2.0)
+        slicer.util.selectModule("RPROneShot")
+        widget = slicer.modules.rproneshot.widgetRepresentation().self()
+
+        self.delayDisplay("Clicking Find with a point list")
+        found, rois, _ = click_through_one_shot(widget, support, query, coarse, fine, folder, process_events_until_idle,
+                                                points_node=placed)
+        self.assertEqual(found.GetNumberOfControlPoints(), 2)
+        self.assertEqual(rois, [])
+        self.delayDisplay("Clicking Find with a segmentation")
+        found, rois, written = click_through_one_shot(widget, support, query, coarse, fine, folder,
+                                                      process_events_until_idle, labels_node=segmentation)
+        self.assertEqual(len(rois), 2)
+        self.assertEqual(len(written), 2)
         self.delayDisplay("Test passed")

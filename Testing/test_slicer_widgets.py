@@ -286,3 +286,50 @@ def test_a_picture_loaded_as_a_vector_volume_is_localized_as_grey(tiny, tmp_path
     tensor = add_volume(scene, np.ones((1, 3, 4, 2), np.float32), name="field", class_name="vtkMRMLVectorVolumeNode")
     with pytest.raises(InputError, match="2 components per voxel"):
         mrml.volume_to_image(tensor)
+
+
+# --------------------------------------------------------------------------- the self-tests' click-throughs
+
+
+def test_localizer_click_through_localize_refine_export(monkeypatch, tiny, tmp_path):
+    """The same procedure LandmarkLocalizerTest runs in Slicer, on the widget's own code."""
+    from LandmarkLocalizerLib.selftest import click_through_localizer
+
+    scene = new_scene()
+    volume = add_volume(scene, blob_volume(), SPACING, (-20.0, 15.0, -30.0), DIRECTIONS_LPS["oblique_flipped"],
+                        name="patient")
+    shown = gui.dialogs(monkeypatch)
+    _, widget = gui.localizer_widget(monkeypatch, {})
+    widget.populateModels()
+    points = click_through_localizer(widget, volume, tiny["fcn"].path, tmp_path / "export", run_until_idle)
+    assert shown == []
+    assert points.GetName() == "patient tiny-test"
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["landmarks.csv", "landmarks.fcsv",
+                                                                        "landmarks.mrk.json"]
+
+
+@pytest.mark.parametrize("support", ["point list", "segmentation"])
+def test_one_shot_click_through_find_and_export(monkeypatch, tiny, tmp_path, support):
+    """The same procedure RPROneShotTest runs in Slicer, with a point list and with a segmentation as support."""
+    from RPROneShotLib.selftest import click_through_one_shot
+    from test_slicer_workflow import organ_support
+
+    scene = new_scene()
+    support_volume, segmentation = organ_support(scene)
+    query = add_volume(scene, blob_volume(seed=1), SPACING, (5.0, -3.0, 2.0), DIRECTIONS_LPS["oblique"], name="q")
+    geometry = mrml.volume_geometry(support_volume)
+    placed = mrml.add_points_node(scene, [ControlPoint(f"P{i}", geometry.index_to_physical(ijk)) for i, ijk in
+                                          enumerate([(15.0, 12.0, 9.0), (10.0, 16.0, 15.0)])], "placed")
+    shown = gui.dialogs(monkeypatch)
+    _, widget = gui.one_shot_widget(monkeypatch, {}, shipped_models("rpr"))
+    kwargs = {"points_node": placed} if support == "point list" else {"labels_node": segmentation}
+    found, rois, written = click_through_one_shot(widget, support_volume, query, tiny["coarse"].path,
+                                                  tiny["fine"].path, str(tmp_path), run_until_idle, **kwargs)
+    assert shown == []
+    if support == "point list":
+        assert [found.GetNthControlPointLabel(i) for i in range(found.GetNumberOfControlPoints())] == ["P0", "P1"]
+        assert rois == [] and len(written) == 1
+    else:
+        assert found.GetNumberOfControlPoints() == 12
+        assert [r.GetName() for r in rois] == ["liver", "spleen"]
+        assert written[1].endswith("found_boxes.mrk.json")

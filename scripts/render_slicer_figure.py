@@ -20,6 +20,7 @@ Without ``--points`` it shows the image alone (the Sample Data thumbnail).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -92,8 +93,11 @@ class SliceView:
         self.node.SetOrientation(orientation or DEFAULT_ORIENTATIONS[name])
         self.node.SetDimensions(self.width, self.height, 1)
 
-        self.window = vtk.vtkRenderWindow()
+        self.window = vtk.vtkRenderWindow()  # VTK's factory: EGL or OSMesa when there is no display
         self.window.SetOffScreenRendering(1)
+        kind = self.window.GetClassName()
+        if kind == "vtkXOpenGLRenderWindow" and not os.environ.get("DISPLAY"):
+            raise OffscreenUnavailable("this VTK has neither EGL nor OSMesa, and there is no X display")
         self.window.SetSize(self.width, self.height)
         self.renderer = vtk.vtkRenderer()
         self.window.AddRenderer(self.renderer)
@@ -118,9 +122,6 @@ class SliceView:
         if self.managers is None:
             raise OffscreenUnavailable("the slice-view displayable managers could not be created")
         self.managers.SetMRMLDisplayableNode(self.node)
-        if "OpenGL" not in self.window.GetClassName() and "EGL" not in self.window.GetClassName() \
-                and "OSMesa" not in self.window.GetClassName():
-            raise OffscreenUnavailable(f"VTK gave a {self.window.GetClassName()}, which cannot render offscreen")
 
     def show(self, volume_node, center_ras=None, field_of_view_mm=None) -> None:
         """The volume as background (fitted to the view); the slice through ``center_ras`` if given."""
