@@ -92,20 +92,21 @@ def loadMNI152Sample(source=None):
 
     try:
         ensure_installed(slicer.util.confirmOkCancelDisplay, extra=("nilearn",))
+        models = sampledata.sample_models()
         node = sampledata.load_mni152(slicer.mrmlScene)
-        template = sampledata.support_template_path()
     except LandmarkLocError as exc:
         slicer.util.errorDisplay(_("The MNI152 sample cannot be loaded:\n{message}").format(message=exc))
         return []
     slicer.util.setSliceViewerLayers(background=node, fit=True)
-    LandmarkLocalizerLogic().getParameterNode().inputVolume = node
+    parameters = LandmarkLocalizerLogic().getParameterNode()
+    parameters.inputVolume, parameters.modelPath = node, models.fcn
     if hasattr(slicer.modules, "rproneshot"):
         from RPROneShot import RPROneShotLogic
 
         parameters = RPROneShotLogic().getParameterNode()
-        parameters.queryVolume = node
-        parameters.method = "rpr"
-        parameters.templatePath = template
+        parameters.queryVolume, parameters.method = node, "rpr"
+        parameters.modelPath, parameters.fineModelPath, parameters.templatePath = \
+            models.coarse, models.fine, models.template
     return [node]
 
 

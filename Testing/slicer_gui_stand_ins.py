@@ -147,8 +147,9 @@ def install(monkeypatch) -> None:
                 ScriptedLoadableModuleTest):
         setattr(base, cls.__name__, cls)
     monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", base)
-    for name in ("LandmarkLocalizer", "RPROneShot"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
+    for name in ("LandmarkLocalizer", "RPROneShot"):  # imported afresh over the stand-ins, once per test
+        if name in sys.modules and not getattr(sys.modules[name], "_over_stand_ins", False):
+            monkeypatch.delitem(sys.modules, name)
     monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: None, raising=False)
 
 
@@ -175,6 +176,7 @@ def localizer_widget(monkeypatch, parameters: dict):
     """A LandmarkLocalizerWidget with fake Qt widgets and a plain parameter object (no setup(), no .ui)."""
     install(monkeypatch)
     module = importlib.import_module("LandmarkLocalizer")
+    module._over_stand_ins = True
     widget = module.LandmarkLocalizerWidget()
     widget.ui = SimpleNamespace(
         progressBar=Widget(value=0), statusLabel=Widget(text=""), localizeButton=Widget(), refineButton=Widget(),
@@ -192,6 +194,7 @@ def one_shot_widget(monkeypatch, parameters: dict, models: list):
     """An RPROneShotWidget with fake Qt widgets, a plain parameter object and the given model list."""
     install(monkeypatch)
     module = importlib.import_module("RPROneShot")
+    module._over_stand_ins = True
     widget = module.RPROneShotWidget()
     widget.ui = SimpleNamespace(
         progressBar=Widget(value=0), statusLabel=Widget(text=""), findButton=Widget(), saveTemplateButton=Widget(),

@@ -10,16 +10,27 @@ loading the sample the user can click Localize (Landmark Localizer) and Find
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+from landmarkloc.demo import FCN_MODEL, RPR_MODELS, SUPPORT_TEMPLATE
 from landmarkloc.errors import InputError
 from landmarkloc.io.modelfile import models_folder
 
 SAMPLE_CATEGORY = "Landmark Localization"
 SAMPLE_NAME = "MNI152 T1"
 NODE_NAME = "MNI152_T1"
-SUPPORT_TEMPLATE = "brain-t1-rpr-mni152-support"
 THUMBNAIL = "MNI152Sample.png"  # in LandmarkLocalizer/Resources/Icons
+
+
+@dataclass(frozen=True)
+class SampleModels:
+    """The shipped files (metadata paths) the modules use on the sample, as ``landmarkloc demo`` does."""
+
+    fcn: str  # Landmark Localizer's model
+    coarse: str  # RPR One-Shot's models ...
+    fine: str
+    template: str  # ... and the support template made with them on this image
 
 
 def mni152_file() -> Path:
@@ -29,12 +40,15 @@ def mni152_file() -> Path:
     return mni_template_path()
 
 
-def support_template_path() -> str:
-    """The shipped one-shot template (metadata file) made on the MNI152 image."""
-    path = models_folder() / f"{SUPPORT_TEMPLATE}.json"
-    if not path.is_file():
-        raise InputError(f"the support template {path.name} is missing from {path.parent}")
-    return str(path)
+def sample_models() -> SampleModels:
+    """The shipped models and support template for the sample; InputError when one is missing."""
+    paths = []
+    for name in (FCN_MODEL, *RPR_MODELS, SUPPORT_TEMPLATE):
+        path = models_folder() / f"{name}.json"
+        if not path.is_file():
+            raise InputError(f"{path.name} is missing from {path.parent}; the sample needs the shipped models")
+        paths.append(str(path))
+    return SampleModels(*paths)
 
 
 def load_mni152(scene, name: str = NODE_NAME):
