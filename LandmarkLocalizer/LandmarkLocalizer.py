@@ -78,6 +78,9 @@ def registerSampleData() -> None:
         category=sampledata.SAMPLE_CATEGORY,
         sampleName=sampledata.SAMPLE_NAME,
         thumbnailFileName=os.path.join(os.path.dirname(__file__), "Resources", "Icons", sampledata.THUMBNAIL),
+        # SampleData wants one URI and file name per node; the loader below reads the file from nilearn instead
+        uris=sampledata.SOURCE_URI,
+        fileNames=sampledata.FILE_NAME,
         nodeNames=sampledata.NODE_NAME,
         customDownloader=loadMNI152Sample,
     )

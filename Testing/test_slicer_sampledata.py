@@ -94,3 +94,23 @@ def test_loading_the_sample_sets_up_both_modules_and_both_run_on_it(monkeypatch,
     got = {row.label: np.array(row.position_ras) for row in mrml.result_rows(found)}
     for point in expected.points:
         np.testing.assert_allclose(got[point.label], lps_to_ras(point.position), atol=1e-3)
+
+
+def test_sample_is_registered_in_sample_data_with_its_loader_and_thumbnail(monkeypatch):
+    import sys
+    import types
+    from pathlib import Path
+
+    gui.install(monkeypatch)
+    registered = []
+    fake = types.ModuleType("SampleData")
+    fake.SampleDataLogic = SimpleNamespace(registerCustomSampleDataSource=lambda **kw: registered.append(kw))
+    monkeypatch.setitem(sys.modules, "SampleData", fake)
+    module = importlib.import_module("LandmarkLocalizer")
+    module.registerSampleData()
+    [source] = registered
+    assert source["category"] == "Landmark Localization" and source["sampleName"] == "MNI152 T1"
+    # SampleData needs one URI, file name and node name per data set (or lists of equal length)
+    assert all(isinstance(source[key], str) for key in ("uris", "fileNames", "nodeNames"))
+    assert source["customDownloader"] is module.loadMNI152Sample
+    assert Path(source["thumbnailFileName"]).read_bytes()[:4] == b"\x89PNG"

@@ -13,13 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from landmarkloc.demo import FCN_MODEL, RPR_MODELS, SUPPORT_TEMPLATE
+from landmarkloc.demo import FCN_MODEL, MNI_IN_NILEARN, RPR_MODELS, SUPPORT_TEMPLATE
 from landmarkloc.errors import InputError
 from landmarkloc.io.modelfile import models_folder
 
 SAMPLE_CATEGORY = "Landmark Localization"
 SAMPLE_NAME = "MNI152 T1"
 NODE_NAME = "MNI152_T1"
+FILE_NAME = Path(MNI_IN_NILEARN).name
+SOURCE_URI = f"https://github.com/nilearn/nilearn/raw/main/nilearn/{MNI_IN_NILEARN}"  # where nilearn keeps it
 THUMBNAIL = "MNI152Sample.png"  # in LandmarkLocalizer/Resources/Icons
 
 
