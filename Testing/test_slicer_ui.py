@@ -105,6 +105,8 @@ def test_cmake_lists_every_lib_file_and_resource(module):
     for resource in (f"Resources/Icons/{module}.png", f"Resources/UI/{module}.ui"):
         assert (REPO / module / resource).is_file()
         assert resource.replace(module, "${MODULE_NAME}") in cmake
+    for listed_resource in re.findall(r"^\s+(Resources/\S+)$", cmake, flags=re.M):
+        assert (REPO / module / listed_resource.replace("${MODULE_NAME}", module)).is_file(), listed_resource
 
 
 def test_extension_cmake_has_metadata_and_modules():
