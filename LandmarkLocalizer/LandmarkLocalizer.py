@@ -15,6 +15,7 @@ import slicer
 import vtk
 from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -25,6 +26,8 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 ADD_MODEL_TEXT = "Add model file..."
+DOCS_URL = "https://github.com/landmarkloc/SlicerLandmarkLoc/blob/main/docs/slicer.md"
+CONTRIBUTORS = ["landmarkloc developers (landmarkloc project)"]
 
 
 def _addCorePackageToPath() -> None:
@@ -50,15 +53,64 @@ class LandmarkLocalizer(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Landmark Localizer")
-        self.parent.categories = [_("Landmark Localization")]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Landmark Localization")]
         self.parent.dependencies = ["Markups"]
-        self.parent.contributors = ["landmarkloc contributors"]
+        self.parent.contributors = CONTRIBUTORS
         self.parent.helpText = _(
-            "Finds anatomical landmarks in a 3D volume or a 2D image with a global-to-local fully convolutional "
-            "network (Noothout et al. 2020). Points come out as a point list with a confidence per point; "
-            "uncertain points are unselected (amber). Move a point and click <i>Refine selected</i> to re-run "
-            "the local stage from there. See docs/slicer.md in the repository.")
-        self.parent.acknowledgementText = _("Built on the landmarkloc package (PyTorch, SimpleITK).")
+            "Finds anatomical landmarks in a 3D volume or a 2D image (PNG/JPEG pictures are used as grey) with a "
+            "global-to-local fully convolutional network (Noothout et al. 2020). Points come out as a point list "
+            "with a confidence per point; uncertain points are unselected (amber). Move a point and click "
+            "<i>Refine selected</i> to re-run the local stage from there. To try it without data of your own, "
+            "load <i>MNI152 T1</i> from the Sample Data module.") + \
+            f' <a href="{DOCS_URL}">' + _("Module documentation") + "</a>."
+        self.parent.acknowledgementText = _("Built on the landmarkloc package (PyTorch, SimpleITK). The MNI152 "
+                                            "sample is the ICBM 2009a template (McConnell Brain Imaging Centre), "
+                                            "from the nilearn package.")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """The MNI152 T1 template in Sample Data: loads it and points both modules at it (no download)."""
+    import SampleData
+    from LandmarkLocalizerLib import sampledata
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category=sampledata.SAMPLE_CATEGORY,
+        sampleName=sampledata.SAMPLE_NAME,
+        thumbnailFileName=os.path.join(os.path.dirname(__file__), "Resources", "Icons", sampledata.THUMBNAIL),
+        # SampleData wants one URI and file name per node; the loader below reads the file from nilearn instead
+        uris=sampledata.SOURCE_URI,
+        fileNames=sampledata.FILE_NAME,
+        nodeNames=sampledata.NODE_NAME,
+        customDownloader=loadMNI152Sample,
+    )
+
+
+def loadMNI152Sample(source=None):
+    """Load the MNI152 T1 sample and set it as the input of both modules (RPR One-Shot with its support template)."""
+    from LandmarkLocalizerLib import sampledata
+    from LandmarkLocalizerLib.dependencies import ensure_installed
+
+    from landmarkloc.errors import LandmarkLocError
+
+    try:
+        ensure_installed(slicer.util.confirmOkCancelDisplay, extra=("nilearn",))
+        models = sampledata.sample_models()
+        node = sampledata.load_mni152(slicer.mrmlScene)
+    except LandmarkLocError as exc:
+        slicer.util.errorDisplay(_("The MNI152 sample cannot be loaded:\n{message}").format(message=exc))
+        return []
+    slicer.util.setSliceViewerLayers(background=node, fit=True)
+    parameters = LandmarkLocalizerLogic().getParameterNode()
+    parameters.inputVolume, parameters.modelPath = node, models.fcn
+    if hasattr(slicer.modules, "rproneshot"):
+        from RPROneShot import RPROneShotLogic
+
+        parameters = RPROneShotLogic().getParameterNode()
+        parameters.queryVolume, parameters.method = node, "rpr"
+        parameters.modelPath, parameters.fineModelPath, parameters.templatePath = \
+            models.coarse, models.fine, models.template
+    return [node]
 
 
 @parameterNodeWrapper
@@ -81,9 +133,6 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._job = None
-        self._jobKind = ""
-        self._refineIndex = -1
         self._models = []
         self._observedPoints = None
 
@@ -139,7 +188,9 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            from LandmarkLocalizerLib.mrml import first_input_volume
+
+            self._parameterNode.inputVolume = first_input_volume(slicer.mrmlScene)
         self.selectModelPath(self._parameterNode.modelPath)
 
     def setParameterNode(self, inputParameterNode) -> None:
@@ -177,11 +228,13 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
         combo.addItem(ADD_MODEL_TEXT, "")
 
     def selectModelPath(self, path: str) -> None:
-        if not path and self._models:
-            path = self._models[0].path
-        if path and all(m.path != path for m in self._models):
-            if not self.addModelFile(path, quiet=True):
-                path = ""
+        """Select ``path`` (a model saved with the scene is added to the list if it is valid), else the first."""
+        from LandmarkLocalizerLib.models import restore_saved_model
+
+        listed = len(self._models)
+        path = restore_saved_model(self._models, path, "fcn") or (self._models[0].path if self._models else "")
+        for position in range(listed, len(self._models)):
+            self.ui.modelComboBox.insertItem(position, self._models[position].label, self._models[position].path)
         index = next((i for i, m in enumerate(self._models) if m.path == path), -1)
         if index >= 0:
             self.ui.modelComboBox.setCurrentIndex(index)
@@ -189,7 +242,7 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
             self._parameterNode.modelPath = path
         self.showModelInfo()
 
-    def addModelFile(self, path: str, quiet: bool = False) -> bool:
+    def addModelFile(self, path: str) -> bool:
         from LandmarkLocalizerLib.models import inspect_model
 
         from landmarkloc.errors import LandmarkLocError
@@ -197,8 +250,7 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
         try:
             model = inspect_model(path, "fcn")
         except LandmarkLocError as exc:
-            if not quiet:
-                slicer.util.errorDisplay(_("This model cannot be used:\n{message}").format(message=exc))
+            slicer.util.errorDisplay(_("This model cannot be used:\n{message}").format(message=exc))
             return False
         self._models.append(model)
         self.ui.modelComboBox.insertItem(len(self._models) - 1, model.label, model.path)
@@ -231,65 +283,48 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
 
     # ------------------------------------------------------------------ running
 
-    def startJob(self, kind: str, start) -> None:
-        from LandmarkLocalizerLib.dependencies import ensure_installed
-
-        from landmarkloc.errors import LandmarkLocError
-
-        try:
-            ensure_installed(slicer.util.confirmOkCancelDisplay)
-            self._job = start()
-        except LandmarkLocError as exc:
-            slicer.util.errorDisplay(str(exc))
-            return
-        self._jobKind = kind
-        self.ui.progressBar.value = 0
-        self.ui.statusLabel.text = _("Starting...")
-        self.timer.start()
-        self.updateButtons()
-
     def onLocalizeButton(self) -> None:
         if self._job is not None:
             self.cancelJob()
             return
+        # everything the result depends on is bound now: selectors changed during the run do not move it
         p = self._parameterNode
-        self.startJob("localize", lambda: self.logic.startLocalize(p.inputVolume, self.currentModel(), p.device,
-                                                                     p.showEvidence))
+        volume, model, device, evidence = p.inputVolume, self.currentModel(), p.device, p.showEvidence
+        threshold = p.uncertainBelow
+        self.startJob("localize", lambda: self.logic.startLocalize(volume, model, device, evidence),
+                      lambda result: self.showLocalization(result, volume, model, threshold))
 
     def onRefineButton(self) -> None:
         if self._job is not None:
             self.cancelJob()
             return
-        row = self.ui.resultsTable.currentRow()
-        self._refineIndex = row
         p = self._parameterNode
-        self.startJob("refine", lambda: self.logic.startRefine(p.inputVolume, self.currentModel(), p.outputPoints,
-                                                                 row, p.device))
+        volume, model, points, device = p.inputVolume, self.currentModel(), p.outputPoints, p.device
+        row, threshold = self.ui.resultsTable.currentRow(), p.uncertainBelow
+        self.startJob("refine", lambda: self.logic.startRefine(volume, model, points, row, device),
+                      lambda result: self.showRefinement(result, points, row, volume, threshold))
 
-    def applyResult(self, result: dict) -> None:
-        from landmarkloc.errors import LandmarkLocError
-
+    def showLocalization(self, result: dict, volume, model, uncertainBelow: float) -> None:
+        """The result as a new point list (and evidence map) of the volume and model the job started with."""
         p = self._parameterNode
-        try:
-            if self._jobKind == "refine":
-                self.logic.applyRefinement(p.outputPoints, self._refineIndex, result, p.inputVolume, p.uncertainBelow)
-                self.ui.statusLabel.text = _("Refined {label}.").format(
-                    label=p.outputPoints.GetNthControlPointLabel(self._refineIndex))
-            else:
-                outcome = self.logic.applyLocalization(result, p.inputVolume, self.currentModel(), p.uncertainBelow)
-                p.outputPoints = outcome.points_node
-                if outcome.evidence_node is not None:
-                    p.evidenceVolume = outcome.evidence_node
-                    slicer.util.setSliceViewerLayers(foreground=outcome.evidence_node, foregroundOpacity=0.4)
-                found = _("Found {n} landmarks.").format(n=outcome.points_node.GetNumberOfControlPoints())
-                missing = ", ".join(outcome.not_found)
-                self.ui.statusLabel.text = found + (" " + _("Not found: {names}.").format(names=missing)
-                                                    if missing else "")
-                if outcome.warnings:
-                    slicer.util.warningDisplay("\n".join(outcome.warnings))
-            self.ui.progressBar.value = 100
-        except LandmarkLocError as exc:
-            slicer.util.errorDisplay(str(exc))
+        outcome = self.logic.applyLocalization(result, volume, model, uncertainBelow)
+        if p is not None:
+            p.outputPoints = outcome.points_node
+            if outcome.evidence_node is not None:
+                p.evidenceVolume = outcome.evidence_node
+        if outcome.evidence_node is not None:
+            slicer.util.setSliceViewerLayers(foreground=outcome.evidence_node, foregroundOpacity=0.4)
+        found = _("Found {n} landmarks.").format(n=outcome.points_node.GetNumberOfControlPoints())
+        missing = ", ".join(outcome.not_found)
+        self.ui.statusLabel.text = found + (" " + _("Not found: {names}.").format(names=missing) if missing else "")
+        self.updateResultsTable()
+        if outcome.warnings:
+            slicer.util.warningDisplay("\n".join(outcome.warnings))
+
+    def showRefinement(self, result: dict, points, index: int, volume, uncertainBelow: float) -> None:
+        """Move the point the job started from (in the point list chosen then)."""
+        self.logic.applyRefinement(points, index, result, volume, uncertainBelow)
+        self.ui.statusLabel.text = _("Refined {label}.").format(label=points.GetNthControlPointLabel(index))
         self.updateResultsTable()
 
     # ------------------------------------------------------------------ results
@@ -329,20 +364,23 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
         slicer.modules.markups.logic().JumpSlicesToNthPointInMarkup(node.GetID(), row, True)
 
     def onExportButton(self) -> None:
-        from landmarkloc.errors import LandmarkLocError
-
         node = self._parameterNode.outputPoints
         path = qt.QFileDialog.getSaveFileName(
             self.parent, _("Export landmarks"), os.path.join(qt.QDir.homePath(), node.GetName() + ".mrk.json"),
             _("Markups JSON, LPS (*.mrk.json);;Fiducial CSV (*.fcsv);;CSV table (*.csv)"))
-        if not path:
-            return
+        if path:
+            self.exportTo(path)
+
+    def exportTo(self, path: str) -> bool:
+        from landmarkloc.errors import LandmarkLocError
+
         try:
-            self.logic.exportPoints(node, path)
+            self.logic.exportPoints(self._parameterNode.outputPoints, path)
         except LandmarkLocError as exc:
             slicer.util.errorDisplay(str(exc))
-            return
+            return False
         self.ui.statusLabel.text = _("Exported to {path}").format(path=path)
+        return True
 
 
 class LandmarkLocalizerLogic(ScriptedLoadableModuleLogic):
@@ -404,6 +442,8 @@ class LandmarkLocalizerTest(ScriptedLoadableModuleTest):
         self.test_localize_refine_export()
         self.setUp()
         self.test_bad_input_changes_nothing()
+        self.setUp()
+        self.test_widget_click_through()
 
     def _volume(self, name="generated"):
         import numpy as np
@@ -493,3 +533,18 @@ class LandmarkLocalizerTest(ScriptedLoadableModuleTest):
             logic.startLocalize(volume, model2d)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
         self.delayDisplay("Bad input refused")
+
+    def test_widget_click_through(self):
+        """Localize, move a point, Refine selected, Export: through the module's widget, as a user clicks."""
+        from LandmarkLocalizerLib.selftest import click_through_localizer, process_events_until_idle
+
+        volume = self._volume("clicked")
+        modelPath = self._model()
+        slicer.util.selectModule("LandmarkLocalizer")
+        widget = slicer.modules.landmarklocalizer.widgetRepresentation().self()
+        self.delayDisplay("Clicking Localize, Refine selected and Export")
+        points = click_through_localizer(widget, volume, modelPath,
+                                         os.path.join(slicer.app.temporaryPath, "LandmarkLocalizerSelfTest", "ui"),
+                                         process_events_until_idle)
+        self.assertEqual(points.GetName(), "clicked tiny-test")
+        self.delayDisplay("Test passed")

@@ -22,6 +22,7 @@ from slicer import (
     vtkMRMLSegmentationNode,
 )
 from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -32,6 +33,8 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 ADD_MODEL_TEXT = "Add model file..."
+DOCS_URL = "https://github.com/landmarkloc/SlicerLandmarkLoc/blob/main/docs/slicer.md"
+CONTRIBUTORS = ["landmarkloc developers (landmarkloc project)"]
 
 
 def _addCorePackageToPath() -> None:
@@ -58,14 +61,16 @@ class RPROneShot(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("RPR One-Shot")
-        self.parent.categories = [_("Landmark Localization")]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Landmark Localization")]
         self.parent.dependencies = ["Markups", "Segmentations", "LandmarkLocalizer"]
-        self.parent.contributors = ["landmarkloc contributors"]
+        self.parent.contributors = CONTRIBUTORS
         self.parent.helpText = _(
             "Locates the points of one annotated support image, or the organs of its segmentation (six extreme "
             "points and a box per organ), in a query image with relative position regression (Lei et al. 2021). "
             "Save the support as a template to skip it next time. Each point's description holds the spread of "
-            "the K runs (mm). See docs/slicer.md in the repository.")
+            "the K runs (mm). To try it without data of your own, load <i>MNI152 T1</i> from the Sample Data "
+            "module: it comes with a ready support template.") + \
+            f' <a href="{DOCS_URL}">' + _("Module documentation") + "</a>."
         self.parent.acknowledgementText = _("Built on the landmarkloc package (PyTorch, SimpleITK).")
 
 
@@ -94,8 +99,6 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._job = None
-        self._jobKind = ""
         self._models = []
         self._roiNodes = []
 
@@ -151,10 +154,14 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
+        from LandmarkLocalizerLib.models import restore_saved_model
+
         p = self._parameterNode
-        if not p.modelPath:
-            coarse = [m for m in self._models if m.stage != "fine"]
-            p.modelPath = coarse[0].path if coarse else ""
+        # models saved with the scene that are not shipped (added in an earlier session) are listed again
+        coarse = [m for m in self._models if m.stage != "fine"]
+        p.modelPath = restore_saved_model(self._models, p.modelPath, "rpr", "coarse") or (
+            coarse[0].path if coarse else "")
+        p.fineModelPath = restore_saved_model(self._models, p.fineModelPath, "rpr", "fine")
         self.fillModelCombos()
 
     def setParameterNode(self, inputParameterNode) -> None:
@@ -246,31 +253,18 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
         p = self._parameterNode
         return Support(volume=p.supportVolume, points_node=p.supportPoints, labels_node=p.supportLabels)
 
-    def startJob(self, kind: str, start) -> None:
-        from LandmarkLocalizerLib.dependencies import ensure_installed
-
-        from landmarkloc.errors import LandmarkLocError
-
-        try:
-            ensure_installed(slicer.util.confirmOkCancelDisplay)
-            self._job = start()
-        except LandmarkLocError as exc:
-            slicer.util.errorDisplay(str(exc))
-            return
-        self._jobKind = kind
-        self.ui.progressBar.value = 0
-        self.ui.statusLabel.text = _("Starting...")
-        self.timer.start()
-        self.updateButtons()
-
     def onFindButton(self) -> None:
         if self._job is not None:
             self.cancelJob()
             return
+        # everything the result depends on is bound now: selectors changed during the run do not move it
         p = self._parameterNode
-        self.startJob("find", lambda: self.logic.startFind(
-            p.queryVolume, self.support(), p.method, self.modelInfo(p.modelPath), self.modelInfo(p.fineModelPath),
-            p.templatePath, p.runs, p.steps, p.device))
+        query, support, method, template = p.queryVolume, self.support(), p.method, p.templatePath
+        model, fine = self.modelInfo(p.modelPath), self.modelInfo(p.fineModelPath)
+        runs, steps, device = p.runs, p.steps, p.device
+        self.startJob("find", lambda: self.logic.startFind(query, support, method, model, fine, template, runs,
+                                                           steps, device),
+                      lambda result: self.showFound(result, query))
 
     def onSaveTemplateButton(self) -> None:
         if self._job is not None:
@@ -282,8 +276,10 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
         if not path:
             return
         p = self._parameterNode
-        self.startJob("template", lambda: self.logic.startSaveTemplate(
-            self.support(), path, self.modelInfo(p.modelPath), self.modelInfo(p.fineModelPath), p.device))
+        support, model, fine, device = self.support(), self.modelInfo(p.modelPath), self.modelInfo(p.fineModelPath), \
+            p.device
+        self.startJob("template", lambda: self.logic.startSaveTemplate(support, path, model, fine, device),
+                      self.showTemplateSaved)
 
     def onLoadTemplateButton(self) -> None:
         from landmarkloc.errors import LandmarkLocError
@@ -304,21 +300,14 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
     def onClearTemplateButton(self) -> None:
         self._parameterNode.templatePath = ""
 
-    def applyResult(self, result: dict) -> None:
-        from landmarkloc.errors import LandmarkLocError
+    def showTemplateSaved(self, result: dict) -> None:
+        self._parameterNode.templatePath = result["template"]
+        self.ui.statusLabel.text = _("Template saved ({n} points).").format(n=len(result.get("names", [])))
 
-        p = self._parameterNode
-        self.ui.progressBar.value = 100
-        if self._jobKind == "template":
-            p.templatePath = result["template"]
-            self.ui.statusLabel.text = _("Template saved ({n} points).").format(n=len(result.get("names", [])))
-            return
-        try:
-            outcome = self.logic.applyFind(result, p.queryVolume)
-        except LandmarkLocError as exc:
-            slicer.util.errorDisplay(str(exc))
-            return
-        p.outputPoints = outcome.points_node
+    def showFound(self, result: dict, query) -> None:
+        """The points and organ boxes in the query volume the job started with."""
+        outcome = self.logic.applyFind(result, query)
+        self._parameterNode.outputPoints = outcome.points_node
         self._roiNodes = outcome.roi_nodes
         self.ui.statusLabel.text = _("Located {n} points and {m} organ boxes.").format(
             n=outcome.points_node.GetNumberOfControlPoints(), m=len(outcome.roi_nodes))
@@ -326,20 +315,26 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
             slicer.util.warningDisplay("\n".join(outcome.warnings))
 
     def onExportButton(self) -> None:
-        from landmarkloc.errors import LandmarkLocError
 
         node = self._parameterNode.outputPoints
         path = qt.QFileDialog.getSaveFileName(
             self.parent, _("Export points"), os.path.join(qt.QDir.homePath(), node.GetName() + ".mrk.json"),
             _("Markups JSON, LPS (*.mrk.json);;Fiducial CSV (*.fcsv);;CSV table (*.csv)"))
-        if not path:
-            return
+        if path:
+            self.exportTo(path)
+
+    def exportTo(self, path: str) -> list:
+        """Export the result points (and organ boxes beside them); returns the files written."""
+        from landmarkloc.errors import LandmarkLocError
+
+        node = self._parameterNode.outputPoints
         try:
             written = self.logic.exportResults(node, [n for n in self._roiNodes if n.GetScene()], path)
         except LandmarkLocError as exc:
             slicer.util.errorDisplay(str(exc))
-            return
+            return []
         self.ui.statusLabel.text = _("Exported to {paths}").format(paths=", ".join(written))
+        return written
 
 
 class RPROneShotLogic(ScriptedLoadableModuleLogic):
@@ -406,6 +401,8 @@ class RPROneShotTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_organs_template_and_points()
+        self.setUp()
+        self.test_widget_click_through()
 
     def test_organs_template_and_points(self):
         import numpy as np
@@ -470,4 +467,47 @@ class RPROneShotTest(ScriptedLoadableModuleTest):
         with self.assertRaises(InputError):
             logic.startFind(query, Support(support, far), "rpr", coarse, fine)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+        self.delayDisplay("Test passed")
+
+    def test_widget_click_through(self):
+        """Find and Export through the module's widget, with a point list and with a segmentation as support."""
+        import numpy as np
+        from LandmarkLocalizerLib import mrml
+        from LandmarkLocalizerLib.dependencies import ensure_installed
+        from LandmarkLocalizerLib.selftest import blob_volume, process_events_until_idle
+        from RPROneShotLib.selftest import click_through_one_shot, make_tiny_rpr_models
+
+        from landmarkloc.points import ControlPoint
+
+        ensure_installed(slicer.util.confirmOkCancelDisplay)
+        folder = os.path.join(slicer.app.temporaryPath, "RPROneShotSelfTest", "ui")
+        coarse, fine = make_tiny_rpr_models(folder)
+        support = slicer.util.addVolumeFromArray(blob_volume(), name="support")
+        labels = np.zeros(blob_volume().shape, dtype=np.uint8)
+        labels[6:12, 8:16, 10:20] = 1
+        labels[13:19, 12:20, 6:14] = 2
+        labelmap = slicer.util.addVolumeFromArray(labels, name="organ labels",
+                                                  nodeClassName="vtkMRMLLabelMapVolumeNode")
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "organs")
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(support)
+        slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, segmentation)
+        geometry = mrml.volume_geometry(support)
+        placed = mrml.add_points_node(slicer.mrmlScene, [ControlPoint("P0", geometry.index_to_physical([15, 12, 9])),
+                                                         ControlPoint("P1", geometry.index_to_physical([10, 16, 15]))],
+                                      "placed")
+        query = slicer.util.addVolumeFromArray(blob_volume(seed=1), name="query")
+        query.SetOrigin(5.0, -3.0, 2.0)
+        slicer.util.selectModule("RPROneShot")
+        widget = slicer.modules.rproneshot.widgetRepresentation().self()
+
+        self.delayDisplay("Clicking Find with a point list")
+        found, rois, _ = click_through_one_shot(widget, support, query, coarse, fine, folder, process_events_until_idle,
+                                                points_node=placed)
+        self.assertEqual(found.GetNumberOfControlPoints(), 2)
+        self.assertEqual(rois, [])
+        self.delayDisplay("Clicking Find with a segmentation")
+        found, rois, written = click_through_one_shot(widget, support, query, coarse, fine, folder,
+                                                      process_events_until_idle, labels_node=segmentation)
+        self.assertEqual(len(rois), 2)
+        self.assertEqual(len(written), 2)
         self.delayDisplay("Test passed")

@@ -1,11 +1,14 @@
 """Work off Slicer's main thread: the worker protocol (progress, result, errors, cancel) and the model list."""
 
+import os
+import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
-from LandmarkLocalizerLib.jobs import Job, new_workdir, package_paths, python_executable  # noqa: I001
+from LandmarkLocalizerLib.jobs import Job, launch_options, new_workdir, package_paths, python_executable  # noqa: I001
 from LandmarkLocalizerLib.models import inspect_model, models_folder, shipped_models
 from mrml_testing import REPO  # noqa: F401  (puts the module Lib folders on sys.path)
 
@@ -141,3 +144,79 @@ def test_inspect_model_refuses_corrupt_wrong_and_missing_files(tmp_path):
 
 def test_models_folder_is_next_to_the_package():
     assert models_folder() == REPO / "models"
+
+
+# --------------------------------------------------------------------------- the launcher's process tree
+
+
+def stand_in_launcher(tmp_path) -> str:
+    """An executable like ``PythonSlicer``: starts the real Python as a child, forwards no signal, waits for it."""
+    launcher = tmp_path / "PythonSlicerStandIn"
+    launcher.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import subprocess, sys
+        sys.exit(subprocess.call([{sys.executable!r}] + sys.argv[1:]))
+        """))
+    launcher.chmod(0o755)
+    return str(launcher)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting to be reaped has ended and counts as gone)."""
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.parent.parent.is_dir() and Path("/proc/self").exists():
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the POSIX process group path; Windows uses taskkill /T")
+def test_cancel_ends_the_worker_under_a_launcher_that_forwards_no_signals(tmp_path):
+    job = Job("fakeworker", {}, new_workdir(), fake_worker(tmp_path, """
+        import os
+        (workdir / "worker.pid").write_text(str(os.getpid()))
+        report(0.01, "working")
+        time.sleep(120)
+        return {}
+    """), python=stand_in_launcher(tmp_path))
+    job.start()
+    deadline = time.time() + 60
+    seen = []
+    while not any(e.kind == "progress" for e in seen) and time.time() < deadline:
+        seen += job.poll()
+        time.sleep(0.02)
+    worker_pid = int((job.workdir / "worker.pid").read_text())
+    launcher_pid = job._process.pid
+    assert worker_pid != launcher_pid  # the network runs in the launcher's child, as under PythonSlicer
+    assert process_alive(worker_pid)
+    job.cancel()
+    assert job.poll()[-1].kind == "cancelled"
+    deadline = time.time() + 10
+    while process_alive(worker_pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not process_alive(worker_pid), "the worker outlived Cancel"
+    assert not process_alive(launcher_pid)
+    job.cleanup()
+
+
+def test_worker_starts_in_its_own_session_on_posix_and_without_a_console_on_windows(monkeypatch):
+    assert launch_options("posix") == {"start_new_session": True}
+
+    class StartupInfo:  # subprocess.STARTUPINFO exists on Windows only
+        dwFlags = 0
+        wShowWindow = 1
+
+    monkeypatch.setattr(subprocess, "STARTUPINFO", StartupInfo, raising=False)
+    monkeypatch.setattr(subprocess, "STARTF_USESHOWWINDOW", 1, raising=False)
+    monkeypatch.setattr(subprocess, "CREATE_NO_WINDOW", 0x08000000, raising=False)
+    monkeypatch.setattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x00000200, raising=False)
+    options = launch_options("nt")
+    assert options["startupinfo"].dwFlags & 1 and options["startupinfo"].wShowWindow == 0  # SW_HIDE
+    assert options["creationflags"] & 0x08000000  # CREATE_NO_WINDOW: no console to close by mistake
+    assert options["creationflags"] & 0x00000200  # its own group, ended by taskkill /T

@@ -105,6 +105,8 @@ def test_cmake_lists_every_lib_file_and_resource(module):
     for resource in (f"Resources/Icons/{module}.png", f"Resources/UI/{module}.ui"):
         assert (REPO / module / resource).is_file()
         assert resource.replace(module, "${MODULE_NAME}") in cmake
+    for listed_resource in re.findall(r"^\s+(Resources/\S+)$", cmake, flags=re.M):
+        assert (REPO / module / listed_resource.replace("${MODULE_NAME}", module)).is_file(), listed_resource
 
 
 def test_extension_cmake_has_metadata_and_modules():
@@ -129,3 +131,44 @@ def test_lib_is_qt_free_and_imports_mrml_lazily(module):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
                 assert not any(n.split(".")[0] in ("slicer", "vtk") for n in names), path.name
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_metadata_follows_slicers_template(module):
+    """Category translated in Slicer's core-module context, "Name (Organization)" contributors, help with a link."""
+    tree = ast.parse(module_source(module))
+    init = next(f for c in tree.body if isinstance(c, ast.ClassDef) and c.name == module
+                for f in c.body if isinstance(f, ast.FunctionDef) and f.name == "__init__")
+    text = ast.unparse(init)
+    assert "self.parent.categories = [translate('qSlicerAbstractCoreModule', 'Landmark Localization')]" in text
+    contributors = next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "CONTRIBUTORS")
+    for name in ast.literal_eval(contributors):
+        assert re.fullmatch(r"[^()]+ \([^()]+\)", name), name
+    assert "DOCS_URL" in text and "<a href=" in text
+    docs_url = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                    and n.targets[0].id == "DOCS_URL")
+    assert docs_url.endswith("docs/slicer.md") and (REPO / "docs" / "slicer.md").is_file()
+
+
+def test_extension_icon_is_in_the_top_level_resources():
+    cmake = (REPO / "CMakeLists.txt").read_text()
+    icon_url = re.search(r'set\(EXTENSION_ICONURL "([^"]+)"\)', cmake).group(1)
+    assert icon_url.endswith("/main/Resources/LandmarkLoc.png")
+    assert (REPO / "Resources" / "LandmarkLoc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    contributors = re.search(r'set\(EXTENSION_CONTRIBUTORS "([^"]+)"\)', cmake).group(1)
+    assert all(re.fullmatch(r"[^()]+ \([^()]+\)", c.strip()) for c in contributors.split(","))
+
+
+@pytest.mark.parametrize("module, selectors", [("LandmarkLocalizer", ["inputVolumeSelector"]),
+                                               ("RPROneShot", ["supportVolumeSelector", "queryVolumeSelector"])])
+def test_image_selectors_offer_grey_volumes_and_pictures_but_not_label_maps(module, selectors):
+    tree = ET.parse(REPO / module / "Resources" / "UI" / f"{module}.ui")
+    for widget in tree.iter("widget"):
+        if widget.get("name") not in selectors:
+            continue
+        props = {p.get("name"): p for p in widget.findall("property")}
+        types = [s.text for s in props["nodeTypes"].iter("string")]
+        assert types == ["vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"]
+        assert props["showChildNodeTypes"].find("bool").text == "false"  # no label maps
+        selectors = [s for s in selectors if s != widget.get("name")]
+    assert selectors == []

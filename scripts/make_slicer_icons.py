@@ -1,4 +1,5 @@
-"""Draw the two Slicer module icons (128x128 PNG) with matplotlib: a slice with landmarks / with an organ box.
+"""Draw the Slicer icons (128x128 PNG) with matplotlib: the modules' (a slice with landmarks / with an organ box)
+and the extension's (both), which EXTENSION_ICONURL points to.
 
 Run from the repository root: ``python scripts/make_slicer_icons.py``.
 """
@@ -26,7 +27,7 @@ def slice_image(n: int = 128) -> np.ndarray:
     return head + inner + blob
 
 
-def draw(path: Path, landmarks: bool) -> None:
+def draw(path: Path, landmarks: bool, box: bool) -> None:
     fig = plt.figure(figsize=(1, 1), dpi=SIZE_PX)
     ax = fig.add_axes([0, 0, 1, 1])
     ax.imshow(slice_image(), cmap="gray", extent=(-1, 1, -1, 1), vmin=0, vmax=1.1)
@@ -34,8 +35,9 @@ def draw(path: Path, landmarks: bool) -> None:
         for (x, y), colour in zip([(-0.35, 0.35), (0.3, 0.42), (0.0, -0.55), (0.45, -0.1)],
                                   ["#ff7f7f", "#ff7f7f", "#ff7f7f", "#ffd900"]):
             ax.plot(x, y, "o", ms=9, mfc=colour, mec="white", mew=1.5)
-    else:
+    if box:
         ax.add_patch(Rectangle((-0.1, -0.5), 0.5, 0.55, fill=False, ec="#4fc3f7", lw=3))
+    if box and not landmarks:
         ax.plot([-0.6, -0.1], [0.6, 0.0], "--", color="#ffd900", lw=2)
         ax.plot(-0.6, 0.6, "o", ms=9, mfc="#ffd900", mec="white", mew=1.5)
     ax.set_xlim(-1, 1)
@@ -47,5 +49,6 @@ def draw(path: Path, landmarks: bool) -> None:
 
 
 if __name__ == "__main__":
-    draw(ROOT / "LandmarkLocalizer" / "Resources" / "Icons" / "LandmarkLocalizer.png", landmarks=True)
-    draw(ROOT / "RPROneShot" / "Resources" / "Icons" / "RPROneShot.png", landmarks=False)
+    draw(ROOT / "LandmarkLocalizer" / "Resources" / "Icons" / "LandmarkLocalizer.png", landmarks=True, box=False)
+    draw(ROOT / "RPROneShot" / "Resources" / "Icons" / "RPROneShot.png", landmarks=False, box=True)
+    draw(ROOT / "Resources" / "LandmarkLoc.png", landmarks=True, box=True)

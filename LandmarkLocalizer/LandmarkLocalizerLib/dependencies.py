@@ -3,30 +3,38 @@
 Slicer ships numpy, SimpleITK and vtk: those are never installed or pinned
 here. PyTorch comes from the PyTorch extension's ``PyTorchUtils`` when that
 extension is installed (it picks the build matching the GPU and driver), else
-from ``pip``; safetensors and tqdm from ``pip``.
+from ``pip``; safetensors and tqdm from ``pip``. A failed installation (pip
+raises ``CalledProcessError``, no network, ...) becomes an InputError that says
+what to do, which the modules show as a message.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 
 from landmarkloc.errors import InputError
 
 PIP_PACKAGES = ("safetensors", "tqdm")  # small, pure or wheel-only; torch is handled separately
 SHIPPED_WITH_SLICER = ("numpy", "SimpleITK", "vtk")
+MANUAL_INSTALL = ("Check the network connection and try again, or install them from Slicer's Python console: "
+                  "slicer.util.pip_install('{packages}') (PyTorch is best installed with the PyTorch extension). "
+                  "The Python console shows the installer's output.")
 
 
-def missing_packages() -> list:
-    """Import names the engines need that this Python does not have."""
-    return [name for name in ("torch", *PIP_PACKAGES) if importlib.util.find_spec(name) is None]
+def missing_packages(extra=()) -> list:
+    """Import names the engines (and ``extra`` pip packages) need that this Python does not have."""
+    importlib.invalidate_caches()  # packages installed since the last look are found
+    return [name for name in ("torch", *PIP_PACKAGES, *extra) if importlib.util.find_spec(name) is None]
 
 
-def ensure_installed(confirm) -> None:
+def ensure_installed(confirm, extra=()) -> None:
     """Install what is missing inside Slicer; ``confirm(message) -> bool`` asks the user first.
 
-    Raises InputError when the user declines, so no work starts without the packages.
+    ``extra``: further pip packages a task needs (the sample data needs nilearn).
+    Raises InputError when the user declines or the installation fails, so no work starts without the packages.
     """
-    missing = missing_packages()
+    missing = missing_packages(extra)
     if not missing:
         return
     if not confirm("The landmark localization engines need these Python packages, which are not installed yet: "
@@ -34,14 +42,21 @@ def ensure_installed(confirm) -> None:
         raise InputError(f"the packages {', '.join(missing)} are needed; install them to run localization")
     import slicer
 
-    if "torch" in missing:
-        _install_torch(slicer)
-    others = [name for name in PIP_PACKAGES if name in missing]
-    if others:
-        slicer.util.pip_install(" ".join(others))
-    still = missing_packages()
+    try:
+        if "torch" in missing:
+            _install_torch(slicer)
+        others = [name for name in (*PIP_PACKAGES, *extra) if name in missing]
+        if others:
+            slicer.util.pip_install(" ".join(others))
+    except InputError:
+        raise
+    except Exception as exc:  # CalledProcessError from pip, OSError, errors inside PyTorchUtils
+        raise InputError(f"installing {', '.join(missing)} failed ({type(exc).__name__}: {exc}).\n"
+                         + MANUAL_INSTALL.format(packages=" ".join(missing))) from None
+    still = missing_packages(extra)
     if still:
-        raise InputError(f"installing {', '.join(still)} failed; see the Python console")
+        raise InputError(f"installing {', '.join(still)} did not make them importable.\n"
+                         + MANUAL_INSTALL.format(packages=" ".join(still)))
 
 
 def _install_torch(slicer) -> None:
@@ -52,4 +67,5 @@ def _install_torch(slicer) -> None:
         return
     torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
     if torch is None:
-        raise InputError("PyTorch could not be installed (PyTorch extension); see the Python console")
+        raise InputError("PyTorch could not be installed by the PyTorch extension. "
+                         + MANUAL_INSTALL.format(packages="torch"))

@@ -9,8 +9,14 @@ The worker prints one JSON object per line on stdout:
 
 and writes ``result.json`` in the folder before exiting with 0. A reader
 thread collects the lines; the GUI polls :meth:`Job.poll` from a QTimer and
-touches MRML only then, on the main thread. Cancel terminates the process,
-which is the only reliable way to stop a running network.
+touches MRML only then, on the main thread. Cancel ends the worker's whole
+process tree, which is the only reliable way to stop a running network:
+``PythonSlicer`` is the CTK launcher, which starts ``python-real`` as a child
+and forwards no signals, so ending the launcher alone would leave the network
+running. On POSIX the worker starts in a new session (its own process group,
+ended with ``os.killpg``); on Windows it runs without a console window (as
+``slicer.util.launchConsoleProcess`` starts processes) and its tree is ended
+with ``taskkill /T /F``.
 
 Nothing here imports Qt or MRML, so it runs (and is tested) anywhere.
 """
@@ -22,6 +28,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -60,6 +67,51 @@ def package_paths(*module_names: str) -> list:
         if folder not in paths:
             paths.append(folder)
     return paths
+
+
+def launch_options(platform_name: str = None) -> dict:
+    """``subprocess.Popen`` keywords that give the worker its own process tree and no console window.
+
+    POSIX: a new session, so the launcher and everything it starts share one
+    process group that Cancel ends at once. Windows: no console window (as
+    ``slicer.util.launchConsoleProcess`` does; closing that window would kill
+    the job) and a new process group, ended with ``taskkill /T``.
+    """
+    if (platform_name or os.name) != "nt":
+        return {"start_new_session": True}
+    startupinfo = subprocess.STARTUPINFO()
+    startupinfo.dwFlags |= subprocess.STARTF_USESHOWWINDOW
+    startupinfo.wShowWindow = 0  # SW_HIDE
+    return {"startupinfo": startupinfo,
+            "creationflags": subprocess.CREATE_NO_WINDOW | subprocess.CREATE_NEW_PROCESS_GROUP}
+
+
+def end_process_tree(process: subprocess.Popen, timeout: float = 5.0) -> None:
+    """End ``process`` and every process it started (the worker under the ``PythonSlicer`` launcher)."""
+    if os.name == "nt":
+        subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], capture_output=True,
+                       creationflags=subprocess.CREATE_NO_WINDOW, check=False)
+    else:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(process.pid, sig)  # the process group started by start_new_session
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(timeout=timeout)
+                if sig == signal.SIGTERM:
+                    # the launcher is gone; make sure no child outlived it (a worker ignoring SIGTERM)
+                    os.killpg(process.pid, signal.SIGKILL)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+            except ProcessLookupError:
+                break
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @dataclass
@@ -101,7 +153,8 @@ class Job:
         env["PYTHONUNBUFFERED"] = "1"
         self._process = subprocess.Popen(
             [self.python, "-u", "-m", self.worker_module, str(request_path)], cwd=str(self.workdir), env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
+            **launch_options())
         threading.Thread(target=self._read, args=(self._process.stdout, self._lines), daemon=True).start()
         threading.Thread(target=self._read_stderr, daemon=True).start()
 
@@ -116,16 +169,11 @@ class Job:
             self._stderr_tail = (self._stderr_tail + [line.rstrip()])[-40:]
 
     def cancel(self) -> None:
-        """Stop the worker (terminate, then kill if it does not stop within a few seconds)."""
+        """Stop the worker and everything it started (terminate, then kill what is left after a few seconds)."""
         if self._process is None or self._finished:
             return
         self._cancelled = True
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        end_process_tree(self._process)
 
     def poll(self) -> list:
         """Events since the last call; the last one is 'done', 'failed' or 'cancelled' once the job ended."""

@@ -104,6 +104,8 @@ def start_refine(volume_node, model: ModelInfo, points_node, index: int, device:
 
 def apply_refinement(points_node, index: int, result: dict, volume_node, uncertain_below: float = 0.5) -> None:
     """Move the refined point and update its description and selection (uncertain = unselected)."""
+    if points_node.GetScene() is None or not 0 <= index < points_node.GetNumberOfControlPoints():
+        raise InputError("the point being refined was removed during the run; the scene was not changed")
     refined = mrml.place_on_slice([point_from_dict(result["points"][0])], mrml.volume_geometry(volume_node))[0]
     mrml.set_point(points_node, index, refined)
     confidence = mrml.confidence_of(refined)

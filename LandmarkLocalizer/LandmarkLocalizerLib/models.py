@@ -69,3 +69,26 @@ def check_model_fits(model: ModelInfo, geometry: ImageGeometry, volume_name: str
                          f"({geometry.size[2]} slices); load a 2D image or choose a 3D model")
     if model.ndim == 3 and single_slice:
         raise InputError(f"{model.name} is a 3D model, but {volume_name} is a single 2D slice; choose a 2D model")
+
+
+def restore_saved_model(models: list, path: str, kind: str, stage: str = "") -> str:
+    """The model path to select for ``path`` saved with a scene; a valid file not in ``models`` is added to it.
+
+    A model the user added in an earlier session is not shipped, so it is not
+    listed yet: it is checked and appended (for one-shot models only of the
+    wanted ``stage``). Returns "" when the file is gone, broken or of the wrong
+    kind or stage, so the module falls back to a listed model.
+    """
+    if not path:
+        return ""
+    if any(m.path == path for m in models):
+        return path
+    try:
+        model = inspect_model(path, kind)
+    except ModelError:
+        return ""
+    if stage and (model.stage == "fine") != (stage == "fine"):
+        return ""
+    if all(m.path != model.path for m in models):
+        models.append(model)
+    return model.path

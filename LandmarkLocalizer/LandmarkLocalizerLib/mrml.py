@@ -23,11 +23,15 @@ import SimpleITK as sitk
 
 from landmarkloc.errors import InputError
 from landmarkloc.geometry.frames import ImageGeometry, lps_to_ras, lps_to_ras_matrix, ras_to_lps, to_point3
+from landmarkloc.io.image import _to_grey as picture_to_grey  # the CLI's RGB(A) -> grey, so both agree
 from landmarkloc.io.image import check_image
 from landmarkloc.io.markups import describe, points_by_label, split_description, write_boxes, write_points
 from landmarkloc.points import Box, ControlPoint
 
 EVIDENCE_COLOR_NAME = "LandmarkLoc evidence"
+# What the input selectors offer: grey volumes and pictures (PNG/JPEG load as RGB(A) vector volumes and are
+# used as grey, as the CLI does). Exact classes: label maps and other subclasses are not images to localize in.
+INPUT_VOLUME_CLASSES = ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")
 UNCERTAIN_COLOR = (1.0, 0.85, 0.0)  # unselected (uncertain) points: amber
 CONFIDENT_COLOR = (1.0, 0.5, 0.5)  # selected points: Slicer's default selected colour
 
@@ -92,15 +96,33 @@ def volume_geometry(volume_node) -> ImageGeometry:
                          "cannot be applied to a voxel grid; harden or remove it)") from None
 
 
+def first_input_volume(scene):
+    """The volume a module offers first: the first node of exactly an input class (not a label map)."""
+    for i in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(i)
+        if node.GetClassName() in INPUT_VOLUME_CLASSES:
+            return node
+    return None
+
+
 def volume_to_image(volume_node, dtype=np.float32) -> sitk.Image:
-    """A scalar volume node as a SimpleITK image with its exact world geometry in LPS."""
+    """A volume node as a SimpleITK image with its exact world geometry in LPS.
+
+    Pictures (an RGB or RGBA vector volume, as Slicer loads PNG and JPEG files)
+    become grey: the channel itself when all are equal, else luminance.
+    """
     geometry = volume_geometry(volume_node)
-    if volume_node.GetImageData().GetNumberOfScalarComponents() != 1:
-        raise InputError(f"{volume_node.GetName()} is not a scalar volume (it has several components per voxel)")
+    components = volume_node.GetImageData().GetNumberOfScalarComponents()
+    picture = volume_node.IsA("vtkMRMLVectorVolumeNode") and components in (3, 4)
+    if components != 1 and not picture:
+        raise InputError(f"{volume_node.GetName()} has {components} components per voxel (a vector or tensor "
+                         "volume); a grey image or an RGB picture is needed")
     import slicer
 
-    array = np.asarray(slicer.util.arrayFromVolume(volume_node), dtype=dtype)  # [k, j, i]
-    image = geometry.apply_to(sitk.GetImageFromArray(np.ascontiguousarray(array)))
+    array = np.asarray(slicer.util.arrayFromVolume(volume_node))  # [k, j, i] or [k, j, i, components]
+    if picture:
+        array = sitk.GetArrayFromImage(picture_to_grey(sitk.GetImageFromArray(array, isVector=True)))
+    image = geometry.apply_to(sitk.GetImageFromArray(np.ascontiguousarray(array.astype(dtype, copy=False))))
     if np.issubdtype(dtype, np.floating):
         check_image(image, name=volume_node.GetName())
     return image

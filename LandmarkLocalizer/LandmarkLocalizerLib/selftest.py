@@ -44,3 +44,64 @@ def make_tiny_fcn_model(path, ndim: int = 3, names=TINY_LANDMARKS, spacing: floa
     }
     _, meta_path = save_model(path, network.state_dict(), metadata)
     return str(meta_path)
+
+
+def check(condition, message: str) -> None:
+    """An assertion that also holds under ``python -O`` (self-tests run in Slicer and in CI)."""
+    if not condition:
+        raise AssertionError(message)
+
+
+def click_through_localizer(widget, volume, model_path, export_folder, wait_for_job) -> object:
+    """What a user clicks in Landmark Localizer: Localize, move a point, Refine selected, Export (three formats).
+
+    ``widget`` is the module widget (Slicer's, or one over stand-ins in CI);
+    ``wait_for_job(widget)`` lets the job run to its end (Slicer: process events;
+    CI: poll). Returns the result point list.
+    """
+    import os
+
+    from . import mrml
+
+    p = widget._parameterNode
+    p.inputVolume = volume
+    widget.selectModelPath(str(model_path))
+    check(p.modelPath == str(model_path), f"the model {model_path} was not selected")
+    widget.onLocalizeButton()
+    check(widget._job is not None, f"Localize did not start: {widget.ui.statusLabel.text}")
+    wait_for_job(widget)
+    points = p.outputPoints
+    check(points is not None and points.GetNumberOfControlPoints() == len(TINY_LANDMARKS),
+          f"Localize gave no point list: {widget.ui.statusLabel.text}")
+    geometry = mrml.volume_geometry(volume)
+    for point in mrml.points_from_node(points):
+        check(geometry.contains(point.position[None], margin=8.0)[0], f"{point.label} lies outside the volume")
+
+    moved = [0.0, 0.0, 0.0]
+    points.GetNthControlPointPositionWorld(1, moved)
+    points.SetNthControlPointPositionWorld(1, moved[0] + 5.0, moved[1] - 4.0, moved[2] + 3.0)
+    widget.ui.resultsTable.selectRow(1)
+    widget.onRefineButton()
+    check(widget._job is not None, f"Refine did not start: {widget.ui.statusLabel.text}")
+    wait_for_job(widget)
+    check("local_confidence" in mrml.points_from_node(points)[1].properties,
+          f"the point was not refined: {widget.ui.statusLabel.text}")
+
+    os.makedirs(export_folder, exist_ok=True)
+    for suffix in (".mrk.json", ".fcsv", ".csv"):
+        path = os.path.join(export_folder, "landmarks" + suffix)
+        check(widget.exportTo(path) and os.path.getsize(path) > 0, f"Export to {path} failed")
+    return points
+
+
+def process_events_until_idle(widget, timeout_s: float = 600.0) -> None:
+    """In Slicer: let the event loop run (the widget's poll timer fires) until the widget's job has ended."""
+    import time
+
+    import slicer
+
+    deadline = time.time() + timeout_s
+    while widget._job is not None and time.time() < deadline:
+        slicer.app.processEvents()
+        time.sleep(0.05)
+    check(widget._job is None, f"the job did not end within {timeout_s:.0f} s")

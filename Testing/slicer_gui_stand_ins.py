@@ -1,0 +1,212 @@
+"""Stand-ins for the parts of Slicer that ``slicer-core`` lacks (Qt, the scripted-module base classes, the
+parameter-node wrapper, translation), so that tests can import the real module files and drive their widgets'
+code with real MRML, real worker processes and fake Qt widgets.
+
+Only what the module files touch is imported or faked; a missing attribute fails the test loudly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from types import SimpleNamespace
+
+from mrml_testing import REPO  # noqa: F401  (puts the module folders on sys.path)
+
+
+class Signal:
+    def __init__(self):
+        self.slots = []
+
+    def connect(self, *args):
+        self.slots.append(args[-1])
+
+
+class QTimer:
+    def __init__(self):
+        self.active = False
+        self.interval = 0
+
+    def setInterval(self, ms):
+        self.interval = ms
+
+    def connect(self, signal, slot):
+        self.slot = slot
+
+    def start(self):
+        self.active = True
+
+    def stop(self):
+        self.active = False
+
+
+class Widget(SimpleNamespace):
+    """Any .ui widget: attributes as properties, ``connect`` recorded."""
+
+    def connect(self, signal, slot):
+        self.__dict__.setdefault("connections", []).append((signal, slot))
+
+
+class Combo(Widget):
+    def __init__(self):
+        super().__init__(items=[], current=-1, enabled=True)
+
+    def clear(self):
+        self.items = []
+
+    def addItem(self, text, data=""):
+        self.items.append((text, data))
+
+    def insertItem(self, index, text, data=""):
+        self.items.insert(index, (text, data))
+
+    def setCurrentIndex(self, index):
+        self.current = index
+
+    def itemText(self, index):
+        return self.items[index][0]
+
+    def itemData(self, index):
+        return self.items[index][1]
+
+    def findData(self, data):
+        return next((i for i, (_, d) in enumerate(self.items) if d == data), -1)
+
+
+class Table(Widget):
+    def __init__(self):
+        super().__init__(rows=0, row=-1, cells={})
+
+    def currentRow(self):
+        return self.row
+
+    def setRowCount(self, n):
+        self.rows = n
+
+    def setItem(self, r, c, item):
+        self.cells[(r, c)] = item
+
+    def selectRow(self, r):
+        self.row = r
+
+
+class Item(SimpleNamespace):
+    def __init__(self, text=""):
+        super().__init__(text=text)
+
+    def setBackground(self, brush):
+        self.background = brush
+
+    def setToolTip(self, text):
+        self.tooltip = text
+
+
+def fake_qt():
+    return SimpleNamespace(QTimer=QTimer, QColor=lambda *a: a, QBrush=lambda c: c, QTableWidgetItem=Item,
+                           QFileDialog=SimpleNamespace(), QDir=SimpleNamespace(homePath=lambda: "/tmp"))
+
+
+class ScriptedLoadableModuleWidget:
+    def __init__(self, parent=None):
+        self.parent = parent
+
+
+class ScriptedLoadableModuleLogic:
+    pass
+
+
+class ScriptedLoadableModule:
+    def __init__(self, parent):
+        self.parent = parent
+
+
+class ScriptedLoadableModuleTest:
+    pass
+
+
+def parameterNodeWrapper(cls):
+    return cls
+
+
+def install(monkeypatch) -> None:
+    """Make ``import LandmarkLocalizer`` / ``import RPROneShot`` work in this process (undone after the test)."""
+    import slicer
+
+    monkeypatch.setitem(sys.modules, "qt", fake_qt())
+    i18n = types.ModuleType("slicer.i18n")
+    i18n.tr = lambda text: text
+    i18n.translate = lambda context, text: text
+    monkeypatch.setitem(sys.modules, "slicer.i18n", i18n)
+    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+    wrapper.parameterNodeWrapper = parameterNodeWrapper
+    wrapper.Choice = wrapper.WithinRange = lambda *a: None
+    monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", wrapper)
+    base = types.ModuleType("slicer.ScriptedLoadableModule")
+    for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic,
+                ScriptedLoadableModuleTest):
+        setattr(base, cls.__name__, cls)
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", base)
+    for name in ("LandmarkLocalizer", "RPROneShot"):  # imported afresh over the stand-ins, once per test
+        if name in sys.modules and not getattr(sys.modules[name], "_over_stand_ins", False):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: None, raising=False)
+
+
+def dialogs(monkeypatch, on_dialog=None) -> list:
+    """Record error/warning dialogs (and run ``on_dialog`` inside them, as a modal event loop would)."""
+    import slicer
+
+    shown = []
+
+    def display(kind):
+        def show(text, *args, **kwargs):
+            shown.append((kind, text))
+            if on_dialog is not None:
+                on_dialog()
+        return show
+
+    monkeypatch.setattr(slicer.util, "errorDisplay", display("error"))
+    monkeypatch.setattr(slicer.util, "warningDisplay", display("warning"))
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, *a, **k: True)
+    return shown
+
+
+def localizer_widget(monkeypatch, parameters: dict):
+    """A LandmarkLocalizerWidget with fake Qt widgets and a plain parameter object (no setup(), no .ui)."""
+    install(monkeypatch)
+    module = importlib.import_module("LandmarkLocalizer")
+    module._over_stand_ins = True
+    widget = module.LandmarkLocalizerWidget()
+    widget.ui = SimpleNamespace(
+        progressBar=Widget(value=0), statusLabel=Widget(text=""), localizeButton=Widget(), refineButton=Widget(),
+        exportButton=Widget(), resultsTable=Table(), uncertainSliderWidget=Widget(value=0.5),
+        modelComboBox=Combo(), modelInfoLabel=Widget(text=""))
+    widget.timer = QTimer()
+    widget.logic = module.LandmarkLocalizerLogic()
+    widget._parameterNode = SimpleNamespace(**{"inputVolume": None, "modelPath": "", "device": "CPU",
+                                               "uncertainBelow": 0.5, "showEvidence": False, "outputPoints": None,
+                                               "evidenceVolume": None, **parameters})
+    return module, widget
+
+
+def one_shot_widget(monkeypatch, parameters: dict, models: list):
+    """An RPROneShotWidget with fake Qt widgets, a plain parameter object and the given model list."""
+    install(monkeypatch)
+    module = importlib.import_module("RPROneShot")
+    module._over_stand_ins = True
+    widget = module.RPROneShotWidget()
+    widget.ui = SimpleNamespace(
+        progressBar=Widget(value=0), statusLabel=Widget(text=""), findButton=Widget(), saveTemplateButton=Widget(),
+        loadTemplateButton=Widget(), clearTemplateButton=Widget(), exportButton=Widget(), modelComboBox=Combo(),
+        fineModelComboBox=Combo(), runsSpinBox=Widget(), stepsSpinBox=Widget(), templateLabel=Widget(text=""))
+    widget.timer = QTimer()
+    widget.logic = module.RPROneShotLogic()
+    widget.logic.getParameterNode = lambda: widget._parameterNode
+    widget._models = list(models)
+    widget._parameterNode = SimpleNamespace(**{
+        "supportVolume": None, "supportPoints": None, "supportLabels": None, "templatePath": "", "queryVolume": None,
+        "method": "rpr", "modelPath": "", "fineModelPath": "", "runs": 3, "steps": 1, "device": "CPU",
+        "outputPoints": None, **parameters})
+    widget.setParameterNode = lambda node: None
+    return module, widget
