@@ -36,8 +36,8 @@ from ..io.image import check_image, check_not_constant, squeeze_single_slice
 from ..io.markups import ControlPoint
 from ..io.modelfile import load_model
 from ..networks.fcn import FCNConfig, GlobalToLocal
+from ..networks.fcn_encoding import get_variant
 from ..runtime import resolve_device
-from ..training.fcn_targets import get_variant
 from .fcn_votes import VoteSummary, summarize_votes
 
 MODEL_KIND = "fcn"

@@ -33,9 +33,10 @@ from ..io.datasets import LandmarkDataset
 from ..io.image import read_image
 from ..io.modelfile import load_model, model_paths, save_model
 from ..networks.fcn import FCNConfig, GlobalToLocal, global_config, local_config
+from ..networks.fcn_encoding import DEFAULT_VARIANT, fcn_targets, get_variant
 from ..runtime import init_distributed, progress, seed_everything
+from .fcn_loss import fcn_loss
 from .fcn_sampling import AugmentConfig, PreparedCase, global_crop, local_subimages
-from .fcn_targets import DEFAULT_VARIANT, fcn_loss, fcn_targets, get_variant
 
 LOG = logging.getLogger("landmarkloc.train_fcn")
 RESUME_KIND = "fcn-resume"
