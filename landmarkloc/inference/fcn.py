@@ -38,13 +38,15 @@ from ..io.modelfile import load_model
 from ..networks.fcn import FCNConfig, GlobalToLocal
 from ..networks.fcn_encoding import get_variant
 from ..runtime import resolve_device
+from .fcn_uncertainty import CONTRAST_GAMMA, TTA_SIGNALS, Calibration, logistic_probability, shift_offsets
 from .fcn_votes import VoteSummary, summarize_votes
 
 MODEL_KIND = "fcn"
-# Below this posterior mass a landmark is reported as not found (e.g. outside the field of view).
-NOT_FOUND_BELOW = 0.1
-# Below this confidence a found landmark is flagged as uncertain (selected = False).
+# Models without a calibration: below this confidence a found landmark is flagged as uncertain (the old rule).
 UNCERTAIN_BELOW = 0.5
+# A landmark is not found when its estimate lies outside the image or more than this share of the
+# (posterior-weighted) global votes points outside it: the network says the landmark is out of view.
+OUTSIDE_VOTE_SHARE = 0.5
 
 
 # --------------------------------------------------------------------------- shared with training
@@ -140,6 +142,78 @@ def run_local(bank, array: np.ndarray, centres: np.ndarray, size: int, variant, 
     return summary
 
 
+def local_tta_estimates(bank, array: np.ndarray, global_centres: np.ndarray, local_estimate: np.ndarray, size: int,
+                        variant, spacing, device, shift_step: int, amp: bool = True,
+                        channels_last: bool = True) -> dict:
+    """Test-time augmentation of the local stage in one batched pass of the local bank.
+
+    Returns the local estimates (L, D) of sub-images ``shifted`` by +-``shift_step``
+    voxels along every axis from the global estimate (list), ``recentred`` at the
+    local estimate, and of the global-estimate sub-images with their ``contrast``
+    multiplied by ``CONTRAST_GAMMA``.
+    """
+    offsets = shift_offsets(array.ndim, shift_step)
+    centre_sets = [global_centres + o for o in offsets] + [local_estimate, global_centres]
+    windows, starts = zip(*(extract_subimages(array, c, size) for c in centre_sets))
+    windows = np.stack(windows)
+    windows[-1] *= CONTRAST_GAMMA
+    x = _to_device(torch.from_numpy(windows), device, channels_last)
+    with _autocast(device, amp):
+        logits, disp = bank(x)
+    estimates = []
+    for b, start in enumerate(starts):
+        summary = summarize_votes(logits[b].float(), disp[b].float(), bank.patch_size, variant, spacing)
+        estimates.append(summary.estimate + start)
+    return {"shifted": estimates[: len(offsets)], "recentred": estimates[-2], "contrast": estimates[-1]}
+
+
+def uncertainty_signals(glob: VoteSummary | None, local: VoteSummary | None, spacing, tta: dict | None = None) -> dict:
+    """Every candidate uncertainty signal (see :mod:`.fcn_uncertainty`), (L,) arrays; absent stages give none."""
+    spacing = np.asarray(spacing, dtype=np.float64)
+    out = {}
+
+    def dist(a, b):
+        return np.linalg.norm((np.asarray(a) - np.asarray(b)) * spacing, axis=-1)
+
+    if glob is not None:
+        out["global_confidence"] = glob.confidence
+        out["global_spread_mm"] = glob.spread_mm
+        out["global_peak"] = glob.probability.flatten(1).max(dim=1).values.cpu().numpy().astype(np.float64)
+    if local is not None:
+        out["local_confidence"] = local.confidence
+        out["local_spread_mm"] = local.spread_mm
+    if glob is not None and local is not None:
+        out["confidence"] = np.minimum(glob.confidence, local.confidence)
+        out["global_local_mm"] = dist(local.estimate, glob.estimate)
+    else:
+        out["confidence"] = (glob or local).confidence
+    if tta is not None and local is not None:
+        shifted = np.stack([dist(e, local.estimate) for e in tta["shifted"]])
+        out["local_shift_mm"] = np.sqrt((shifted ** 2).mean(axis=0))
+        out["local_recentre_mm"] = dist(tta["recentred"], local.estimate)
+        out["local_contrast_mm"] = dist(tta["contrast"], local.estimate)
+    return {k: np.nan_to_num(np.asarray(v, dtype=np.float64), nan=0.0) for k, v in out.items()}
+
+
+def outside_view(estimate: np.ndarray, shape, votes: np.ndarray | None = None,
+                 weights: np.ndarray | None = None) -> np.ndarray:
+    """(L,) True where an estimate (continuous ITK index) lies outside the image of array ``shape``
+    (or is undefined), or, given the votes, where more than ``OUTSIDE_VOTE_SHARE`` of their weight lies outside.
+    """
+    upper = np.array(shape[::-1], dtype=np.float64) - 0.5
+
+    def outside(points):
+        with np.errstate(invalid="ignore"):
+            return ~np.all((points >= -0.5) & (points <= upper), axis=-1)
+
+    out = outside(np.asarray(estimate, dtype=np.float64))
+    if votes is not None:
+        w = np.asarray(weights, dtype=np.float64)
+        share = (w * outside(votes)).sum(axis=1) / np.maximum(w.sum(axis=1), 1e-12)
+        out = out | (share > OUTSIDE_VOTE_SHARE)
+    return out
+
+
 # --------------------------------------------------------------------------- results
 
 
@@ -157,6 +231,9 @@ class LandmarkEstimate:
     global_confidence: float
     local_confidence: float | None = None
     unlike_training: bool = False  # the image's intensities are unlike the training images'
+    p_large_error: float | None = None  # calibrated P(error > radius_mm); None for an uncalibrated model
+    radius_mm: float | None = None
+    signals: dict = field(default_factory=dict)  # uncertainty signals (see fcn_uncertainty)
 
     def to_control_point(self) -> ControlPoint:
         props = {"confidence": round(float(self.confidence), 4), "spread_mm": round(float(self.spread_mm), 3),
@@ -164,16 +241,21 @@ class LandmarkEstimate:
         if self.local_confidence is not None:
             props["global_confidence"] = round(float(self.global_confidence), 4)
             props["local_confidence"] = round(float(self.local_confidence), 4)
+        calibrated = self.p_large_error is not None and self.found
+        if calibrated:
+            props["p_large_error"] = round(float(self.p_large_error), 4)
+            props["radius_mm"] = float(self.radius_mm)
         if self.unlike_training:
             props["unlike_training"] = 1
+        chance = f"P(error > {self.radius_mm:g} mm) = {self.p_large_error:.2f}" if calibrated else ""
         if not self.found:
             text = "not found"
         elif self.unlike_training:
-            text = "uncertain: image unlike the training data"
+            text = "uncertain: image unlike the training data" + (f"; {chance}" if chance else "")
         elif self.uncertain:
-            text = "uncertain"
+            text = f"uncertain: {chance}" if chance else "uncertain"
         else:
-            text = ""
+            text = chance
         return ControlPoint(label=self.name, position=self.position, description=text,
                             selected=self.found and not self.uncertain, properties=props)
 
@@ -244,8 +326,15 @@ class Localizer:
         self.spacing = np.asarray(metadata["spacing"], dtype=np.float64)
         self.intensity = metadata["intensity"]
         self.sub_image_size = int(metadata["sub_image_size"])
-        self.not_found_below = float(metadata.get("not_found_below", NOT_FOUND_BELOW))
         self.uncertain_below = float(metadata.get("uncertain_below", UNCERTAIN_BELOW))
+        # test models (untrained networks) report every landmark
+        self.always_found = bool(metadata.get("always_found", False))
+        self.calibration = Calibration.from_metadata(metadata)
+        self.tta_shift = int((self.calibration.fit.get("tta_shift") if self.calibration else None)
+                             or max(1, self.sub_image_size // 8))
+        self.calibration_notice = None if self.calibration is not None else (
+            "this model has no calibrated uncertainty: 'uncertain' means confidence below "
+            f"{self.uncertain_below:g} (fit one with 'landmarkloc calibrate')")
 
     @classmethod
     def from_file(cls, path, device="auto", amp: bool = True, channels_last: bool = True) -> Localizer:
@@ -280,33 +369,59 @@ class Localizer:
             raise InputError(f"the model has no landmark {name!r} (it knows: {', '.join(self.names)})") from None
 
     @torch.inference_mode()
-    def localize(self, image: sitk.Image, evidence=(), use_local: bool = True) -> LocalizationResult:
-        """All landmarks of one image; ``evidence``: names (or True for all) whose posterior map to return."""
+    def localize(self, image: sitk.Image, evidence=(), use_local: bool = True, tta: bool | None = None
+                 ) -> LocalizationResult:
+        """All landmarks of one image; ``evidence``: names (or True for all) whose posterior map to return.
+
+        ``tta``: run the test-time-augmented local passes (default: when the
+        model's calibration uses their signals); ``landmarkloc calibrate`` asks for them.
+        """
         start = time.perf_counter()
         image, array, geometry = self._prepare(image)
         unlike = unlike_profile(array, self.metadata.get("intensity_profile"))
         glob = run_global(self.network.global_net, array, self.variant, geometry.spacing, self.device,
                           self.amp, self.channels_last)
-        final, local = glob, None
+        final, local, augmented = glob, None, None
         if use_local and self.has_local_stage:
             local = run_local(self.network.local_net, array, glob.estimate, self.sub_image_size, self.variant,
                               geometry.spacing, self.device, amp=self.amp, channels_last=self.channels_last)
             final = local
+            if tta if tta is not None else (self.calibration is not None and self.calibration.needs_tta):
+                augmented = local_tta_estimates(
+                    self.network.local_net, array, np.nan_to_num(glob.estimate), np.nan_to_num(local.estimate),
+                    self.sub_image_size, self.variant, geometry.spacing, self.device, self.tta_shift,
+                    self.amp, self.channels_last)
+        signals = uncertainty_signals(glob, local, geometry.spacing, augmented)
+        # A landmark is not found when the network places it outside the image (or most of its
+        # votes point outside): a landmark in view but hard to see is found, and uncertain.
+        out_of_view = outside_view(final.estimate, array.shape, glob.votes, glob.weights) | \
+            outside_view(glob.estimate, array.shape)
+        p_large = self._p_large_error(signals, local is None)
         landmarks = []
         for n, name in enumerate(self.names):
             global_conf = float(glob.confidence[n])
-            conf = global_conf if local is None else min(global_conf, float(local.confidence[n]))
+            conf = float(signals["confidence"][n])
             est = final.estimate[n]
-            found = bool(np.all(np.isfinite(est))) and global_conf >= self.not_found_below
+            found = self.always_found or not bool(out_of_view[n])
+            if p_large is not None:
+                uncertain = bool(p_large[n] >= self.calibration.threshold)
+            else:
+                uncertain = conf < self.uncertain_below
             position = to_point3(geometry.index_to_physical(np.nan_to_num(est)))
             landmarks.append(LandmarkEstimate(
                 name=name, position=position, confidence=conf, spread_mm=float(final.spread_mm[n]), found=found,
-                uncertain=conf < self.uncertain_below or unlike is not None,
+                uncertain=uncertain or unlike is not None,
                 global_position=to_point3(geometry.index_to_physical(np.nan_to_num(glob.estimate[n]))),
                 global_confidence=global_conf,
                 local_confidence=None if local is None else float(local.confidence[n]),
-                unlike_training=unlike is not None))
-        result = LocalizationResult(landmarks=landmarks, warnings=[unlike] if unlike else [])
+                unlike_training=unlike is not None,
+                p_large_error=None if p_large is None else float(p_large[n]),
+                radius_mm=None if p_large is None else self.calibration.radius_mm,
+                signals={k: float(v[n]) for k, v in signals.items()}))
+        warnings = [unlike] if unlike else []
+        if self.calibration_notice:
+            warnings.append(self.calibration_notice)
+        result = LocalizationResult(landmarks=landmarks, warnings=warnings)
         wanted = self.names if evidence is True else list(evidence or ())
         for name in wanted:
             n = self._name_index(name)
@@ -314,6 +429,13 @@ class Localizer:
             result.votes[name] = (to_point3(geometry.index_to_physical(glob.votes[n])), glob.weights[n].copy())
         result.seconds = time.perf_counter() - start
         return result
+
+    def _p_large_error(self, signals: dict, global_only: bool):
+        """Calibrated P(error > radius) per landmark, or None (no calibration, or it does not cover this case)."""
+        cal = self.calibration
+        if cal is None or global_only:
+            return None  # the calibration was fitted on the full pipeline
+        return cal.probability(signals)
 
     def _posterior_image(self, summary: VoteSummary, n: int, geometry: ImageGeometry,
                          image: sitk.Image) -> sitk.Image:
@@ -339,18 +461,38 @@ class Localizer:
         local = run_local(self.network.local_net, array, centres, self.sub_image_size, self.variant,
                           geometry.spacing, self.device, landmarks=[n], amp=self.amp,
                           channels_last=self.channels_last)
+        cal = self.calibration
+        refine_cal = cal.refine if cal is not None else None
+        augmented = None
+        if refine_cal and any(k in TTA_SIGNALS for k in refine_cal["signals"]):
+            full = centres.copy()
+            full_local = centres.copy()
+            full_local[n] = np.nan_to_num(local.estimate[0])
+            tta = local_tta_estimates(self.network.local_net, array, full, full_local, self.sub_image_size,
+                                      self.variant, geometry.spacing, self.device, self.tta_shift, self.amp,
+                                      self.channels_last)
+            augmented = {"shifted": [e[[n]] for e in tta["shifted"]], "recentred": tta["recentred"][[n]],
+                         "contrast": tta["contrast"][[n]]}
+        signals = uncertainty_signals(None, local, geometry.spacing, augmented)
+        # the distance the local stage moved the start point (in localize: from the global estimate)
+        moved = np.linalg.norm((local.estimate - centre) * geometry.spacing, axis=-1)
+        signals["global_local_mm"] = np.nan_to_num(moved)
         conf = float(local.confidence[0])
-        found = conf >= self.not_found_below and bool(np.all(np.isfinite(local.estimate[0])))
+        found = self.always_found or not bool(outside_view(local.estimate, array.shape)[0])
         estimate = local.estimate[0] if found else centre
+        p_large = float(logistic_probability(refine_cal, signals)[0]) if refine_cal else None
+        uncertain = p_large >= float(refine_cal["threshold"]) if refine_cal else conf < self.uncertain_below
         lm = LandmarkEstimate(
             name=name, position=to_point3(geometry.index_to_physical(estimate)), confidence=conf,
-            spread_mm=float(local.spread_mm[0]), found=found, uncertain=conf < self.uncertain_below,
+            spread_mm=float(local.spread_mm[0]), found=found, uncertain=uncertain,
             global_position=to_point3(np.asarray(position_lps, dtype=np.float64)), global_confidence=float("nan"),
-            local_confidence=conf)
+            local_confidence=conf, p_large_error=p_large, radius_mm=cal.radius_mm if refine_cal else None,
+            signals={k: float(v[0]) for k, v in signals.items()})
         point = lm.to_control_point()
         point.properties.pop("global_confidence", None)
         if not found:
-            point.description = "not found near this point; kept where it was"
+            point.description = "not found near this point (the local network places it outside the image); " \
+                "kept where it was"
         return point
 
 

@@ -186,7 +186,7 @@ def _crop_size(cases, cfg: FCNTrainConfig, patch: int) -> list:
 
 def validate(model: GlobalToLocal, cases, cfg: FCNTrainConfig, device) -> dict:
     """Localize every validation case with the full pipeline; radial errors in mm."""
-    from ..inference.fcn import NOT_FOUND_BELOW, run_global, run_local
+    from ..inference.fcn import outside_view, run_global, run_local
 
     variant = get_variant(cfg.variant)
     errors, missed = [], 0
@@ -202,7 +202,7 @@ def validate(model: GlobalToLocal, cases, cfg: FCNTrainConfig, device) -> dict:
             for n, truth in enumerate(case.landmarks):
                 if not np.all(np.isfinite(truth)):
                     continue
-                if summary.confidence[n] < NOT_FOUND_BELOW or not np.all(np.isfinite(estimate[n])):
+                if outside_view(estimate[[n]], case.array.shape, summary.votes[[n]], summary.weights[[n]])[0]:
                     missed += 1
                 errors.append(float(np.linalg.norm((estimate[n] - truth) * case.spacing)))
     model.train(was_training)
@@ -282,6 +282,11 @@ def _split(n: int, fraction: float, rng) -> tuple:
     n_val = max(1, int(round(n * fraction)))
     order = rng.permutation(n)
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+def held_out_indices(n: int, fraction: float, seed: int) -> list:
+    """The indices of the images train-fcn held out for validation (no --val) with this fraction and seed."""
+    return _split(n, fraction, np.random.default_rng(seed))[1]
 
 
 def train_fcn(dataset: LandmarkDataset, output, cfg: FCNTrainConfig, val_dataset: LandmarkDataset | None = None,

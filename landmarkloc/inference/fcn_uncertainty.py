@@ -1,0 +1,234 @@
+"""Per-landmark uncertainty signals of the global-to-local FCN and their calibration.
+
+A user reads "uncertain" as "this point is probably off". So the flag is defined
+by the error: a point is uncertain when its calibrated probability of an error
+above the model's radius (3 mm for the brain, 4 mm for cephalograms) reaches a
+threshold. The probability comes from a logistic regression on a few signals
+that every localization yields anyway (or nearly: the test-time-augmented
+local passes cost one batched run of the small local networks):
+
+* ``global_confidence`` / ``local_confidence``: posterior mass near the
+  estimate in the global / local stage (see :mod:`.fcn_votes`);
+* ``global_spread_mm`` / ``local_spread_mm``: weighted RMS spread of the votes;
+* ``global_local_mm``: how far the local stage moved the global estimate;
+* ``local_shift_mm``: RMS distance of the local estimates from sub-images
+  shifted by a few voxels along every axis (test-time augmentation) from the
+  local estimate;
+* ``local_recentre_mm``: how far a second local pass, centred at the local
+  estimate, moves it again;
+* ``local_contrast_mm``: how far the local estimate moves when the sub-image's
+  contrast is changed.
+
+The mapping (signals, their transform and standardization, coefficients,
+threshold, radius, and a summary of the validation data it was fitted on) is
+stored in the model's JSON metadata under ``calibration``; ``landmarkloc
+calibrate`` fits it. The weights (and their sha256) are untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ModelError
+
+# name -> (what it measures, transform used in the logistic model)
+SIGNALS = {
+    "confidence": ("min of global and local posterior mass near the estimate", "logit"),
+    "global_confidence": ("global posterior mass near the estimate", "logit"),
+    "local_confidence": ("local posterior mass near the estimate", "logit"),
+    "global_spread_mm": ("weighted RMS spread of the global votes (mm)", "log"),
+    "local_spread_mm": ("weighted RMS spread of the local votes (mm)", "log"),
+    "global_local_mm": ("distance between the global and the local estimate (mm)", "log"),
+    "global_peak": ("largest global posterior of one cell", "logit"),
+    "local_shift_mm": ("RMS distance of local estimates from shifted sub-images (test-time augmentation, mm)",
+                       "log"),
+    "local_recentre_mm": ("distance a second local pass centred at the local estimate moves it (mm)", "log"),
+    "local_contrast_mm": ("distance the local estimate moves under a contrast change of the sub-image (mm)",
+                          "log"),
+}
+# Which signals need the extra (batched) local passes.
+TTA_SIGNALS = ("local_shift_mm", "local_recentre_mm", "local_contrast_mm")
+LOCAL_ONLY = ("local_confidence", "local_spread_mm", "local_shift_mm", "local_recentre_mm", "local_contrast_mm")
+CONTRAST_GAMMA = 1.25  # contrast change of the test-time augmentation (multiplies the normalized intensities)
+
+
+def transform(name: str, values) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    kind = SIGNALS[name][1]
+    if kind == "logit":
+        p = np.clip(values, 1e-4, 1 - 1e-4)
+        return np.log(p / (1 - p))
+    return np.log(np.maximum(values, 0.0) + 0.1)
+
+
+def shift_offsets(ndim: int, step: int) -> np.ndarray:
+    """The test-time shifts of the local sub-images: +-step voxels along every axis, (2D, D)."""
+    offsets = []
+    for axis in range(ndim):
+        for sign in (-1, 1):
+            o = np.zeros(ndim)
+            o[axis] = sign * step
+            offsets.append(o)
+    return np.array(offsets)
+
+
+@dataclass
+class Calibration:
+    """P(error > radius_mm) = sigmoid(intercept + sum coef * (transform(signal) - mean) / scale)."""
+
+    radius_mm: float
+    signals: list
+    mean: list
+    scale: list
+    coefficients: list
+    intercept: float
+    threshold: float
+    refine: dict | None = None  # the same for refine (local-only signals): keys signals/mean/scale/...
+    fit: dict = field(default_factory=dict)  # summary of the data it was fitted on
+
+    @classmethod
+    def from_metadata(cls, meta: dict | None):
+        """The calibration stored in a model's metadata, None if it has none; ModelError if malformed."""
+        data = (meta or {}).get("calibration")
+        if data is None:
+            return None
+        try:
+            cal = cls(radius_mm=float(data["radius_mm"]), signals=list(data["signals"]), mean=list(data["mean"]),
+                      scale=list(data["scale"]), coefficients=list(data["coefficients"]),
+                      intercept=float(data["intercept"]), threshold=float(data["threshold"]),
+                      refine=data.get("refine"), fit=dict(data.get("fit", {})))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"model metadata: malformed calibration ({exc})") from None
+        for part in [data] + ([cal.refine] if cal.refine else []):
+            names = part.get("signals", [])
+            if any(n not in SIGNALS for n in names) or not (
+                    len(names) == len(part.get("mean", [])) == len(part.get("scale", []))
+                    == len(part.get("coefficients", []))):
+                raise ModelError("model metadata: calibration signals unknown or of unequal lengths")
+        return cal
+
+    def to_metadata(self) -> dict:
+        return {"radius_mm": self.radius_mm, "signals": self.signals, "mean": self.mean, "scale": self.scale,
+                "coefficients": self.coefficients, "intercept": self.intercept, "threshold": self.threshold,
+                "refine": self.refine, "fit": self.fit,
+                "definitions": {n: SIGNALS[n][0] for n in self.signals + (self.refine or {}).get("signals", [])}}
+
+    @property
+    def needs_tta(self) -> bool:
+        return any(n in TTA_SIGNALS for n in self.signals)
+
+    def probability(self, signals: dict, refine: bool = False) -> np.ndarray:
+        part = self.refine if refine else self.to_metadata()
+        return logistic_probability(part, signals)
+
+    def threshold_for(self, refine: bool = False) -> float:
+        return float(self.refine["threshold"]) if refine else self.threshold
+
+
+def logistic_probability(part: dict, signals: dict) -> np.ndarray:
+    z = np.full(np.shape(signals[part["signals"][0]]), float(part["intercept"]))
+    for name, mean, scale, coef in zip(part["signals"], part["mean"], part["scale"], part["coefficients"]):
+        z = z + coef * (transform(name, signals[name]) - mean) / scale
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def fit_logistic(features: np.ndarray, labels: np.ndarray, l2: float = 1.0, iterations: int = 100) -> tuple:
+    """(coefficients, intercept) of an L2-regularized logistic regression by Newton's method (numpy only).
+
+    ``features`` (N, K) standardized; the intercept is not regularized.
+    """
+    x = np.hstack([np.ones((len(features), 1)), features])
+    y = labels.astype(np.float64)
+    w = np.zeros(x.shape[1])
+    w[0] = math.log((y.mean() + 1e-3) / (1 - y.mean() + 1e-3))
+    reg = np.full(x.shape[1], l2)
+    reg[0] = 0.0
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-x @ w))
+        grad = x.T @ (p - y) + reg * w
+        hess = (x * (p * (1 - p))[:, None]).T @ x + np.diag(reg) + 1e-9 * np.eye(len(w))
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.max(np.abs(step)) < 1e-8:
+            break
+    return w[1:], float(w[0])
+
+
+def fit_part(table: dict, labels: np.ndarray, names: list, l2: float = 1.0) -> dict:
+    """Standardize the chosen signals and fit the logistic model; a metadata part without threshold."""
+    feats = np.stack([transform(n, table[n]) for n in names], axis=1)
+    mean, scale = feats.mean(axis=0), feats.std(axis=0) + 1e-9
+    coef, intercept = fit_logistic((feats - mean) / scale, labels, l2=l2)
+    return {"signals": list(names), "mean": [round(float(v), 6) for v in mean],
+            "scale": [round(float(v), 6) for v in scale], "coefficients": [round(float(v), 6) for v in coef],
+            "intercept": round(intercept, 6)}
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (probability that a positive scores above a negative; ties count half)."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
+    pos, neg = scores[labels], scores[~labels]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    ranks[order] = np.arange(1, len(order) + 1)
+    allv = np.concatenate([pos, neg])
+    # average ranks of ties
+    _, inv, counts = np.unique(allv, return_inverse=True, return_counts=True)
+    sums = np.zeros(len(counts))
+    np.add.at(sums, inv, ranks)
+    ranks = (sums / counts)[inv]
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def spearman(a, b) -> float:
+    def rank(v):
+        v = np.asarray(v, dtype=np.float64)
+        _, inv, counts = np.unique(v, return_inverse=True, return_counts=True)
+        order = np.argsort(v, kind="mergesort")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v))
+        sums = np.zeros(len(counts))
+        np.add.at(sums, inv, r)
+        return (sums / counts)[inv]
+    ra, rb = rank(a), rank(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def operating_point(prob: np.ndarray, large: np.ndarray, threshold: float) -> dict:
+    """Share of points flagged and share of large errors caught at ``threshold``."""
+    flagged = prob >= threshold
+    return {"threshold": float(threshold), "flagged": float(flagged.mean()) if len(flagged) else float("nan"),
+            "caught": float(flagged[large].mean()) if large.any() else float("nan"),
+            "flagged_within_radius": float((flagged & ~large).sum() / max(1, flagged.sum()))}
+
+
+def choose_threshold(prob: np.ndarray, large: np.ndarray, catch: float, max_flagged: float) -> dict:
+    """The threshold that catches ``catch`` of the large errors with the fewest flags (reported against the budget).
+
+    Among thresholds catching at least ``catch`` of the large errors the highest
+    one is taken (fewest flags); if even that flags more than ``max_flagged``,
+    the threshold at the flag budget is taken instead and the miss is reported.
+    """
+    candidates = np.unique(prob)[::-1]
+    for t in candidates:
+        op = operating_point(prob, large, t)
+        if op["caught"] >= catch:
+            if op["flagged"] <= max_flagged:
+                return {**op, "met": True}
+            break
+    # the catch target does not fit the flag budget: keep the budget
+    best = None
+    for t in candidates[::-1]:
+        op = operating_point(prob, large, t)
+        if op["flagged"] <= max_flagged:
+            best = op
+            break
+    best = best or operating_point(prob, large, float(candidates[0]))
+    return {**best, "met": False}
