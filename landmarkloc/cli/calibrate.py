@@ -24,9 +24,11 @@ from ..geometry.frames import to_point3
 from ..inference.fcn_uncertainty import (
     LOCAL_ONLY,
     SIGNALS,
+    TTA_SIGNALS,
     auc,
     choose_threshold,
     fit_part,
+    landmark_rates,
     logistic_probability,
     operating_point,
     spearman,
@@ -66,6 +68,9 @@ def register(sub) -> None:
     p.add_argument("--max-flagged", type=float, default=0.1, help="most points to flag (share, default 0.1)")
     p.add_argument("--signals", help="comma-separated signals to use (default: chosen by cross-validation); "
                    f"known: {', '.join(SIGNALS)}")
+    p.add_argument("--tta", action="store_true",
+                   help="also consider the test-time-augmented local signals (local_shift/recentre/contrast/"
+                   "mirror_mm); localize then runs extra local passes (slower; off by default)")
     p.add_argument("--max-signals", type=int, default=3, help="at most this many signals (default 3)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds over images (default 5)")
     p.add_argument("--records", help="JSON file of the localizations: read if it exists, else written")
@@ -116,8 +121,17 @@ def collect(model_path, cases, names, spacing=None, masked_copies=False, device=
 # ----------------------------------------------------------------------------------------- fitting
 
 
-def _table(records: list, names) -> dict:
-    return {n: np.array([r["signals"][n] for r in records]) for n in names}
+def _table(records: list, names, rates: dict | None = None) -> dict:
+    """Signal columns; ``landmark_rate`` comes from ``rates`` (per-landmark large-error shares)."""
+    table = {n: np.array([r["signals"][n] for r in records]) for n in names if n != "landmark_rate"}
+    if "landmark_rate" in names:
+        default = float(np.mean(list(rates.values()))) if rates else 0.0
+        table["landmark_rate"] = np.array([rates.get(r["landmark"], default) for r in records])
+    return table
+
+
+def _rates(records: list, large: np.ndarray) -> dict:
+    return landmark_rates([r["landmark"] for r in records], large)
 
 
 def _folds(records: list, k: int) -> np.ndarray:
@@ -129,13 +143,14 @@ def _folds(records: list, k: int) -> np.ndarray:
 
 def out_of_fold(records: list, large: np.ndarray, names: list, folds: np.ndarray) -> np.ndarray:
     """Probabilities of each point from a model fitted without its image's fold."""
-    table = _table(records, names)
     prob = np.zeros(len(records))
     for f in np.unique(folds):
         train = folds != f
         if large[train].sum() < 2 or (~large[train]).sum() < 2:
             prob[~train] = large[train].mean()
             continue
+        train_records = [r for r, t in zip(records, train) if t]
+        table = _table(records, names, _rates(train_records, large[train]))
         part = fit_part({k: v[train] for k, v in table.items()}, large[train], names)
         prob[~train] = logistic_probability(part, {k: v[~train] for k, v in table.items()})
     return prob
@@ -159,17 +174,24 @@ def select_signals(records: list, large: np.ndarray, candidates: list, folds: np
 
 
 def fit(records: list, radius: float, catch: float, max_flagged: float, candidates: list, most: int,
-        k: int, fixed=None) -> dict:
+        k: int, fixed=None, measured=None) -> dict:
+    """Choose signals among ``candidates``, fit, choose the threshold; discrimination of all ``measured``."""
+    measured = measured or candidates
     found = [r for r in records if r["found"]]
     errors = np.array([r["error_mm"] for r in found])
     large = errors > radius
     if large.sum() < 3:
         raise InputError(f"only {int(large.sum())} validation points have an error above {radius:g} mm: "
                          "too few to calibrate (use more validation images or a smaller radius)")
-    table = _table(found, candidates)
+    rates = _rates(found, large)
+    table = _table(found, measured, rates)
     folds = _folds(found, k)
     discrimination = {n: {"auc": round(auc(table[n], large), 4), "spearman": round(spearman(table[n], errors), 4)}
-                      for n in candidates}
+                      for n in measured}
+    # the per-landmark prior is fitted on these very points: report its out-of-fold discrimination
+    if "landmark_rate" in measured:
+        discrimination["landmark_rate"]["auc"] = round(auc(out_of_fold(found, large, ["landmark_rate"], folds),
+                                                           large), 4)
     if fixed:
         chosen, trace = list(fixed), []
     else:
@@ -184,7 +206,7 @@ def fit(records: list, radius: float, catch: float, max_flagged: float, candidat
                "signal_discrimination": discrimination, "selection": trace,
                "out_of_fold": {**op, "auc": round(auc(oof, large), 4)},
                "in_sample": {**in_sample, "auc": round(auc(logistic_probability(part, table), large), 4)}}
-    return {"part": part, "summary": summary, "oof": oof, "large": large}
+    return {"part": part, "summary": summary, "oof": oof, "large": large, "rates": rates}
 
 
 def run(args) -> int:
@@ -213,15 +235,20 @@ def run(args) -> int:
                           args.quiet)
         if records_path:
             write_text_atomic(records_path, json.dumps({"model": str(args.model), "records": records}) + "\n")
-    candidates = [n for n in SIGNALS if all(n in r["signals"] for r in records)]
-    main = fit(records, radius, args.catch, args.max_flagged, candidates, args.max_signals, args.folds, fixed)
+    measured = [n for n in SIGNALS if n != "landmark_rate" and all(n in r["signals"] for r in records)]
+    candidates = [n for n in measured
+                  if (args.tta or n not in TTA_SIGNALS or n in (fixed or []))] + ["landmark_rate"]
+    main = fit(records, radius, args.catch, args.max_flagged, candidates, args.max_signals, args.folds, fixed,
+               measured + ["landmark_rate"])
     refine_candidates = [n for n in candidates if n in LOCAL_ONLY + REFINE_EXTRA]
     refine = fit(records, radius, args.catch, args.max_flagged, refine_candidates, args.max_signals, args.folds,
-                 [s for s in fixed if s in refine_candidates] if fixed else None)
+                 [s for s in fixed if s in refine_candidates] if fixed else None,
+                 [n for n in measured + ["landmark_rate"] if n in LOCAL_ONLY + REFINE_EXTRA])
     _report(main["summary"], main["part"], radius, "localize")
     _report(refine["summary"], refine["part"], radius, "refine (local stage only)")
     calibration = {
         "radius_mm": float(radius), **main["part"],
+        "landmark_rates": {k: round(v, 4) for k, v in main["rates"].items()},
         "refine": {**refine["part"], "fit": refine["summary"]},
         "fit": {**main["summary"], "dataset": str(args.val), "held_out": bool(args.held_out),
                 "masked_copies": bool(args.masked_copies), "targets": {"catch": args.catch,
@@ -243,7 +270,8 @@ def run(args) -> int:
 def _report(summary: dict, part: dict, radius: float, what: str) -> None:
     print(f"\n{what}: {summary['points']} points from {summary['images']} images, "
           f"{summary['large_errors']} with error > {radius:g} mm ({summary['not_found']} not found, left out)")
-    print(f"  {'signal':22s} {'AUC':>6s} {'Spearman':>9s}")
+    print(f"  {'signal':22s} {'AUC':>6s} {'Spearman':>9s}   (AUC of the signal for error > {radius:g} mm; "
+          "below 0.5: smaller values mean larger errors)")
     for name, d in summary["signal_discrimination"].items():
         print(f"  {name:22s} {d['auc']:6.3f} {d['spearman']:+9.3f}")
     print(f"  chosen: {', '.join(part['signals'])}; coefficients {part['coefficients']}, "

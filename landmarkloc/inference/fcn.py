@@ -38,7 +38,7 @@ from ..io.modelfile import load_model
 from ..networks.fcn import FCNConfig, GlobalToLocal
 from ..networks.fcn_encoding import get_variant
 from ..runtime import resolve_device
-from .fcn_uncertainty import CONTRAST_GAMMA, TTA_SIGNALS, Calibration, logistic_probability, shift_offsets
+from .fcn_uncertainty import CONTRAST_GAMMA, TTA_KINDS, Calibration, logistic_probability, shift_offsets
 from .fcn_votes import VoteSummary, summarize_votes
 
 MODEL_KIND = "fcn"
@@ -142,29 +142,83 @@ def run_local(bank, array: np.ndarray, centres: np.ndarray, size: int, variant, 
     return summary
 
 
+def mirror_partners(names) -> list | None:
+    """For each landmark the index of its left/right partner (itself on the midline), or None without pairs.
+
+    Pairs are names that differ only in a ``_L``/``_R`` (or ``_Left``/``_Right``) suffix.
+    """
+    index = {n: i for i, n in enumerate(names)}
+    swaps = (("_L", "_R"), ("_R", "_L"), ("_Left", "_Right"), ("_Right", "_Left"))
+    partners, paired = [], False
+    for i, name in enumerate(names):
+        partner = i
+        for a, b in swaps:
+            if name.endswith(a) and name[: -len(a)] + b in index:
+                partner, paired = index[name[: -len(a)] + b], True
+                break
+        partners.append(partner)
+    return partners if paired else None
+
+
+def left_right_axis(geometry: ImageGeometry) -> int | None:
+    """The array axis ([k, j, i] order) closest to the patient's left-right direction (3D images only)."""
+    if geometry.ndim != 3:
+        return None
+    itk_axis = int(np.argmax(np.abs(geometry.direction[0])))
+    return geometry.ndim - 1 - itk_axis
+
+
 def local_tta_estimates(bank, array: np.ndarray, global_centres: np.ndarray, local_estimate: np.ndarray, size: int,
-                        variant, spacing, device, shift_step: int, amp: bool = True,
-                        channels_last: bool = True) -> dict:
+                        variant, spacing, device, shift_step: int, kinds=("shift", "recentre", "contrast"),
+                        mirror=None, amp: bool = True, channels_last: bool = True) -> dict:
     """Test-time augmentation of the local stage in one batched pass of the local bank.
 
-    Returns the local estimates (L, D) of sub-images ``shifted`` by +-``shift_step``
-    voxels along every axis from the global estimate (list), ``recentred`` at the
-    local estimate, and of the global-estimate sub-images with their ``contrast``
-    multiplied by ``CONTRAST_GAMMA``.
+    Returns the local estimates (L, D) (continuous indices) of the sub-images
+    ``shifted`` by +-``shift_step`` voxels along every axis from the global
+    estimate (a list), ``recentred`` at the local estimate, with their
+    ``contrast`` multiplied by ``CONTRAST_GAMMA``, and ``mirrored``: the
+    recentred sub-image flipped left-right and given to the local network of
+    the left/right partner landmark (``mirror = (array axis, partners)``), a
+    second opinion from another network; only the ``kinds`` asked for.
     """
-    offsets = shift_offsets(array.ndim, shift_step)
-    centre_sets = [global_centres + o for o in offsets] + [local_estimate, global_centres]
-    windows, starts = zip(*(extract_subimages(array, c, size) for c in centre_sets))
-    windows = np.stack(windows)
-    windows[-1] *= CONTRAST_GAMMA
-    x = _to_device(torch.from_numpy(windows), device, channels_last)
+    sets, tags = [], []
+    if "shift" in kinds:
+        for o in shift_offsets(array.ndim, shift_step):
+            sets.append(extract_subimages(array, global_centres + o, size))
+            tags.append("shifted")
+    if "recentre" in kinds:
+        sets.append(extract_subimages(array, local_estimate, size))
+        tags.append("recentred")
+    if "contrast" in kinds:
+        windows, starts = extract_subimages(array, global_centres, size)
+        sets.append((windows * CONTRAST_GAMMA, starts))
+        tags.append("contrast")
+    if "mirror" in kinds and mirror is not None:
+        axis, partners = mirror
+        windows, starts = extract_subimages(array, local_estimate, size)
+        flipped = np.flip(windows, axis=1 + axis)[partners]  # network p sees the flipped window of its partner
+        sets.append((np.ascontiguousarray(flipped), starts))
+        tags.append("mirrored")
+    out = {"shifted": []}
+    if not sets:
+        return out
+    x = _to_device(torch.from_numpy(np.stack([w for w, _ in sets])), device, channels_last)
     with _autocast(device, amp):
         logits, disp = bank(x)
-    estimates = []
-    for b, start in enumerate(starts):
+    for b, ((_, starts), tag) in enumerate(zip(sets, tags)):
         summary = summarize_votes(logits[b].float(), disp[b].float(), bank.patch_size, variant, spacing)
-        estimates.append(summary.estimate + start)
-    return {"shifted": estimates[: len(offsets)], "recentred": estimates[-2], "contrast": estimates[-1]}
+        estimate = summary.estimate
+        if tag == "mirrored":
+            axis, partners = mirror
+            itk_axis = array.ndim - 1 - axis
+            estimate = estimate[partners]  # row n: network partners[n] on landmark n's flipped window
+            estimate[:, itk_axis] = (size - 1) - estimate[:, itk_axis]
+        estimate = estimate + starts
+        if tag == "shifted":
+            out["shifted"].append(estimate)
+        else:
+            out[tag] = estimate
+    return out
 
 
 def uncertainty_signals(glob: VoteSummary | None, local: VoteSummary | None, spacing, tta: dict | None = None) -> dict:
@@ -182,16 +236,28 @@ def uncertainty_signals(glob: VoteSummary | None, local: VoteSummary | None, spa
     if local is not None:
         out["local_confidence"] = local.confidence
         out["local_spread_mm"] = local.spread_mm
+    for tag, summary in (("global", glob), ("local", local)):
+        if summary is None:
+            continue
+        prob = summary.probability.flatten(1).float()
+        top = prob.argmax(dim=1).cpu().numpy()
+        out[f"{tag}_mode_mm"] = dist(summary.votes[np.arange(len(top)), top], summary.estimate)
+        if tag == "local":
+            out["local_peak"] = prob.max(dim=1).values.cpu().numpy().astype(np.float64)
+            out["local_mass"] = prob.sum(dim=1).cpu().numpy().astype(np.float64)
     if glob is not None and local is not None:
         out["confidence"] = np.minimum(glob.confidence, local.confidence)
         out["global_local_mm"] = dist(local.estimate, glob.estimate)
     else:
         out["confidence"] = (glob or local).confidence
     if tta is not None and local is not None:
-        shifted = np.stack([dist(e, local.estimate) for e in tta["shifted"]])
-        out["local_shift_mm"] = np.sqrt((shifted ** 2).mean(axis=0))
-        out["local_recentre_mm"] = dist(tta["recentred"], local.estimate)
-        out["local_contrast_mm"] = dist(tta["contrast"], local.estimate)
+        if tta.get("shifted"):
+            shifted = np.stack([dist(e, local.estimate) for e in tta["shifted"]])
+            out["local_shift_mm"] = np.sqrt((shifted ** 2).mean(axis=0))
+        for kind, name in (("recentred", "local_recentre_mm"), ("contrast", "local_contrast_mm"),
+                           ("mirrored", "local_mirror_mm")):
+            if kind in tta:
+                out[name] = dist(tta[kind], local.estimate)
     return {k: np.nan_to_num(np.asarray(v, dtype=np.float64), nan=0.0) for k, v in out.items()}
 
 
@@ -330,6 +396,7 @@ class Localizer:
         # test models (untrained networks) report every landmark
         self.always_found = bool(metadata.get("always_found", False))
         self.calibration = Calibration.from_metadata(metadata)
+        self.partners = mirror_partners(self.names)
         self.tta_shift = int((self.calibration.fit.get("tta_shift") if self.calibration else None)
                              or max(1, self.sub_image_size // 8))
         self.calibration_notice = None if self.calibration is not None else (
@@ -386,11 +453,13 @@ class Localizer:
             local = run_local(self.network.local_net, array, glob.estimate, self.sub_image_size, self.variant,
                               geometry.spacing, self.device, amp=self.amp, channels_last=self.channels_last)
             final = local
-            if tta if tta is not None else (self.calibration is not None and self.calibration.needs_tta):
+            kinds = TTA_KINDS if tta else (() if tta is not None or self.calibration is None
+                                           else self.calibration.tta_kinds())
+            if kinds:
                 augmented = local_tta_estimates(
                     self.network.local_net, array, np.nan_to_num(glob.estimate), np.nan_to_num(local.estimate),
-                    self.sub_image_size, self.variant, geometry.spacing, self.device, self.tta_shift,
-                    self.amp, self.channels_last)
+                    self.sub_image_size, self.variant, geometry.spacing, self.device, self.tta_shift, kinds,
+                    self._mirror(geometry), self.amp, self.channels_last)
         signals = uncertainty_signals(glob, local, geometry.spacing, augmented)
         # A landmark is not found when the network places it outside the image (or most of its
         # votes point outside): a landmark in view but hard to see is found, and uncertain.
@@ -430,12 +499,23 @@ class Localizer:
         result.seconds = time.perf_counter() - start
         return result
 
+    def _mirror(self, geometry: ImageGeometry):
+        axis = left_right_axis(geometry)
+        return None if axis is None or self.partners is None else (axis, self.partners)
+
     def _p_large_error(self, signals: dict, global_only: bool):
         """Calibrated P(error > radius) per landmark, or None (no calibration, or it does not cover this case)."""
         cal = self.calibration
         if cal is None or global_only:
             return None  # the calibration was fitted on the full pipeline
-        return cal.probability(signals)
+        return cal.probability(self._with_rates(signals))
+
+    def _with_rates(self, signals: dict, rows=None) -> dict:
+        """Add the calibration's per-landmark prior (``landmark_rate``) to the signals."""
+        names = self.names if rows is None else [self.names[r] for r in rows]
+        rates = self.calibration.landmark_rates if self.calibration else {}
+        default = float(np.mean(list(rates.values()))) if rates else 0.0
+        return {**signals, "landmark_rate": np.array([rates.get(n, default) for n in names])}
 
     def _posterior_image(self, summary: VoteSummary, n: int, geometry: ImageGeometry,
                          image: sitk.Image) -> sitk.Image:
@@ -464,15 +544,14 @@ class Localizer:
         cal = self.calibration
         refine_cal = cal.refine if cal is not None else None
         augmented = None
-        if refine_cal and any(k in TTA_SIGNALS for k in refine_cal["signals"]):
-            full = centres.copy()
+        kinds = cal.tta_kinds(refine=True) if refine_cal else ()
+        if kinds:
             full_local = centres.copy()
             full_local[n] = np.nan_to_num(local.estimate[0])
-            tta = local_tta_estimates(self.network.local_net, array, full, full_local, self.sub_image_size,
-                                      self.variant, geometry.spacing, self.device, self.tta_shift, self.amp,
-                                      self.channels_last)
-            augmented = {"shifted": [e[[n]] for e in tta["shifted"]], "recentred": tta["recentred"][[n]],
-                         "contrast": tta["contrast"][[n]]}
+            tta = local_tta_estimates(self.network.local_net, array, centres, full_local, self.sub_image_size,
+                                      self.variant, geometry.spacing, self.device, self.tta_shift, kinds,
+                                      self._mirror(geometry), self.amp, self.channels_last)
+            augmented = {k: ([e[[n]] for e in v] if k == "shifted" else v[[n]]) for k, v in tta.items()}
         signals = uncertainty_signals(None, local, geometry.spacing, augmented)
         # the distance the local stage moved the start point (in localize: from the global estimate)
         moved = np.linalg.norm((local.estimate - centre) * geometry.spacing, axis=-1)
@@ -480,7 +559,7 @@ class Localizer:
         conf = float(local.confidence[0])
         found = self.always_found or not bool(outside_view(local.estimate, array.shape)[0])
         estimate = local.estimate[0] if found else centre
-        p_large = float(logistic_probability(refine_cal, signals)[0]) if refine_cal else None
+        p_large = float(logistic_probability(refine_cal, self._with_rates(signals, [n]))[0]) if refine_cal else None
         uncertain = p_large >= float(refine_cal["threshold"]) if refine_cal else conf < self.uncertain_below
         lm = LandmarkEstimate(
             name=name, position=to_point3(geometry.index_to_physical(estimate)), confidence=conf,

@@ -17,7 +17,15 @@ local passes cost one batched run of the small local networks):
 * ``local_recentre_mm``: how far a second local pass, centred at the local
   estimate, moves it again;
 * ``local_contrast_mm``: how far the local estimate moves when the sub-image's
-  contrast is changed.
+  contrast is changed;
+* ``local_mirror_mm``: how far the local network of the left/right partner
+  landmark, given the mirrored sub-image, places the landmark from the local
+  estimate (a second opinion from a second network, for models with ``_L``/``_R`` pairs);
+* ``global_peak`` / ``local_peak``, ``local_mass``, ``global_mode_mm`` /
+  ``local_mode_mm``: the largest posterior, the posterior sum, and the distance
+  from the estimate to the vote of the most confident cell;
+* ``landmark_rate``: how often this landmark's error exceeded the radius on the
+  validation images (a per-landmark prior, stored with the calibration).
 
 The mapping (signals, their transform and standardization, coefficients,
 threshold, radius, and a summary of the validation data it was fitted on) is
@@ -43,15 +51,28 @@ SIGNALS = {
     "local_spread_mm": ("weighted RMS spread of the local votes (mm)", "log"),
     "global_local_mm": ("distance between the global and the local estimate (mm)", "log"),
     "global_peak": ("largest global posterior of one cell", "logit"),
+    "global_mode_mm": ("distance from the estimate to the vote of the global cell with the largest posterior (mm)",
+                       "log"),
+    "local_peak": ("largest local posterior of one cell", "logit"),
+    "local_mass": ("sum of the local posteriors (about the expected number of cells holding the landmark)", "log"),
+    "local_mode_mm": ("distance from the estimate to the vote of the local cell with the largest posterior (mm)",
+                      "log"),
+    "landmark_rate": ("share of this landmark's validation points with an error above the radius (smoothed)",
+                      "logit"),
     "local_shift_mm": ("RMS distance of local estimates from shifted sub-images (test-time augmentation, mm)",
                        "log"),
     "local_recentre_mm": ("distance a second local pass centred at the local estimate moves it (mm)", "log"),
     "local_contrast_mm": ("distance the local estimate moves under a contrast change of the sub-image (mm)",
                           "log"),
+    "local_mirror_mm": ("distance between the local estimate and the left/right partner's local network's "
+                        "estimate on the mirrored sub-image (mm; 3D models with _L/_R landmark pairs)", "log"),
 }
-# Which signals need the extra (batched) local passes.
-TTA_SIGNALS = ("local_shift_mm", "local_recentre_mm", "local_contrast_mm")
-LOCAL_ONLY = ("local_confidence", "local_spread_mm", "local_shift_mm", "local_recentre_mm", "local_contrast_mm")
+# Which signals need which extra (batched) local passes.
+TTA_SIGNALS = {"local_shift_mm": "shift", "local_recentre_mm": "recentre", "local_contrast_mm": "contrast",
+               "local_mirror_mm": "mirror"}
+TTA_KINDS = ("shift", "recentre", "contrast", "mirror")
+LOCAL_ONLY = ("local_confidence", "local_spread_mm", "local_shift_mm", "local_recentre_mm", "local_contrast_mm",
+              "local_mirror_mm", "local_peak", "local_mass", "local_mode_mm", "landmark_rate")
 CONTRAST_GAMMA = 1.25  # contrast change of the test-time augmentation (multiplies the normalized intensities)
 
 
@@ -88,6 +109,7 @@ class Calibration:
     threshold: float
     refine: dict | None = None  # the same for refine (local-only signals): keys signals/mean/scale/...
     fit: dict = field(default_factory=dict)  # summary of the data it was fitted on
+    landmark_rates: dict = field(default_factory=dict)  # landmark -> smoothed validation rate of large errors
 
     @classmethod
     def from_metadata(cls, meta: dict | None):
@@ -99,7 +121,8 @@ class Calibration:
             cal = cls(radius_mm=float(data["radius_mm"]), signals=list(data["signals"]), mean=list(data["mean"]),
                       scale=list(data["scale"]), coefficients=list(data["coefficients"]),
                       intercept=float(data["intercept"]), threshold=float(data["threshold"]),
-                      refine=data.get("refine"), fit=dict(data.get("fit", {})))
+                      refine=data.get("refine"), fit=dict(data.get("fit", {})),
+                      landmark_rates={str(k): float(v) for k, v in (data.get("landmark_rates") or {}).items()})
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"model metadata: malformed calibration ({exc})") from None
         for part in [data] + ([cal.refine] if cal.refine else []):
@@ -113,12 +136,13 @@ class Calibration:
     def to_metadata(self) -> dict:
         return {"radius_mm": self.radius_mm, "signals": self.signals, "mean": self.mean, "scale": self.scale,
                 "coefficients": self.coefficients, "intercept": self.intercept, "threshold": self.threshold,
-                "refine": self.refine, "fit": self.fit,
+                "refine": self.refine, "fit": self.fit, "landmark_rates": self.landmark_rates,
                 "definitions": {n: SIGNALS[n][0] for n in self.signals + (self.refine or {}).get("signals", [])}}
 
-    @property
-    def needs_tta(self) -> bool:
-        return any(n in TTA_SIGNALS for n in self.signals)
+    def tta_kinds(self, refine: bool = False) -> tuple:
+        """The test-time-augmented local passes its signals need (none: no extra cost)."""
+        names = (self.refine or {}).get("signals", []) if refine else self.signals
+        return tuple(sorted({TTA_SIGNALS[n] for n in names if n in TTA_SIGNALS}))
 
     def probability(self, signals: dict, refine: bool = False) -> np.ndarray:
         part = self.refine if refine else self.to_metadata()
@@ -126,6 +150,14 @@ class Calibration:
 
     def threshold_for(self, refine: bool = False) -> float:
         return float(self.refine["threshold"]) if refine else self.threshold
+
+
+def landmark_rates(landmarks, large, smoothing: float = 5.0) -> dict:
+    """Per-landmark share of large errors, shrunk towards the overall share by ``smoothing`` pseudo-points."""
+    landmarks, large = np.asarray(landmarks), np.asarray(large, dtype=np.float64)
+    overall = large.mean() if len(large) else 0.0
+    return {str(n): float((large[landmarks == n].sum() + smoothing * overall) / ((landmarks == n).sum() + smoothing))
+            for n in np.unique(landmarks)}
 
 
 def logistic_probability(part: dict, signals: dict) -> np.ndarray:
