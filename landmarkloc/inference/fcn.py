@@ -44,9 +44,8 @@ from .fcn_votes import VoteSummary, summarize_votes
 MODEL_KIND = "fcn"
 # Models without a calibration: below this confidence a found landmark is flagged as uncertain (the old rule).
 UNCERTAIN_BELOW = 0.5
-# A landmark is not found when its estimate lies outside the image or more than this share of the
-# (posterior-weighted) global votes points outside it: the network says the landmark is out of view.
-OUTSIDE_VOTE_SHARE = 0.5
+# An estimate within one global patch of the image's edge whose posterior mass is below this is beyond the edge.
+BORDER_CONFIDENCE = 0.1
 
 
 # --------------------------------------------------------------------------- shared with training
@@ -261,22 +260,31 @@ def uncertainty_signals(glob: VoteSummary | None, local: VoteSummary | None, spa
     return {k: np.nan_to_num(np.asarray(v, dtype=np.float64), nan=0.0) for k, v in out.items()}
 
 
-def outside_view(estimate: np.ndarray, shape, votes: np.ndarray | None = None,
-                 weights: np.ndarray | None = None) -> np.ndarray:
-    """(L,) True where an estimate (continuous ITK index) lies outside the image of array ``shape``
-    (or is undefined), or, given the votes, where more than ``OUTSIDE_VOTE_SHARE`` of their weight lies outside.
+def outside_view(estimate: np.ndarray, shape, votes: np.ndarray | None = None, confidence=None,
+                 border: float = 0.0) -> np.ndarray:
+    """(L,) True where the network places a landmark outside the image of array ``shape``.
+
+    That is: the estimate (continuous ITK index) lies outside the image (or is
+    undefined); or, given the votes (L, N, D), their component-wise median does
+    (every cell regresses the displacement to the landmark, also to one out of
+    view, so most votes point outside when it is); or, given ``confidence``, the
+    estimate lies within ``border`` voxels of the image's edge with a confidence
+    below ``BORDER_CONFIDENCE`` (pushed against the edge with no cell claiming it:
+    beyond the edge). A landmark in view that is hard to see is found, and flagged
+    by its uncertainty, not "not found".
     """
     upper = np.array(shape[::-1], dtype=np.float64) - 0.5
 
-    def outside(points):
+    def outside(points, margin=0.0):
         with np.errstate(invalid="ignore"):
-            return ~np.all((points >= -0.5) & (points <= upper), axis=-1)
+            return ~np.all((points >= -0.5 + margin) & (points <= upper - margin), axis=-1)
 
-    out = outside(np.asarray(estimate, dtype=np.float64))
+    estimate = np.asarray(estimate, dtype=np.float64)
+    out = outside(estimate)
     if votes is not None:
-        w = np.asarray(weights, dtype=np.float64)
-        share = (w * outside(votes)).sum(axis=1) / np.maximum(w.sum(axis=1), 1e-12)
-        out = out | (share > OUTSIDE_VOTE_SHARE)
+        out = out | outside(np.median(votes, axis=1))
+    if confidence is not None and border > 0:
+        out = out | (outside(estimate, border) & (np.asarray(confidence) < BORDER_CONFIDENCE))
     return out
 
 
@@ -313,7 +321,10 @@ class LandmarkEstimate:
             props["radius_mm"] = float(self.radius_mm)
         if self.unlike_training:
             props["unlike_training"] = 1
-        chance = f"P(error > {self.radius_mm:g} mm) = {self.p_large_error:.2f}" if calibrated else ""
+        chance = ""
+        if calibrated:
+            share = "<1%" if self.p_large_error < 0.005 else f"{self.p_large_error:.0%}"
+            chance = f"{share} chance of an error > {self.radius_mm:g} mm"
         if not self.found:
             text = "not found"
         elif self.unlike_training:
@@ -399,6 +410,7 @@ class Localizer:
         self.partners = mirror_partners(self.names)
         self.tta_shift = int((self.calibration.fit.get("tta_shift") if self.calibration else None)
                              or max(1, self.sub_image_size // 8))
+        # said once per loaded model (CLI: after loading; Slicer: with the results), not per image
         self.calibration_notice = None if self.calibration is not None else (
             "this model has no calibrated uncertainty: 'uncertain' means confidence below "
             f"{self.uncertain_below:g} (fit one with 'landmarkloc calibrate')")
@@ -463,8 +475,8 @@ class Localizer:
         signals = uncertainty_signals(glob, local, geometry.spacing, augmented)
         # A landmark is not found when the network places it outside the image (or most of its
         # votes point outside): a landmark in view but hard to see is found, and uncertain.
-        out_of_view = outside_view(final.estimate, array.shape, glob.votes, glob.weights) | \
-            outside_view(glob.estimate, array.shape)
+        out_of_view = outside_view(final.estimate, array.shape) | outside_view(
+            glob.estimate, array.shape, glob.votes, glob.confidence, border=self.network.global_net.patch_size)
         p_large = self._p_large_error(signals, local is None)
         landmarks = []
         for n, name in enumerate(self.names):
@@ -487,10 +499,7 @@ class Localizer:
                 p_large_error=None if p_large is None else float(p_large[n]),
                 radius_mm=None if p_large is None else self.calibration.radius_mm,
                 signals={k: float(v[n]) for k, v in signals.items()}))
-        warnings = [unlike] if unlike else []
-        if self.calibration_notice:
-            warnings.append(self.calibration_notice)
-        result = LocalizationResult(landmarks=landmarks, warnings=warnings)
+        result = LocalizationResult(landmarks=landmarks, warnings=[unlike] if unlike else [])
         wanted = self.names if evidence is True else list(evidence or ())
         for name in wanted:
             n = self._name_index(name)

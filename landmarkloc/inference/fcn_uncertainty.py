@@ -192,11 +192,15 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, l2: float = 1.0, iter
 def fit_part(table: dict, labels: np.ndarray, names: list, l2: float = 1.0) -> dict:
     """Standardize the chosen signals and fit the logistic model; a metadata part without threshold."""
     feats = np.stack([transform(n, table[n]) for n in names], axis=1)
-    mean, scale = feats.mean(axis=0), feats.std(axis=0) + 1e-9
+    mean, scale = feats.mean(axis=0), np.maximum(feats.std(axis=0), 1e-6)  # a constant signal: no effect
+
+    def short(values):
+        return [float(f"{float(v):.6g}") for v in values]
+
+    mean, scale = np.array(short(mean)), np.array(short(scale))
     coef, intercept = fit_logistic((feats - mean) / scale, labels, l2=l2)
-    return {"signals": list(names), "mean": [round(float(v), 6) for v in mean],
-            "scale": [round(float(v), 6) for v in scale], "coefficients": [round(float(v), 6) for v in coef],
-            "intercept": round(intercept, 6)}
+    return {"signals": list(names), "mean": short(mean), "scale": short(scale), "coefficients": short(coef),
+            "intercept": short([intercept])[0]}
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -202,7 +202,9 @@ def validate(model: GlobalToLocal, cases, cfg: FCNTrainConfig, device) -> dict:
             for n, truth in enumerate(case.landmarks):
                 if not np.all(np.isfinite(truth)):
                     continue
-                if outside_view(estimate[[n]], case.array.shape, summary.votes[[n]], summary.weights[[n]])[0]:
+                if outside_view(estimate[[n]], case.array.shape)[0] or \
+                        outside_view(summary.estimate[[n]], case.array.shape, summary.votes[[n]],
+                                     summary.confidence[[n]], border=model.global_net.patch_size)[0]:
                     missed += 1
                 errors.append(float(np.linalg.norm((estimate[n] - truth) * case.spacing)))
     model.train(was_training)
