@@ -45,7 +45,8 @@ EXAMPLE = """examples:
   landmarkloc calibrate models/ceph-isbi19.json --val runs/ceph/train.csv --held-out --spacing 0.1 --radius 4 \\
       --max-flagged 0.25
   (--held-out: the validation images are those train-fcn held out of this training dataset, chosen with the
-   seed and fraction recorded in the model; --records keeps the localizations for a rerun with other settings)
+   seed and fraction recorded in the model; --records keeps the localizations for a rerun with other settings,
+   and is ignored when they came from other weights)
 """
 REFINE_EXTRA = ("global_local_mm",)  # in refine: how far the local stage moved the user's point
 
@@ -222,8 +223,12 @@ def run(args) -> int:
         if s not in SIGNALS:
             raise InputError(f"unknown signal {s!r} (known: {', '.join(SIGNALS)})")
     records_path = Path(args.records) if args.records else None
-    if records_path and records_path.exists():
-        records = json.loads(records_path.read_text())["records"]
+    stored = json.loads(records_path.read_text()) if records_path and records_path.exists() else None
+    if stored is not None and stored.get("sha256") not in (None, meta["sha256"]):
+        print(f"{records_path} holds the localizations of another model (sha256 differs): localizing again")
+        stored = None
+    if stored is not None:
+        records = stored["records"]
         print(f"read {len(records)} localized points from {records_path}")
     else:
         dataset = load_dataset(args.val)
@@ -234,7 +239,8 @@ def run(args) -> int:
         records = collect(args.model, cases, meta["landmark_names"], spacing, args.masked_copies, args.device,
                           args.quiet)
         if records_path:
-            write_text_atomic(records_path, json.dumps({"model": str(args.model), "records": records}) + "\n")
+            write_text_atomic(records_path, json.dumps({"model": str(args.model), "sha256": meta["sha256"],
+                                                        "records": records}) + "\n")
     measured = [n for n in SIGNALS if n != "landmark_rate" and all(n in r["signals"] for r in records)]
     candidates = [n for n in measured
                   if (args.tta or n not in TTA_SIGNALS or n in (fixed or []))] + ["landmark_rate"]

@@ -246,25 +246,21 @@ def operating_point(prob: np.ndarray, large: np.ndarray, threshold: float) -> di
 
 
 def choose_threshold(prob: np.ndarray, large: np.ndarray, catch: float, max_flagged: float) -> dict:
-    """The threshold that catches ``catch`` of the large errors with the fewest flags (reported against the budget).
+    """The flag threshold: in the middle of the range that meets both targets, else at the flag budget.
 
-    Among thresholds catching at least ``catch`` of the large errors the highest
-    one is taken (fewest flags); if even that flags more than ``max_flagged``,
-    the threshold at the flag budget is taken instead and the miss is reported.
+    The thresholds that catch at least ``catch`` of the large errors while
+    flagging at most ``max_flagged`` of the points form a range; the one whose
+    flagged share is halfway between the range's smallest and the budget is
+    taken, which leaves a margin on both targets for new images. When no
+    threshold meets both, the one at the flag budget is taken (``met`` False).
     """
-    candidates = np.unique(prob)[::-1]
-    for t in candidates:
-        op = operating_point(prob, large, t)
-        if op["caught"] >= catch:
-            if op["flagged"] <= max_flagged:
-                return {**op, "met": True}
-            break
-    # the catch target does not fit the flag budget: keep the budget
-    best = None
-    for t in candidates[::-1]:
-        op = operating_point(prob, large, t)
-        if op["flagged"] <= max_flagged:
-            best = op
-            break
-    best = best or operating_point(prob, large, float(candidates[0]))
+    candidates = np.unique(prob)[::-1]  # decreasing: more and more points flagged
+    ops = [operating_point(prob, large, t) for t in candidates]
+    feasible = [op for op in ops if op["caught"] >= catch and op["flagged"] <= max_flagged]
+    if feasible:
+        target = (min(op["flagged"] for op in feasible) + max_flagged) / 2.0
+        best = min(feasible, key=lambda op: (abs(op["flagged"] - target), -op["threshold"]))
+        return {**best, "met": True}
+    within = [op for op in ops if op["flagged"] <= max_flagged]
+    best = max(within, key=lambda op: op["flagged"]) if within else ops[0]
     return {**best, "met": False}

@@ -301,16 +301,19 @@ def _uncertainty_section(model_name: str, sets: dict, key: str, split: str) -> l
     md = [f"### Calibrated uncertainty ({model_name})", "",
           f"A point is *uncertain* (written unselected) when its calibrated probability of an error above "
           f"{r:g} mm reaches {cal.threshold:.3f}. Mapping: logistic regression on "
-          f"{', '.join(f'`{n}`' for n in cal.signals)}, fitted by `landmarkloc calibrate` on the validation "
-          f"split ({fit.get('points')} points of {fit.get('images')} images, {fit.get('large_errors')} with error "
-          f"> {r:g} mm); threshold chosen there on out-of-fold probabilities. Targets: catch ≥ "
+          f"{', '.join(f'`{n}`' for n in cal.signals)}, fitted by `landmarkloc calibrate` on "
+          f"`{Path(str(fit.get('dataset', '?'))).name}`"
+          f"{' (the images train-fcn held out)' if fit.get('held_out') else ''}"
+          f" ({fit.get('points')} points of {fit.get('images')} images, {fit.get('large_errors')} with error "
+          f"> {r:g} mm; never the test split); threshold chosen there on out-of-fold probabilities (5 folds over "
+          f"subjects). Targets: catch ≥ "
           f"{100 * fit.get('targets', {}).get('catch', 0.7):.0f}% of the errors > {r:g} mm while flagging ≤ "
           f"{100 * fit.get('targets', {}).get('max_flagged', 0):.0f}% of the points.", "",
           "| data | points | errors > R | flagged | large errors caught | flagged points within R | AUC of P |",
           "|---|---|---|---|---|---|---|"]
     oof = fit.get("out_of_fold", {})
     if oof:
-        md.append(f"| validation (out-of-fold) | {fit.get('points')} | {fit.get('large_errors')} | "
+        md.append(f"| calibration data (out-of-fold) | {fit.get('points')} | {fit.get('large_errors')} | "
                   f"{100 * oof['flagged']:.1f}% | {100 * oof['caught']:.1f}% | "
                   f"{100 * oof['flagged_within_radius']:.0f}% | {oof.get('auc', float('nan')):.3f} |")
     series = {}
@@ -401,6 +404,8 @@ def report() -> None:
                + " | ".join(f"{100 * s['sdr'][f'{t:g}']:.1f}%" for t in THRESHOLDS) + " |",
                "| Noothout et al. 2020 | 0.95 (1.15) | 1.35 ± 1.19 (both test sets) | – | – | – | – |",
                "| Lindner & Cootes 2015 | – | – | ~75-85% | – | – | – |", "",
+               f"Landmarks not found: {sum(len(c['not_found']) for c in cp.values())} of "
+               f"{sum(len(c['errors']) for c in cp.values())} (all are inside the images).", "",
                f"Published: {CEPH_PUBLISHED}. Per landmark:", ""] + _landmark_table(cp) + [""]
         _sdr_plot({"ceph Test1": cp}, FIGURES / "ceph_sdr.png")
         md += ["![ceph SDR](figures/ceph_sdr.png)", ""]
