@@ -97,8 +97,8 @@ def test_model_without_calibration_loads_and_says_so_once(model, tmp_path, capsy
         sitk.WriteImage(image(body_volume(seed=seed)), str(path))
     assert main(["localize", *map(str, paths), "--model", str(model), "-o", str(tmp_path / "out"),
                  "--device", "cpu", "-q"]) == 0
-    err = capsys.readouterr().err
-    assert err.count("no calibrated uncertainty") == 1
+    out = capsys.readouterr().out
+    assert out.count("no calibrated uncertainty") == 1
 
 
 def test_malformed_calibration_is_refused(model):
