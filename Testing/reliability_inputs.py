@@ -82,7 +82,7 @@ def tiny_fcn(path, ndim: int = 3, names=NAMES, intensity: str = "mr", spacing: f
         "spacing": [float(spacing)] * ndim, "intensity": get_preset(intensity).to_dict(), "variant": "R_log+C",
         "patch_size": global_cfg.patch_size, "sub_image_size": 8, "local_patch_size": local_cfg.patch_size,
         "global_architecture": global_cfg.to_dict(), "local_architecture": local_cfg.to_dict(),
-        "not_found_below": 0.0,  # untrained: report every landmark
+        "always_found": True,  # untrained: report every landmark
     }
     if profile is not None:
         metadata["intensity_profile"] = profile

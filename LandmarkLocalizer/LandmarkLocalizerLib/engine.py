@@ -43,8 +43,9 @@ def localize(model, image: sitk.Image, with_evidence: bool) -> Localization:
             combined = np.maximum(combined, sitk.GetArrayViewFromImage(other))
         evidence = sitk.GetImageFromArray(combined.astype(np.float32))
         evidence.CopyInformation(maps[0])
+    notice = [model.calibration_notice] if getattr(model, "calibration_notice", None) else []
     return Localization(points=result.points, not_found=result.not_found, evidence=evidence,
-                        properties={"seconds": round(result.seconds, 3)}, warnings=list(result.warnings))
+                        properties={"seconds": round(result.seconds, 3)}, warnings=list(result.warnings) + notice)
 
 
 def refine(model, image: sitk.Image, label: str, position_lps):

@@ -154,6 +154,10 @@ def image_to_volume(scene, image: sitk.Image, name: str, node=None, class_name: 
 
 
 def confidence_of(point: ControlPoint):
+    """The raw confidence the 'uncertain below' threshold applies to; None for calibrated points, whose
+    selection (uncertain = unselected) comes from the model's calibrated P(error > radius)."""
+    if "p_large_error" in point.properties:
+        return None
     value = point.properties.get("confidence")
     return float(value) if isinstance(value, (int, float)) else None
 
@@ -259,7 +263,8 @@ def result_rows(node, uncertain_below: float = 0.0) -> list:
         _, props = split_description(node.GetNthControlPointDescription(i))
         confidence = props.get("confidence")
         confidence = float(confidence) if isinstance(confidence, (int, float)) else None
-        uncertain = not node.GetNthControlPointSelected(i) or (confidence is not None and confidence < uncertain_below)
+        threshold_applies = confidence is not None and "p_large_error" not in props  # calibrated: selection says
+        uncertain = not node.GetNthControlPointSelected(i) or (threshold_applies and confidence < uncertain_below)
         rows.append(ResultRow(i, node.GetNthControlPointLabel(i), tuple(ras), confidence, uncertain))
     return rows
 

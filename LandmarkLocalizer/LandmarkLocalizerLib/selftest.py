@@ -40,7 +40,7 @@ def make_tiny_fcn_model(path, ndim: int = 3, names=TINY_LANDMARKS, spacing: floa
         "sub_image_size": 16, "local_patch_size": local_cfg.patch_size,
         "global_architecture": global_cfg.to_dict(), "local_architecture": local_cfg.to_dict(),
         # an untrained network has no calibrated confidence: report every landmark
-        "not_found_below": 0.0,
+        "always_found": True,
     }
     _, meta_path = save_model(path, network.state_dict(), metadata)
     return str(meta_path)

@@ -18,7 +18,7 @@ from ..runtime import DEVICE_CHOICES
 
 # Subcommands; each is the module of that name (dashes as underscores) with register(subparsers) and run(args).
 SUBCOMMANDS = [
-    "demo", "derive", "evaluate", "train-fcn", "localize", "train-rpr", "oneshot", "import-model", "bench",
+    "demo", "derive", "evaluate", "train-fcn", "localize", "calibrate", "train-rpr", "oneshot", "import-model", "bench",
 ]
 
 EXIT_USER_ERROR = 2

@@ -85,6 +85,8 @@ def run(args) -> int:
     localizer = Localizer.from_file(args.model, args.device)
     print(f"model loaded in {time.perf_counter() - t0:.2f} s ({len(localizer.names)} landmarks, "
           f"device {localizer.device})")
+    if localizer.calibration_notice:
+        print(f"note: {localizer.calibration_notice}")
     times = []
     for image_path, out_path in progress(list(zip(args.images, outputs)), desc="localize", quiet=args.quiet):
         with about(Path(image_path)):

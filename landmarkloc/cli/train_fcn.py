@@ -9,8 +9,8 @@ from ..errors import InputError
 from ..io.atomic import check_writable
 from ..io.datasets import load_dataset
 from ..io.modelfile import model_paths
+from ..networks.fcn_encoding import VARIANTS
 from ..training.fcn import train_config, train_fcn
-from ..training.fcn_targets import VARIANTS
 from . import add_device_argument, add_quiet_argument, parse_floats
 from .outputs import output_paths
 

@@ -36,16 +36,17 @@ from ..io.image import check_image, check_not_constant, squeeze_single_slice
 from ..io.labelmap import label_map_warning
 from ..io.modelfile import load_model
 from ..networks.fcn import FCNConfig, GlobalToLocal
+from ..networks.fcn_encoding import get_variant
 from ..points import ControlPoint
 from ..runtime import resolve_device
-from ..training.fcn_targets import get_variant
+from .fcn_uncertainty import CONTRAST_GAMMA, TTA_KINDS, Calibration, logistic_probability, shift_offsets
 from .fcn_votes import VoteSummary, summarize_votes
 
 MODEL_KIND = "fcn"
-# Below this posterior mass a landmark is reported as not found (e.g. outside the field of view).
-NOT_FOUND_BELOW = 0.1
-# Below this confidence a found landmark is flagged as uncertain (selected = False).
+# Models without a calibration: below this confidence a found landmark is flagged as uncertain (the old rule).
 UNCERTAIN_BELOW = 0.5
+# An estimate within one global patch of the image's edge whose posterior mass is below this is beyond the edge.
+BORDER_CONFIDENCE = 0.1
 
 
 # --------------------------------------------------------------------------- shared with training
@@ -141,6 +142,153 @@ def run_local(bank, array: np.ndarray, centres: np.ndarray, size: int, variant, 
     return summary
 
 
+def mirror_partners(names) -> list | None:
+    """For each landmark the index of its left/right partner (itself on the midline), or None without pairs.
+
+    Pairs are names that differ only in a ``_L``/``_R`` (or ``_Left``/``_Right``) suffix.
+    """
+    index = {n: i for i, n in enumerate(names)}
+    swaps = (("_L", "_R"), ("_R", "_L"), ("_Left", "_Right"), ("_Right", "_Left"))
+    partners, paired = [], False
+    for i, name in enumerate(names):
+        partner = i
+        for a, b in swaps:
+            if name.endswith(a) and name[: -len(a)] + b in index:
+                partner, paired = index[name[: -len(a)] + b], True
+                break
+        partners.append(partner)
+    return partners if paired else None
+
+
+def left_right_axis(geometry: ImageGeometry) -> int | None:
+    """The array axis ([k, j, i] order) closest to the patient's left-right direction (3D images only)."""
+    if geometry.ndim != 3:
+        return None
+    itk_axis = int(np.argmax(np.abs(geometry.direction[0])))
+    return geometry.ndim - 1 - itk_axis
+
+
+def local_tta_estimates(bank, array: np.ndarray, global_centres: np.ndarray, local_estimate: np.ndarray, size: int,
+                        variant, spacing, device, shift_step: int, kinds=("shift", "recentre", "contrast"),
+                        mirror=None, amp: bool = True, channels_last: bool = True) -> dict:
+    """Test-time augmentation of the local stage in one batched pass of the local bank.
+
+    Returns the local estimates (L, D) (continuous indices) of the sub-images
+    ``shifted`` by +-``shift_step`` voxels along every axis from the global
+    estimate (a list), ``recentred`` at the local estimate, with their
+    ``contrast`` multiplied by ``CONTRAST_GAMMA``, and ``mirrored``: the
+    recentred sub-image flipped left-right and given to the local network of
+    the left/right partner landmark (``mirror = (array axis, partners)``), a
+    second opinion from another network; only the ``kinds`` asked for.
+    """
+    sets, tags = [], []
+    if "shift" in kinds:
+        for o in shift_offsets(array.ndim, shift_step):
+            sets.append(extract_subimages(array, global_centres + o, size))
+            tags.append("shifted")
+    if "recentre" in kinds:
+        sets.append(extract_subimages(array, local_estimate, size))
+        tags.append("recentred")
+    if "contrast" in kinds:
+        windows, starts = extract_subimages(array, global_centres, size)
+        sets.append((windows * CONTRAST_GAMMA, starts))
+        tags.append("contrast")
+    if "mirror" in kinds and mirror is not None:
+        axis, partners = mirror
+        windows, starts = extract_subimages(array, local_estimate, size)
+        flipped = np.flip(windows, axis=1 + axis)[partners]  # network p sees the flipped window of its partner
+        sets.append((np.ascontiguousarray(flipped), starts))
+        tags.append("mirrored")
+    out = {"shifted": []}
+    if not sets:
+        return out
+    x = _to_device(torch.from_numpy(np.stack([w for w, _ in sets])), device, channels_last)
+    with _autocast(device, amp):
+        logits, disp = bank(x)
+    for b, ((_, starts), tag) in enumerate(zip(sets, tags)):
+        summary = summarize_votes(logits[b].float(), disp[b].float(), bank.patch_size, variant, spacing)
+        estimate = summary.estimate
+        if tag == "mirrored":
+            axis, partners = mirror
+            itk_axis = array.ndim - 1 - axis
+            estimate = estimate[partners]  # row n: network partners[n] on landmark n's flipped window
+            estimate[:, itk_axis] = (size - 1) - estimate[:, itk_axis]
+        estimate = estimate + starts
+        if tag == "shifted":
+            out["shifted"].append(estimate)
+        else:
+            out[tag] = estimate
+    return out
+
+
+def uncertainty_signals(glob: VoteSummary | None, local: VoteSummary | None, spacing, tta: dict | None = None) -> dict:
+    """Every candidate uncertainty signal (see :mod:`.fcn_uncertainty`), (L,) arrays; absent stages give none."""
+    spacing = np.asarray(spacing, dtype=np.float64)
+    out = {}
+
+    def dist(a, b):
+        return np.linalg.norm((np.asarray(a) - np.asarray(b)) * spacing, axis=-1)
+
+    if glob is not None:
+        out["global_confidence"] = glob.confidence
+        out["global_spread_mm"] = glob.spread_mm
+        out["global_peak"] = glob.probability.flatten(1).max(dim=1).values.cpu().numpy().astype(np.float64)
+    if local is not None:
+        out["local_confidence"] = local.confidence
+        out["local_spread_mm"] = local.spread_mm
+    for tag, summary in (("global", glob), ("local", local)):
+        if summary is None:
+            continue
+        prob = summary.probability.flatten(1).float()
+        top = prob.argmax(dim=1).cpu().numpy()
+        out[f"{tag}_mode_mm"] = dist(summary.votes[np.arange(len(top)), top], summary.estimate)
+        if tag == "local":
+            out["local_peak"] = prob.max(dim=1).values.cpu().numpy().astype(np.float64)
+            out["local_mass"] = prob.sum(dim=1).cpu().numpy().astype(np.float64)
+    if glob is not None and local is not None:
+        out["confidence"] = np.minimum(glob.confidence, local.confidence)
+        out["global_local_mm"] = dist(local.estimate, glob.estimate)
+    else:
+        out["confidence"] = (glob or local).confidence
+    if tta is not None and local is not None:
+        if tta.get("shifted"):
+            shifted = np.stack([dist(e, local.estimate) for e in tta["shifted"]])
+            out["local_shift_mm"] = np.sqrt((shifted ** 2).mean(axis=0))
+        for kind, name in (("recentred", "local_recentre_mm"), ("contrast", "local_contrast_mm"),
+                           ("mirrored", "local_mirror_mm")):
+            if kind in tta:
+                out[name] = dist(tta[kind], local.estimate)
+    return {k: np.nan_to_num(np.asarray(v, dtype=np.float64), nan=0.0) for k, v in out.items()}
+
+
+def outside_view(estimate: np.ndarray, shape, votes: np.ndarray | None = None, confidence=None,
+                 border: float = 0.0) -> np.ndarray:
+    """(L,) True where the network places a landmark outside the image of array ``shape``.
+
+    That is: the estimate (continuous ITK index) lies outside the image (or is
+    undefined); or, given the votes (L, N, D), their component-wise median does
+    (every cell regresses the displacement to the landmark, also to one out of
+    view, so most votes point outside when it is); or, given ``confidence``, the
+    estimate lies within ``border`` voxels of the image's edge with a confidence
+    below ``BORDER_CONFIDENCE`` (pushed against the edge with no cell claiming it:
+    beyond the edge). A landmark in view that is hard to see is found, and flagged
+    by its uncertainty, not "not found".
+    """
+    upper = np.array(shape[::-1], dtype=np.float64) - 0.5
+
+    def outside(points, margin=0.0):
+        with np.errstate(invalid="ignore"):
+            return ~np.all((points >= -0.5 + margin) & (points <= upper - margin), axis=-1)
+
+    estimate = np.asarray(estimate, dtype=np.float64)
+    out = outside(estimate)
+    if votes is not None:
+        out = out | outside(np.median(votes, axis=1))
+    if confidence is not None and border > 0:
+        out = out | (outside(estimate, border) & (np.asarray(confidence) < BORDER_CONFIDENCE))
+    return out
+
+
 # --------------------------------------------------------------------------- results
 
 
@@ -158,6 +306,9 @@ class LandmarkEstimate:
     global_confidence: float
     local_confidence: float | None = None
     unlike_training: bool = False  # the image's intensities are unlike the training images'
+    p_large_error: float | None = None  # calibrated P(error > radius_mm); None for an uncalibrated model
+    radius_mm: float | None = None
+    signals: dict = field(default_factory=dict)  # uncertainty signals (see fcn_uncertainty)
 
     def to_control_point(self) -> ControlPoint:
         props = {"confidence": round(float(self.confidence), 4), "spread_mm": round(float(self.spread_mm), 3),
@@ -165,16 +316,24 @@ class LandmarkEstimate:
         if self.local_confidence is not None:
             props["global_confidence"] = round(float(self.global_confidence), 4)
             props["local_confidence"] = round(float(self.local_confidence), 4)
+        calibrated = self.p_large_error is not None and self.found
+        if calibrated:
+            props["p_large_error"] = round(float(self.p_large_error), 4)
+            props["radius_mm"] = float(self.radius_mm)
         if self.unlike_training:
             props["unlike_training"] = 1
+        chance = ""
+        if calibrated:
+            share = "<1%" if self.p_large_error < 0.005 else f"{self.p_large_error:.0%}"
+            chance = f"{share} chance of an error > {self.radius_mm:g} mm"
         if not self.found:
             text = "not found"
         elif self.unlike_training:
-            text = "uncertain: image unlike the training data"
+            text = "uncertain: image unlike the training data" + (f"; {chance}" if chance else "")
         elif self.uncertain:
-            text = "uncertain"
+            text = f"uncertain: {chance}" if chance else "uncertain"
         else:
-            text = ""
+            text = chance
         return ControlPoint(label=self.name, position=self.position, description=text,
                             selected=self.found and not self.uncertain, properties=props)
 
@@ -245,8 +404,17 @@ class Localizer:
         self.spacing = np.asarray(metadata["spacing"], dtype=np.float64)
         self.intensity = metadata["intensity"]
         self.sub_image_size = int(metadata["sub_image_size"])
-        self.not_found_below = float(metadata.get("not_found_below", NOT_FOUND_BELOW))
         self.uncertain_below = float(metadata.get("uncertain_below", UNCERTAIN_BELOW))
+        # test models (untrained networks) report every landmark
+        self.always_found = bool(metadata.get("always_found", False))
+        self.calibration = Calibration.from_metadata(metadata)
+        self.partners = mirror_partners(self.names)
+        self.tta_shift = int((self.calibration.fit.get("tta_shift") if self.calibration else None)
+                             or max(1, self.sub_image_size // 8))
+        # said once per loaded model (CLI: after loading; Slicer: with the results), not per image
+        self.calibration_notice = None if self.calibration is not None else (
+            "this model has no calibrated uncertainty: 'uncertain' means confidence below "
+            f"{self.uncertain_below:g} (fit one with 'landmarkloc calibrate')")
 
     @classmethod
     def from_file(cls, path, device="auto", amp: bool = True, channels_last: bool = True) -> Localizer:
@@ -281,32 +449,57 @@ class Localizer:
             raise InputError(f"the model has no landmark {name!r} (it knows: {', '.join(self.names)})") from None
 
     @torch.inference_mode()
-    def localize(self, image: sitk.Image, evidence=(), use_local: bool = True) -> LocalizationResult:
-        """All landmarks of one image; ``evidence``: names (or True for all) whose posterior map to return."""
+    def localize(self, image: sitk.Image, evidence=(), use_local: bool = True, tta: bool | None = None
+                 ) -> LocalizationResult:
+        """All landmarks of one image; ``evidence``: names (or True for all) whose posterior map to return.
+
+        ``tta``: run the test-time-augmented local passes (default: when the
+        model's calibration uses their signals); ``landmarkloc calibrate`` asks for them.
+        """
         start = time.perf_counter()
         image, array, geometry = self._prepare(image)
         unlike = unlike_profile(array, self.metadata.get("intensity_profile"))
         glob = run_global(self.network.global_net, array, self.variant, geometry.spacing, self.device,
                           self.amp, self.channels_last)
-        final, local = glob, None
+        final, local, augmented = glob, None, None
         if use_local and self.has_local_stage:
             local = run_local(self.network.local_net, array, glob.estimate, self.sub_image_size, self.variant,
                               geometry.spacing, self.device, amp=self.amp, channels_last=self.channels_last)
             final = local
+            kinds = TTA_KINDS if tta else (() if tta is not None or self.calibration is None
+                                           else self.calibration.tta_kinds())
+            if kinds:
+                augmented = local_tta_estimates(
+                    self.network.local_net, array, np.nan_to_num(glob.estimate), np.nan_to_num(local.estimate),
+                    self.sub_image_size, self.variant, geometry.spacing, self.device, self.tta_shift, kinds,
+                    self._mirror(geometry), self.amp, self.channels_last)
+        signals = uncertainty_signals(glob, local, geometry.spacing, augmented)
+        # A landmark is not found when the network places it outside the image (or most of its
+        # votes point outside): a landmark in view but hard to see is found, and uncertain.
+        out_of_view = outside_view(final.estimate, array.shape) | outside_view(
+            glob.estimate, array.shape, glob.votes, glob.confidence, border=self.network.global_net.patch_size)
+        p_large = self._p_large_error(signals, local is None)
         landmarks = []
         for n, name in enumerate(self.names):
             global_conf = float(glob.confidence[n])
-            conf = global_conf if local is None else min(global_conf, float(local.confidence[n]))
+            conf = float(signals["confidence"][n])
             est = final.estimate[n]
-            found = bool(np.all(np.isfinite(est))) and global_conf >= self.not_found_below
+            found = self.always_found or not bool(out_of_view[n])
+            if p_large is not None:
+                uncertain = bool(p_large[n] >= self.calibration.threshold)
+            else:
+                uncertain = conf < self.uncertain_below
             position = to_point3(geometry.index_to_physical(np.nan_to_num(est)))
             landmarks.append(LandmarkEstimate(
                 name=name, position=position, confidence=conf, spread_mm=float(final.spread_mm[n]), found=found,
-                uncertain=conf < self.uncertain_below or unlike is not None,
+                uncertain=uncertain or unlike is not None,
                 global_position=to_point3(geometry.index_to_physical(np.nan_to_num(glob.estimate[n]))),
                 global_confidence=global_conf,
                 local_confidence=None if local is None else float(local.confidence[n]),
-                unlike_training=unlike is not None))
+                unlike_training=unlike is not None,
+                p_large_error=None if p_large is None else float(p_large[n]),
+                radius_mm=None if p_large is None else self.calibration.radius_mm,
+                signals={k: float(v[n]) for k, v in signals.items()}))
         label_map = label_map_warning(image)
         result = LocalizationResult(landmarks=landmarks, warnings=[w for w in (label_map, unlike) if w])
         wanted = self.names if evidence is True else list(evidence or ())
@@ -316,6 +509,24 @@ class Localizer:
             result.votes[name] = (to_point3(geometry.index_to_physical(glob.votes[n])), glob.weights[n].copy())
         result.seconds = time.perf_counter() - start
         return result
+
+    def _mirror(self, geometry: ImageGeometry):
+        axis = left_right_axis(geometry)
+        return None if axis is None or self.partners is None else (axis, self.partners)
+
+    def _p_large_error(self, signals: dict, global_only: bool):
+        """Calibrated P(error > radius) per landmark, or None (no calibration, or it does not cover this case)."""
+        cal = self.calibration
+        if cal is None or global_only:
+            return None  # the calibration was fitted on the full pipeline
+        return cal.probability(self._with_rates(signals))
+
+    def _with_rates(self, signals: dict, rows=None) -> dict:
+        """Add the calibration's per-landmark prior (``landmark_rate``) to the signals."""
+        names = self.names if rows is None else [self.names[r] for r in rows]
+        rates = self.calibration.landmark_rates if self.calibration else {}
+        default = float(np.mean(list(rates.values()))) if rates else 0.0
+        return {**signals, "landmark_rate": np.array([rates.get(n, default) for n in names])}
 
     def _posterior_image(self, summary: VoteSummary, n: int, geometry: ImageGeometry,
                          image: sitk.Image) -> sitk.Image:
@@ -341,18 +552,37 @@ class Localizer:
         local = run_local(self.network.local_net, array, centres, self.sub_image_size, self.variant,
                           geometry.spacing, self.device, landmarks=[n], amp=self.amp,
                           channels_last=self.channels_last)
+        cal = self.calibration
+        refine_cal = cal.refine if cal is not None else None
+        augmented = None
+        kinds = cal.tta_kinds(refine=True) if refine_cal else ()
+        if kinds:
+            full_local = centres.copy()
+            full_local[n] = np.nan_to_num(local.estimate[0])
+            tta = local_tta_estimates(self.network.local_net, array, centres, full_local, self.sub_image_size,
+                                      self.variant, geometry.spacing, self.device, self.tta_shift, kinds,
+                                      self._mirror(geometry), self.amp, self.channels_last)
+            augmented = {k: ([e[[n]] for e in v] if k == "shifted" else v[[n]]) for k, v in tta.items()}
+        signals = uncertainty_signals(None, local, geometry.spacing, augmented)
+        # the distance the local stage moved the start point (in localize: from the global estimate)
+        moved = np.linalg.norm((local.estimate - centre) * geometry.spacing, axis=-1)
+        signals["global_local_mm"] = np.nan_to_num(moved)
         conf = float(local.confidence[0])
-        found = conf >= self.not_found_below and bool(np.all(np.isfinite(local.estimate[0])))
+        found = self.always_found or not bool(outside_view(local.estimate, array.shape)[0])
         estimate = local.estimate[0] if found else centre
+        p_large = float(logistic_probability(refine_cal, self._with_rates(signals, [n]))[0]) if refine_cal else None
+        uncertain = p_large >= float(refine_cal["threshold"]) if refine_cal else conf < self.uncertain_below
         lm = LandmarkEstimate(
             name=name, position=to_point3(geometry.index_to_physical(estimate)), confidence=conf,
-            spread_mm=float(local.spread_mm[0]), found=found, uncertain=conf < self.uncertain_below,
+            spread_mm=float(local.spread_mm[0]), found=found, uncertain=uncertain,
             global_position=to_point3(np.asarray(position_lps, dtype=np.float64)), global_confidence=float("nan"),
-            local_confidence=conf)
+            local_confidence=conf, p_large_error=p_large, radius_mm=cal.radius_mm if refine_cal else None,
+            signals={k: float(v[0]) for k, v in signals.items()})
         point = lm.to_control_point()
         point.properties.pop("global_confidence", None)
         if not found:
-            point.description = "not found near this point; kept where it was"
+            point.description = "not found near this point (the local network places it outside the image); " \
+                "kept where it was"
         return point
 
 

@@ -16,7 +16,7 @@ Beyond the paper, two numbers tell a user how far to trust an estimate:
 * ``spread_mm``: the weighted RMS distance of the votes from the estimate in mm.
 
 Points are continuous indices in ITK order; grids are indexed [..., k, j, i]
-(see :mod:`landmarkloc.training.fcn_targets`).
+(see :mod:`landmarkloc.networks.fcn_encoding`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from landmarkloc.training.fcn_targets import Variant, cell_centres, inverse_log
+from landmarkloc.networks.fcn_encoding import Variant, cell_centres, inverse_log
 
 
 @dataclass

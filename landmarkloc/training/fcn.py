@@ -33,9 +33,10 @@ from ..io.datasets import LandmarkDataset
 from ..io.image import read_image
 from ..io.modelfile import load_model, model_paths, save_model
 from ..networks.fcn import FCNConfig, GlobalToLocal, global_config, local_config
+from ..networks.fcn_encoding import DEFAULT_VARIANT, fcn_targets, get_variant
 from ..runtime import init_distributed, progress, seed_everything
+from .fcn_loss import fcn_loss
 from .fcn_sampling import AugmentConfig, PreparedCase, global_crop, local_subimages
-from .fcn_targets import DEFAULT_VARIANT, fcn_loss, fcn_targets, get_variant
 
 LOG = logging.getLogger("landmarkloc.train_fcn")
 RESUME_KIND = "fcn-resume"
@@ -185,7 +186,7 @@ def _crop_size(cases, cfg: FCNTrainConfig, patch: int) -> list:
 
 def validate(model: GlobalToLocal, cases, cfg: FCNTrainConfig, device) -> dict:
     """Localize every validation case with the full pipeline; radial errors in mm."""
-    from ..inference.fcn import NOT_FOUND_BELOW, run_global, run_local
+    from ..inference.fcn import outside_view, run_global, run_local
 
     variant = get_variant(cfg.variant)
     errors, missed = [], 0
@@ -201,7 +202,9 @@ def validate(model: GlobalToLocal, cases, cfg: FCNTrainConfig, device) -> dict:
             for n, truth in enumerate(case.landmarks):
                 if not np.all(np.isfinite(truth)):
                     continue
-                if summary.confidence[n] < NOT_FOUND_BELOW or not np.all(np.isfinite(estimate[n])):
+                if outside_view(estimate[[n]], case.array.shape)[0] or \
+                        outside_view(summary.estimate[[n]], case.array.shape, summary.votes[[n]],
+                                     summary.confidence[[n]], border=model.global_net.patch_size)[0]:
                     missed += 1
                 errors.append(float(np.linalg.norm((estimate[n] - truth) * case.spacing)))
     model.train(was_training)
@@ -281,6 +284,11 @@ def _split(n: int, fraction: float, rng) -> tuple:
     n_val = max(1, int(round(n * fraction)))
     order = rng.permutation(n)
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+def held_out_indices(n: int, fraction: float, seed: int) -> list:
+    """The indices of the images train-fcn held out for validation (no --val) with this fraction and seed."""
+    return _split(n, fraction, np.random.default_rng(seed))[1]
 
 
 def train_fcn(dataset: LandmarkDataset, output, cfg: FCNTrainConfig, val_dataset: LandmarkDataset | None = None,

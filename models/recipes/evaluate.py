@@ -113,7 +113,10 @@ def evaluate_fcn(model: Path, images: list, references: dict, spacing=None, use_
         ref = references[_subject(path)]
         cases[_subject(path)] = {"errors": _errors_by_name(pred, ref), "seconds": seconds,
                                  "not_found": [lm.name for lm in result.landmarks if not lm.found],
-                                 "confidence": {lm.name: float(lm.confidence) for lm in result.landmarks}}
+                                 "confidence": {lm.name: float(lm.confidence) for lm in result.landmarks},
+                                 "uncertain": {lm.name: bool(lm.uncertain) for lm in result.landmarks},
+                                 "p_large_error": {lm.name: lm.p_large_error for lm in result.landmarks
+                                                   if lm.p_large_error is not None}}
     return cases
 
 
@@ -236,6 +239,106 @@ def _sdr_plot(series: dict, path: Path) -> None:
     plt.close(fig)
 
 
+RELIABILITY_BINS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0)
+
+
+def _flag_rows(cases: dict, radius: float) -> dict:
+    """Points found with their error, calibrated probability and flag."""
+    errors, probs, flags = [], [], []
+    for c in cases.values():
+        for name, e in c["errors"].items():
+            if name in c.get("not_found", []) or name not in c.get("p_large_error", {}):
+                continue
+            errors.append(e)
+            probs.append(c["p_large_error"][name])
+            flags.append(c["uncertain"][name])
+    errors, probs, flags = np.array(errors), np.array(probs), np.array(flags, dtype=bool)
+    return {"errors": errors, "p": probs, "flagged": flags, "large": errors > radius}
+
+
+def _reliability_plot(series: dict, radius: float, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 4.0))
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="perfectly calibrated")
+    edges = np.array(RELIABILITY_BINS)
+    for label, rows in series.items():
+        which = np.clip(np.digitize(rows["p"], edges[1:-1]), 0, len(edges) - 2)
+        xs, ys, ns = [], [], []
+        for b in range(len(edges) - 1):
+            sel = which == b
+            if sel.sum():
+                xs.append(rows["p"][sel].mean())
+                ys.append(rows["large"][sel].mean())
+                ns.append(int(sel.sum()))
+        ax.plot(xs, ys, marker="o", label=label)
+        for x, y, n in zip(xs, ys, ns):
+            ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set(xlabel=f"predicted P(error > {radius:g} mm) (bin mean)",
+           ylabel=f"observed share with error > {radius:g} mm",
+           xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _uncertainty_section(model_name: str, sets: dict, key: str, split: str) -> list:
+    """Calibrated 'uncertain' flag on the test split: flagged share, large errors caught, reliability plot."""
+    from landmarkloc.inference.fcn_uncertainty import Calibration, auc
+
+    meta = json.loads((MODELS / f"{model_name}.json").read_text())
+    cal = Calibration.from_metadata(meta)
+    if cal is None or not any(c.get("p_large_error") for cs in sets.values() for c in cs.values()):
+        return [f"No calibrated uncertainty for {model_name} (its metadata has no calibration).", ""]
+    r = cal.radius_mm
+    fit = cal.fit
+    md = [f"### Calibrated uncertainty ({model_name})", "",
+          f"A point is *uncertain* (written unselected) when its calibrated probability of an error above "
+          f"{r:g} mm reaches {cal.threshold:.3f}. Mapping: logistic regression on "
+          f"{', '.join(f'`{n}`' for n in cal.signals)}, fitted by `landmarkloc calibrate` on "
+          f"`{Path(str(fit.get('dataset', '?'))).name}`"
+          f"{' (the images train-fcn held out)' if fit.get('held_out') else ''}"
+          f" ({fit.get('points')} points of {fit.get('images')} images, {fit.get('large_errors')} with error "
+          f"> {r:g} mm; never the test split); threshold chosen there on out-of-fold probabilities (5 folds over "
+          f"subjects). Targets: catch ≥ "
+          f"{100 * fit.get('targets', {}).get('catch', 0.7):.0f}% of the errors > {r:g} mm while flagging ≤ "
+          f"{100 * fit.get('targets', {}).get('max_flagged', 0):.0f}% of the points.", "",
+          "| data | points | errors > R | flagged | large errors caught | flagged points within R | AUC of P |",
+          "|---|---|---|---|---|---|---|"]
+    oof = fit.get("out_of_fold", {})
+    if oof:
+        md.append(f"| calibration data (out-of-fold) | {fit.get('points')} | {fit.get('large_errors')} | "
+                  f"{100 * oof['flagged']:.1f}% | {100 * oof['caught']:.1f}% | "
+                  f"{100 * oof['flagged_within_radius']:.0f}% | {oof.get('auc', float('nan')):.3f} |")
+    series = {}
+    for label, cases in sets.items():
+        rows = _flag_rows(cases, r)
+        series[label] = rows
+        n, large, flagged = len(rows["p"]), rows["large"], rows["flagged"]
+        caught = flagged[large].mean() if large.any() else float("nan")
+        within = (flagged & ~large).sum() / max(1, flagged.sum())
+        md.append(f"| {split}, {label} | {n} | {int(large.sum())} | {100 * flagged.mean():.1f}% | "
+                  f"{100 * caught:.1f}% | {100 * within:.0f}% | {auc(rows['p'], large):.3f} |")
+    disc = fit.get("signal_discrimination", {})
+    if disc:
+        md += ["", f"Each signal alone on the validation split (AUC for error > {r:g} mm, below 0.5: smaller "
+               "values mean larger errors; Spearman with the error):", "",
+               "| signal | AUC | Spearman |", "|---|---|---|"]
+        md += [f"| `{n}` | {d['auc']:.3f} | {d['spearman']:+.3f} |" for n, d in disc.items()]
+    path = FIGURES / f"{key}_reliability.png"
+    _reliability_plot(series, r, path, f"{model_name}, {split}")
+    md += ["", f"![{model_name} reliability](figures/{path.name})", "",
+           "Reliability: points binned by predicted probability; the observed share of errors above the radius "
+           "per bin (numbers: points per bin).", ""]
+    return md
+
+
 def report() -> None:
     md = ["# Results on real data", "",
           "Produced by `python models/recipes/evaluate.py` (after the recipes in `models/recipes/`) on the "
@@ -259,6 +362,9 @@ def report() -> None:
                   **({"skull-stripped": stripped} if stripped else {})}
         _sdr_plot(series, FIGURES / "brain_sdr.png")
         md += ["![brain SDR](figures/brain_sdr.png)", ""]
+        md += _uncertainty_section("brain-t1-ixi16", {"original images": g2l,
+                                                      **({"skull-stripped": stripped} if stripped else {})},
+                                   "brain", "IXI test split")
     one = _load("oneshot")
     if one:
         md += ["## One-shot IXI-8 structure boxes, IXI test split (20 queries)", "",
@@ -298,9 +404,12 @@ def report() -> None:
                + " | ".join(f"{100 * s['sdr'][f'{t:g}']:.1f}%" for t in THRESHOLDS) + " |",
                "| Noothout et al. 2020 | 0.95 (1.15) | 1.35 ± 1.19 (both test sets) | – | – | – | – |",
                "| Lindner & Cootes 2015 | – | – | ~75-85% | – | – | – |", "",
+               f"Landmarks not found: {sum(len(c['not_found']) for c in cp.values())} of "
+               f"{sum(len(c['errors']) for c in cp.values())} (all are inside the images).", "",
                f"Published: {CEPH_PUBLISHED}. Per landmark:", ""] + _landmark_table(cp) + [""]
         _sdr_plot({"ceph Test1": cp}, FIGURES / "ceph_sdr.png")
         md += ["![ceph SDR](figures/ceph_sdr.png)", ""]
+        md += _uncertainty_section("ceph-isbi19", {"all images": cp}, "ceph", "Test1")
     md += DISCUSSION
     (REPO / "docs" / "results.md").write_text("\n".join(md) + "\n")
     print(f"wrote {REPO / 'docs' / 'results.md'}")

@@ -1,6 +1,10 @@
-"""Training targets, loss and training variants of the patch-based FCN.
+"""The patch-based FCN's target encoding: variants, cell centres, log transform, targets.
 
-Conventions (shared with :mod:`landmarkloc.inference.fcn_votes`):
+This is part of the method (Noothout et al. 2020), shared by training (which
+encodes annotated landmarks as targets) and inference (which decodes the
+network outputs into votes, :mod:`landmarkloc.inference.fcn_votes`).
+
+Conventions:
 
 * Points are continuous indices of the network input in ITK order (i, j, k);
   tensors are indexed [..., k, j, i]. Displacement channels are in ITK order.
@@ -18,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from landmarkloc.errors import ModelError
 
@@ -100,31 +103,3 @@ def fcn_targets(landmarks: torch.Tensor, grid_shape, patch_size: int, variant: V
     for lm in torch.nonzero(inside).flatten().tolist():
         class_target[(lm, *cells[lm].flip(0).tolist())] = 1.0
     return class_target, disp, annotated
-
-
-def fcn_loss(class_logits, displacement, class_target, regression_target, annotated, variant: Variant,
-             alpha: float):
-    """``L1(displacement) + alpha * BCE(classification)`` over annotated landmarks.
-
-    Shapes: logits/class_target (B, L, *grid); displacement/regression_target
-    (B, L, D, *grid); annotated (B, L). Returns ``(total, parts)`` with the
-    detached regression and classification terms in ``parts``.
-    """
-    mask = annotated.to(class_logits.dtype)
-    grid_elems = class_target[0, 0].numel()
-    denom = mask.sum().clamp_min(1.0)
-    total = class_logits.new_zeros(())
-    parts = {}
-    if variant.regression is not None:
-        l1 = (displacement.float() - regression_target).abs()
-        per_lm = l1.flatten(2).mean(dim=2)  # (B, L)
-        reg = (per_lm * mask).sum() / denom
-        total = total + reg
-        parts["regression"] = float(reg.detach())
-    if variant.classification:
-        bce = F.binary_cross_entropy_with_logits(class_logits.float(), class_target, reduction="none")
-        per_lm = bce.flatten(2).sum(dim=2) / grid_elems
-        cls = (per_lm * mask).sum() / denom
-        total = total + alpha * cls
-        parts["classification"] = float(cls.detach())
-    return total, parts

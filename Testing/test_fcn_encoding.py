@@ -1,4 +1,4 @@
-"""Targets, loss and vote aggregation of the FCN (pure torch, no images)."""
+"""Target encoding, loss and vote aggregation of the FCN (pure torch, no images)."""
 
 import math
 
@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from landmarkloc.inference.fcn_votes import summarize_votes
-from landmarkloc.training.fcn_targets import (
+from landmarkloc.networks.fcn_encoding import (
     VARIANTS,
     cell_centres,
-    fcn_loss,
     fcn_targets,
     get_variant,
     inverse_log,
     log_transform,
 )
+from landmarkloc.training.fcn_loss import fcn_loss
 
 RLOGC = get_variant("R_log+C")
 

@@ -1,0 +1,288 @@
+"""``landmarkloc calibrate``: fit a FCN model's calibrated uncertainty on its validation images.
+
+Localizes every validation image (with the test-time-augmented local passes),
+measures how well each uncertainty signal separates errors above the radius from
+the rest (AUC, Spearman with the error), chooses a few signals by cross-validation
+over images, fits a logistic regression P(error > radius), chooses the threshold
+on the out-of-fold probabilities to catch the wanted share of large errors within
+a flag budget, and writes it all into the model's JSON metadata (the weights and
+their sha256 are unchanged). See docs/fcn.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError
+from ..geometry.frames import to_point3
+from ..inference.fcn_uncertainty import (
+    LOCAL_ONLY,
+    SIGNALS,
+    TTA_SIGNALS,
+    auc,
+    choose_threshold,
+    fit_part,
+    landmark_rates,
+    logistic_probability,
+    operating_point,
+    spearman,
+)
+from ..io.atomic import write_text_atomic
+from ..io.datasets import load_dataset
+from ..io.modelfile import model_paths, read_metadata
+from ..runtime import progress
+from . import add_device_argument, add_quiet_argument, parse_floats
+
+EXAMPLE = """examples:
+  landmarkloc calibrate models/brain-t1-ixi16.json --val runs/ixi/val.csv --masked-copies --radius 3 \\
+      --max-flagged 0.10
+  landmarkloc calibrate models/ceph-isbi19.json --val runs/ceph/train.csv --held-out --spacing 0.1 --radius 4 \\
+      --max-flagged 0.25
+  (--held-out: the validation images are those train-fcn held out of this training dataset, chosen with the
+   seed and fraction recorded in the model; --records keeps the localizations for a rerun with other settings,
+   and is ignored when they came from other weights)
+"""
+REFINE_EXTRA = ("global_local_mm",)  # in refine: how far the local stage moved the user's point
+
+
+def register(sub) -> None:
+    p = sub.add_parser("calibrate", help="fit a FCN model's calibrated uncertainty on validation images",
+                       description="Fit P(error > radius) per point from the model's uncertainty signals on "
+                       "validation images and store it (with the flag threshold) in the model's metadata.",
+                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="model .safetensors or .json (its JSON is updated)")
+    p.add_argument("--val", required=True, help="validation dataset (folder, CSV list or pixel table)")
+    p.add_argument("--held-out", action="store_true",
+                   help="--val is the training dataset: use the images train-fcn held out of it")
+    p.add_argument("--spacing", help="pixel size in mm of 2D picture inputs (PNG/JPEG/...), e.g. 0.1")
+    p.add_argument("--masked-copies", action="store_true",
+                   help="also localize each image with its mask applied (CSV 'mask' column), e.g. skull-stripped")
+    p.add_argument("--radius", type=float, help="error radius in mm that makes a point 'wrong' "
+                   "(default: the model's current calibration radius)")
+    p.add_argument("--catch", type=float, default=0.7, help="share of errors above the radius to flag (0.7)")
+    p.add_argument("--max-flagged", type=float, default=0.1, help="most points to flag (share, default 0.1)")
+    p.add_argument("--signals", help="comma-separated signals to use (default: chosen by cross-validation); "
+                   f"known: {', '.join(SIGNALS)}")
+    p.add_argument("--tta", action="store_true",
+                   help="also consider the test-time-augmented local signals (local_shift/recentre/contrast/"
+                   "mirror_mm); localize then runs extra local passes (slower; off by default)")
+    p.add_argument("--max-signals", type=int, default=3, help="at most this many signals (default 3)")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds over images (default 5)")
+    p.add_argument("--records", help="JSON file of the localizations: read if it exists, else written")
+    p.add_argument("--dry-run", action="store_true", help="report only; leave the model file as it is")
+    add_device_argument(p)
+    add_quiet_argument(p)
+    p.set_defaults(func=run)
+
+
+# ----------------------------------------------------------------------------------------- collection
+
+
+def validation_cases(dataset, meta: dict, held_out: bool) -> list:
+    if not held_out:
+        return list(dataset.cases)
+    from ..training.fcn import held_out_indices
+
+    cfg = meta.get("train_config") or {}
+    if "seed" not in cfg or "val_fraction" not in cfg:
+        raise InputError("--held-out needs the model's train_config (seed, val_fraction); give --val instead")
+    return [dataset.cases[i] for i in held_out_indices(len(dataset.cases), cfg["val_fraction"], cfg["seed"])]
+
+
+def collect(model_path, cases, names, spacing=None, masked_copies=False, device="cpu", quiet=False) -> list:
+    """One record per (image, landmark) found: image name, landmark, error (mm) and every signal."""
+    from ..inference.fcn import Localizer
+
+    loc = Localizer.from_file(model_path, device=device)
+    records = []
+    for case in progress(cases, desc="localize validation images", quiet=quiet):
+        image, truth = case.load(names, spacing)
+        variants = [("", image)]
+        if masked_copies and case.mask_path is not None:
+            mask = sitk.ReadImage(str(case.mask_path))
+            variants.append(("masked", sitk.Mask(image, sitk.Cast(mask > 0, sitk.sitkUInt8))))
+        for tag, im in variants:
+            result = loc.localize(im, tta=True)
+            for n, lm in enumerate(result.landmarks):
+                if not np.all(np.isfinite(truth[n])):
+                    continue
+                error = float(np.linalg.norm(lm.position - to_point3(truth[n])))
+                records.append({"image": case.name + (f"/{tag}" if tag else ""), "subject": case.name,
+                                "landmark": lm.name, "found": bool(lm.found), "error_mm": error,
+                                "signals": lm.signals})
+    return records
+
+
+# ----------------------------------------------------------------------------------------- fitting
+
+
+def _table(records: list, names, rates: dict | None = None) -> dict:
+    """Signal columns; ``landmark_rate`` comes from ``rates`` (per-landmark large-error shares)."""
+    table = {n: np.array([r["signals"][n] for r in records]) for n in names if n != "landmark_rate"}
+    if "landmark_rate" in names:
+        default = float(np.mean(list(rates.values()))) if rates else 0.0
+        table["landmark_rate"] = np.array([rates.get(r["landmark"], default) for r in records])
+    return table
+
+
+def _rates(records: list, large: np.ndarray) -> dict:
+    return landmark_rates([r["landmark"] for r in records], large)
+
+
+def _folds(records: list, k: int) -> np.ndarray:
+    subjects = sorted({r["subject"] for r in records})
+    order = np.random.default_rng(0).permutation(len(subjects))
+    fold_of = {subjects[i]: f % k for f, i in enumerate(order)}
+    return np.array([fold_of[r["subject"]] for r in records])
+
+
+def out_of_fold(records: list, large: np.ndarray, names: list, folds: np.ndarray) -> np.ndarray:
+    """Probabilities of each point from a model fitted without its image's fold."""
+    prob = np.zeros(len(records))
+    for f in np.unique(folds):
+        train = folds != f
+        if large[train].sum() < 2 or (~large[train]).sum() < 2:
+            prob[~train] = large[train].mean()
+            continue
+        train_records = [r for r, t in zip(records, train) if t]
+        table = _table(records, names, _rates(train_records, large[train]))
+        part = fit_part({k: v[train] for k, v in table.items()}, large[train], names)
+        prob[~train] = logistic_probability(part, {k: v[~train] for k, v in table.items()})
+    return prob
+
+
+def select_signals(records: list, large: np.ndarray, candidates: list, folds: np.ndarray, most: int) -> tuple:
+    """Greedy forward selection by out-of-fold AUC; stops when a signal adds less than 0.005."""
+    chosen, best, trace = [], 0.5, []
+    while len(chosen) < most:
+        scores = {c: auc(out_of_fold(records, large, chosen + [c], folds), large) for c in candidates
+                  if c not in chosen}
+        if not scores:
+            break
+        name = max(scores, key=scores.get)
+        if scores[name] < best + 0.005:
+            break
+        chosen.append(name)
+        best = scores[name]
+        trace.append({"signals": list(chosen), "out_of_fold_auc": round(best, 4)})
+    return chosen, trace
+
+
+def fit(records: list, radius: float, catch: float, max_flagged: float, candidates: list, most: int,
+        k: int, fixed=None, measured=None) -> dict:
+    """Choose signals among ``candidates``, fit, choose the threshold; discrimination of all ``measured``."""
+    measured = measured or candidates
+    found = [r for r in records if r["found"]]
+    errors = np.array([r["error_mm"] for r in found])
+    large = errors > radius
+    if large.sum() < 3:
+        raise InputError(f"only {int(large.sum())} validation points have an error above {radius:g} mm: "
+                         "too few to calibrate (use more validation images or a smaller radius)")
+    rates = _rates(found, large)
+    table = _table(found, measured, rates)
+    folds = _folds(found, k)
+    discrimination = {n: {"auc": round(auc(table[n], large), 4), "spearman": round(spearman(table[n], errors), 4)}
+                      for n in measured}
+    # the per-landmark prior is fitted on these very points: report its out-of-fold discrimination
+    if "landmark_rate" in measured:
+        discrimination["landmark_rate"]["auc"] = round(auc(out_of_fold(found, large, ["landmark_rate"], folds),
+                                                           large), 4)
+    if fixed:
+        chosen, trace = list(fixed), []
+    else:
+        chosen, trace = select_signals(found, large, candidates, folds, most)
+    part = fit_part(table, large, chosen)
+    oof = out_of_fold(found, large, chosen, folds)
+    op = choose_threshold(oof, large, catch, max_flagged)
+    part["threshold"] = round(op["threshold"], 6)
+    in_sample = operating_point(logistic_probability(part, table), large, part["threshold"])
+    summary = {"points": len(found), "large_errors": int(large.sum()), "not_found": len(records) - len(found),
+               "images": len({r["image"] for r in found}), "subjects": len({r["subject"] for r in found}),
+               "signal_discrimination": discrimination, "selection": trace,
+               "out_of_fold": {**op, "auc": round(auc(oof, large), 4)},
+               "in_sample": {**in_sample, "auc": round(auc(logistic_probability(part, table), large), 4)}}
+    return {"part": part, "summary": summary, "oof": oof, "large": large, "rates": rates}
+
+
+def run(args) -> int:
+    meta = read_metadata(args.model)
+    if meta.get("kind") != "fcn":
+        raise InputError("calibrate needs an FCN landmark model")
+    radius = args.radius or (meta.get("calibration") or {}).get("radius_mm")
+    if not radius:
+        raise InputError("give --radius (mm): the error above which a point counts as wrong")
+    spacing = parse_floats(args.spacing, "--spacing") if args.spacing else None
+    fixed = [s.strip() for s in args.signals.split(",")] if args.signals else None
+    for s in fixed or []:
+        if s not in SIGNALS:
+            raise InputError(f"unknown signal {s!r} (known: {', '.join(SIGNALS)})")
+    records_path = Path(args.records) if args.records else None
+    stored = json.loads(records_path.read_text()) if records_path and records_path.exists() else None
+    if stored is not None and stored.get("sha256") not in (None, meta["sha256"]):
+        print(f"{records_path} holds the localizations of another model (sha256 differs): localizing again")
+        stored = None
+    if stored is not None:
+        records = stored["records"]
+        print(f"read {len(records)} localized points from {records_path}")
+    else:
+        dataset = load_dataset(args.val)
+        if list(dataset.names) != list(meta["landmark_names"]) and not set(meta["landmark_names"]) <= set(
+                dataset.names):
+            raise InputError("the validation dataset lacks some of the model's landmarks")
+        cases = validation_cases(dataset, meta, args.held_out)
+        records = collect(args.model, cases, meta["landmark_names"], spacing, args.masked_copies, args.device,
+                          args.quiet)
+        if records_path:
+            write_text_atomic(records_path, json.dumps({"model": str(args.model), "sha256": meta["sha256"],
+                                                        "records": records}) + "\n")
+    measured = [n for n in SIGNALS if n != "landmark_rate" and all(n in r["signals"] for r in records)]
+    candidates = [n for n in measured
+                  if (args.tta or n not in TTA_SIGNALS or n in (fixed or []))] + ["landmark_rate"]
+    main = fit(records, radius, args.catch, args.max_flagged, candidates, args.max_signals, args.folds, fixed,
+               measured + ["landmark_rate"])
+    refine_candidates = [n for n in candidates if n in LOCAL_ONLY + REFINE_EXTRA]
+    refine = fit(records, radius, args.catch, args.max_flagged, refine_candidates, args.max_signals, args.folds,
+                 [s for s in fixed if s in refine_candidates] if fixed else None,
+                 [n for n in measured + ["landmark_rate"] if n in LOCAL_ONLY + REFINE_EXTRA])
+    _report(main["summary"], main["part"], radius, "localize")
+    _report(refine["summary"], refine["part"], radius, "refine (local stage only)")
+    calibration = {
+        "radius_mm": float(radius), **main["part"],
+        "landmark_rates": {k: round(v, 4) for k, v in main["rates"].items()},
+        "refine": {**refine["part"], "fit": refine["summary"]},
+        "fit": {**main["summary"], "dataset": str(args.val), "held_out": bool(args.held_out),
+                "masked_copies": bool(args.masked_copies), "targets": {"catch": args.catch,
+                                                                      "max_flagged": args.max_flagged},
+                "date": datetime.date.today().isoformat()},
+        "definitions": {n: SIGNALS[n][0] for n in main["part"]["signals"] + refine["part"]["signals"]},
+    }
+    if args.dry_run:
+        print("dry run: the model file is unchanged")
+        return 0
+    _, meta_path = model_paths(args.model)
+    meta = read_metadata(args.model)  # re-read: the weights' sha256 stays as it is
+    meta["calibration"] = calibration
+    write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
+    print(f"wrote the calibration into {meta_path}")
+    return 0
+
+
+def _report(summary: dict, part: dict, radius: float, what: str) -> None:
+    print(f"\n{what}: {summary['points']} points from {summary['images']} images, "
+          f"{summary['large_errors']} with error > {radius:g} mm ({summary['not_found']} not found, left out)")
+    print(f"  {'signal':22s} {'AUC':>6s} {'Spearman':>9s}   (AUC of the signal for error > {radius:g} mm; "
+          "below 0.5: smaller values mean larger errors)")
+    for name, d in summary["signal_discrimination"].items():
+        print(f"  {name:22s} {d['auc']:6.3f} {d['spearman']:+9.3f}")
+    print(f"  chosen: {', '.join(part['signals'])}; coefficients {part['coefficients']}, "
+          f"intercept {part['intercept']}")
+    oof, ins = summary["out_of_fold"], summary["in_sample"]
+    print(f"  threshold {part['threshold']:.3f}: out-of-fold AUC {oof['auc']:.3f}, flags {oof['flagged']:.1%}, "
+          f"catches {oof['caught']:.1%} of errors > {radius:g} mm (targets {'met' if oof['met'] else 'NOT met'}); "
+          f"in-sample flags {ins['flagged']:.1%}, catches {ins['caught']:.1%}")
