@@ -322,6 +322,8 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
         self._roiNodes = outcome.roi_nodes
         self.ui.statusLabel.text = _("Located {n} points and {m} organ boxes.").format(
             n=outcome.points_node.GetNumberOfControlPoints(), m=len(outcome.roi_nodes))
+        if outcome.warnings:
+            slicer.util.warningDisplay("\n".join(outcome.warnings))
 
     def onExportButton(self) -> None:
         from landmarkloc.errors import LandmarkLocError

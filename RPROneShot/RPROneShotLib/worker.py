@@ -65,9 +65,11 @@ def handle(request: dict, workdir, report) -> dict:
         engine.save_template(template, request["save_to"])
         return {"template": request["save_to"], "names": list(template.names)}
     report(0.4, f"Locating ({request.get('runs', 15)} runs)")
-    found, boxes = engine.locate_rpr(locator, template, read_temporary_image(request["query"]),
-                                     request.get("runs", 15), request.get("seed", 0))
-    return {"points": [point_to_dict(p) for p in found], "boxes": [box_to_dict(b) for b in boxes]}
+    found, boxes, warnings = engine.locate_rpr(locator, template, read_temporary_image(request["query"]),
+                                               request.get("runs", 15), request.get("seed", 0),
+                                               request.get("refine", "ncc"))
+    return {"points": [point_to_dict(p) for p in found], "boxes": [box_to_dict(b) for b in boxes],
+            "warnings": warnings}
 
 
 if __name__ == "__main__":

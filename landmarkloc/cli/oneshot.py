@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,9 @@ EXAMPLE = """examples:
       --names BrainStem,Hippocampus_R,Hippocampus_L --model coarse.safetensors --fine-model fine.safetensors \\
       -o q_points.mrk.json --rois q_rois.mrk.json --save-template brain3.safetensors
   landmarkloc oneshot --query a.nii.gz b.nii.gz --template brain3.safetensors --model coarse.safetensors \\
-      --fine-model fine.safetensors -o out/ --rois out/
+      -o out/ --rois out/
+  landmarkloc oneshot --refine none --query q.nii.gz --template brain3.safetensors --model coarse.safetensors \\
+      --fine-model fine.safetensors -o q.mrk.json          (the paper's coarse + fine agent, no refinement)
   landmarkloc oneshot --method registration --query q.nii.gz --support s.nii.gz \\
       --support-markups s.mrk.json -o q.mrk.json
   (with several queries, -o and --rois are folders: QUERY.mrk.json / QUERY_rois.mrk.json)
@@ -45,6 +48,11 @@ def register(sub) -> None:
     p.add_argument("--runs", type=int, default=15, help="rpr: random starts K of the multi-run ensemble (default 15)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", choices=("rpr", "ncc", "registration"), default="rpr")
+    p.add_argument("--refine", choices=("none", "affine", "ncc"), default="ncc",
+                   help="rpr: after the coarse agent, 'affine' maps the points by a robust affine fit to the "
+                   "template's anchor points, 'ncc' (default) then searches the best local image match "
+                   "(+-6 mm); 'none' is the paper's agent alone. Templates saved before this option need "
+                   "--refine none or remaking")
     p.add_argument("--ncc-stride", type=int, default=0,
                    help="ncc: sliding-window stride (the paper's 2); 0 (default) = FFT at every voxel")
     p.add_argument("--bspline", action="store_true", help="registration: add a B-spline stage after affine")
@@ -129,6 +137,8 @@ def run(args) -> int:
         write_points(out, result.points, args.coordinate_system)
         if rois is not None:
             write_boxes(rois, result.boxes, args.coordinate_system)
+        for warning in result.warnings:
+            print(f"warning: {query_path.name}: {warning}", file=sys.stderr)
         if not args.quiet:
             print(f"{query_path.name}: {len(result.points)} points"
                   + (f", {len(result.boxes)} boxes" if result.boxes else "")
@@ -155,7 +165,10 @@ def _rpr(args):
         template.save(args.save_template)
         if not args.quiet:
             print(f"saved template ({len(template.names)} points) to {args.save_template}")
-    return lambda query: locator.locate(query, template, runs=args.runs, seed=args.seed)
+    if args.refine != "none" and not template.has_refinement:
+        raise InputError(f"{args.template}: this template was saved by an older landmarkloc and has no refinement "
+                         "data; save it again from the support image (--save-template), or use --refine none")
+    return lambda query: locator.locate(query, template, runs=args.runs, seed=args.seed, refine=args.refine)
 
 
 def _baseline(args, support, points):
