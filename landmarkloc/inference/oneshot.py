@@ -429,6 +429,13 @@ class OneShotLocator:
         if refine == "ncc":
             position, peak, border = ncc_search(coarse_vol, template.patches, position, fit.matrix,
                                                 template.step_mm, config.search_mm)
+            for _ in range(config.search_passes - 1):
+                if not border.any():
+                    break
+                again = np.flatnonzero(border)
+                moved, peak_again, border_again = ncc_search(coarse_vol, template.patches[again], position[again],
+                                                             fit.matrix, template.step_mm, config.search_mm)
+                position[again], peak[again], border[again] = moved, peak_again, border_again
             for props, value, edge in zip(properties, peak, border):
                 props["ncc"] = round(float(value), 4)
                 props["ncc_on_border"] = int(edge)
@@ -442,10 +449,10 @@ class OneShotLocator:
         result.timings = timings
         return result
 
-    def locate_boxes(self, query_image: sitk.Image, template: Template, runs: int = 15,
-                     seed: int = 0) -> OneShotResult:
+    def locate_boxes(self, query_image: sitk.Image, template: Template, runs: int = 15, seed: int = 0,
+                     refine: str = "ncc", config: RefineConfig = DEFAULT_REFINE) -> OneShotResult:
         """Like :meth:`locate`; the template must hold organ extreme points (``<organ>_xmin`` ...)."""
         if not group_extreme_points([ControlPoint(n, np.zeros(3)) for n in template.names]):
             raise InputError("the template has no organ extreme points (<organ>_xmin ...); "
                              "make it from a support label map")
-        return self.locate(query_image, template, runs=runs, seed=seed)
+        return self.locate(query_image, template, runs=runs, seed=seed, refine=refine, config=config)

@@ -50,6 +50,7 @@ class RefineConfig:
     patch_mm: float = 24.0
     step_mm: float = 2.0
     search_mm: float = 6.0
+    search_passes: int = 1  # > 1: search again around the points whose best match was on the search border
     fit_iterations: int = 10
     spread_floor_mm: float = 5.0  # anchor weight 1 / (spread^2 + floor^2)
     locality_mm: float = 0.0  # > 0: per point, an affine fit to the anchors near it (Gaussian sigma)
@@ -165,16 +166,30 @@ def patch_offsets(patch_mm: float, step_mm: float, ndim: int, extra: int = 0) ->
     return np.stack(grids, axis=-1).reshape(-1, ndim)
 
 
-def sample_physical(volume: PreparedVolume, points_lps: np.ndarray) -> torch.Tensor:
-    """Trilinear (bilinear) samples of the volume at physical points ``(..., D)``; outside reads 0."""
-    pts = np.asarray(points_lps, dtype=np.float64)
-    index = volume.geometry.physical_to_index(pts.reshape(-1, volume.ndim))  # continuous, ITK order
+def sample_around(volume: PreparedVolume, centres: np.ndarray, offsets: np.ndarray,
+                  matrix: np.ndarray | None = None) -> torch.Tensor:
+    """Trilinear (bilinear) samples at ``centres[p] + matrix @ offsets[n]`` (LPS mm): ``(P, N)``; outside reads 0.
+
+    The physical -> voxel map is affine, so only the centres go through it in
+    float64; the ``P x N`` sample positions are built in float32 on the volume's device.
+    """
+    ndim = volume.ndim
+    centres = np.asarray(centres, dtype=np.float64).reshape(-1, ndim)
+    linear = np.eye(ndim) if matrix is None else np.asarray(matrix, dtype=np.float64)
+    to_index = volume.geometry.physical_to_index
+    origin = to_index(np.zeros((1, ndim)))
+    jacobian_t = to_index(np.eye(ndim)) - origin  # row a: the voxel step of one mm along LPS axis a
     size = np.asarray(volume.geometry.size, dtype=np.float64)
-    normalised = 2.0 * index / np.maximum(size - 1, 1) - 1.0
-    grid = torch.as_tensor(normalised, dtype=torch.float32, device=volume.device)
-    grid = grid.view(1, -1, *([1] * (volume.ndim - 1)), volume.ndim)  # grid_sample wants (x=i, y=j, z=k)
+    scale = 2.0 / np.maximum(size - 1, 1)  # voxel index -> grid_sample's [-1, 1]
+    base = (to_index(centres) * scale - 1.0)
+    step = (linear.T @ jacobian_t) * scale[None, :]  # offset (mm, support frame) -> normalised grid units
+    device = volume.device
+    grid = (torch.as_tensor(base, dtype=torch.float32, device=device)[:, None, :]
+            + torch.as_tensor(np.asarray(offsets, dtype=np.float64) @ step, dtype=torch.float32,
+                              device=device)[None])
+    grid = grid.view(1, -1, *([1] * (ndim - 1)), ndim)  # grid_sample wants (x=i, y=j, z=k)
     out = F.grid_sample(volume.data[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return out.reshape(pts.shape[:-1])
+    return out.reshape(len(centres), -1)
 
 
 def support_patches(volume: PreparedVolume, points_lps: np.ndarray, patch_mm: float, step_mm: float) -> np.ndarray:
@@ -182,8 +197,7 @@ def support_patches(volume: PreparedVolume, points_lps: np.ndarray, patch_mm: fl
     ndim = volume.ndim
     offsets = patch_offsets(patch_mm, step_mm, ndim)
     n = int(round(patch_mm / step_mm))
-    pts = np.asarray(points_lps, dtype=np.float64)[:, None, :] + offsets[None]
-    return sample_physical(volume, pts).reshape((len(points_lps),) + (n,) * ndim).cpu().numpy()
+    return sample_around(volume, points_lps, offsets).reshape((len(points_lps),) + (n,) * ndim).cpu().numpy()
 
 
 def box_sums(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -215,8 +229,7 @@ def ncc_search(volume: PreparedVolume, patches: np.ndarray, centres: np.ndarray,
     m = n + 2 * r
     centres = np.asarray(centres, dtype=np.float64)
     matrix = np.asarray(matrix, dtype=np.float64)
-    query_pts = centres[:, None, :] + block[None] @ matrix.T  # (P, m^D, D)
-    blocks = sample_physical(volume, query_pts).reshape((p,) + (m,) * ndim).double()
+    blocks = sample_around(volume, centres, block, matrix).reshape((p,) + (m,) * ndim).double()
     t = torch.as_tensor(patches, dtype=torch.float64, device=blocks.device)
     t = t - t.flatten(1).mean(dim=1).view(-1, *[1] * ndim)
     t_norm = t.flatten(1).norm(dim=1).view(-1, *[1] * ndim)
@@ -238,17 +251,16 @@ def ncc_search(volume: PreparedVolume, patches: np.ndarray, centres: np.ndarray,
     idx = np.stack(np.unravel_index(best.cpu().numpy(), (w,) * ndim), axis=1).astype(np.float64)  # LPS axis order
     on_border = np.any((idx == 0) | (idx == w - 1), axis=1) if r > 0 else np.zeros(p, dtype=bool)
     # sub-sample peak: a parabola through the peak and its neighbours along each axis
-    s = scores.cpu().numpy()
-    for k in range(p):
-        centre = tuple(int(v) for v in idx[k])
-        for axis in range(ndim):
-            c = centre[axis]
-            if 0 < c < w - 1:
-                lo, hi = list(centre), list(centre)
-                lo[axis], hi[axis] = c - 1, c + 1
-                a, b, e = s[k][tuple(lo)], s[k][centre], s[k][tuple(hi)]
-                denom = a - 2 * b + e
-                if denom < 0:
-                    idx[k, axis] += float(np.clip(0.5 * (a - e) / denom, -0.5, 0.5))
+    s = flat.cpu().numpy()
+    rows = np.arange(p)
+    strides = [w ** (ndim - 1 - axis) for axis in range(ndim)]
+    best_flat = best.cpu().numpy()
+    for axis in range(ndim):
+        inside = (idx[:, axis] > 0) & (idx[:, axis] < w - 1)
+        lo = s[rows, np.where(inside, best_flat - strides[axis], best_flat)]
+        hi = s[rows, np.where(inside, best_flat + strides[axis], best_flat)]
+        denom = lo - 2 * s[rows, best_flat] + hi
+        ok = inside & (denom < 0)
+        idx[ok, axis] += np.clip(0.5 * (lo[ok] - hi[ok]) / denom[ok], -0.5, 0.5)
     shift = (idx - r) * step_mm  # support-frame offset of the best window's centre
     return centres + shift @ matrix.T, peak, on_border
