@@ -164,8 +164,6 @@ def uncertainty_reasons(props: dict, config: RefineConfig) -> list[str]:
         reasons.append(f"point disagrees with the anchor map ({props['map_residual_mm']:.0f} mm)")
     if "ncc" in props and props["ncc"] < config.min_ncc:
         reasons.append(f"weak image match (NCC {props['ncc']:.2f})")
-    if props.get("ncc_on_border"):
-        reasons.append("best match at the edge of the search")
     return reasons
 
 
