@@ -43,7 +43,8 @@ def register(sub) -> None:
     p.add_argument("--template", help="rpr: a saved support template instead of --support")
     p.add_argument("--save-template", help="rpr: save the support template here (NAME.safetensors + NAME.json)")
     p.add_argument("--model", help="rpr: coarse model")
-    p.add_argument("--fine-model", help="rpr: fine model")
+    p.add_argument("--fine-model", help="rpr: fine model (the paper's second step; not needed with --refine: "
+                   "across IXI subjects it made refined points worse, see docs/results.md)")
     p.add_argument("--fine-steps", type=int, default=1, help="rpr: fine steps (default 1)")
     p.add_argument("--runs", type=int, default=15, help="rpr: random starts K of the multi-run ensemble (default 15)")
     p.add_argument("--seed", type=int, default=0)
