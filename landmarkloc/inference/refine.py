@@ -235,8 +235,8 @@ def ncc_search(volume: PreparedVolume, patches: np.ndarray, centres: np.ndarray,
     m = n + 2 * r
     centres = np.asarray(centres, dtype=np.float64)
     matrix = np.asarray(matrix, dtype=np.float64)
-    blocks = sample_around(volume, centres, block, matrix).reshape((p,) + (m,) * ndim).double()
-    t = torch.as_tensor(patches, dtype=torch.float64, device=blocks.device)
+    blocks = sample_around(volume, centres, block, matrix).reshape((p,) + (m,) * ndim)
+    t = torch.as_tensor(patches, dtype=torch.float32, device=blocks.device)
     t = t - t.flatten(1).mean(dim=1).view(-1, *[1] * ndim)
     t_norm = t.flatten(1).norm(dim=1).view(-1, *[1] * ndim)
     dims = tuple(range(1, ndim + 1))

@@ -286,8 +286,8 @@ def _oneshot_report(one: dict) -> list:
         if records:
             unsel = [r["error"] for r in records if not r["selected"]]
             sel = [r["error"] for r in records if r["selected"]]
-            med_unsel, med_sel = (np.median(v) if v else float("nan") for v in (unsel, sel))
-            flags = f"{100 * len(unsel) / len(records):.0f}%, {med_unsel:.1f} / {med_sel:.1f}"
+            med_unsel, med_sel = (f"{np.median(v):.1f}" if v else "–" for v in (unsel, sel))
+            flags = f"{100 * len(unsel) / len(records):.0f}%, {med_unsel} / {med_sel}"
         md.append(f"| {name} | {np.mean(ious):.3f} | {np.mean(awds):.2f} | {centroid} | "
                   f"{np.median(cfg['seconds']):.3f} | {refine_s} | {flags} |")
     best = ONESHOT_DEFAULT
