@@ -53,6 +53,7 @@ def load_template(path):
 
 def locate_rpr(locator, template, query: sitk.Image, runs: int, seed: int = 0, refine: str = "ncc") -> tuple:
     """(points, boxes, warnings); uncertain points come unselected with the reason in their description."""
+    locator.check_template(template)
     if refine != "none" and not template.has_refinement:
         raise InputError("this template was saved by an older version and has no refinement data: save it again "
                          "from the support")

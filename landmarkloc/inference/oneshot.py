@@ -341,7 +341,8 @@ class OneShotLocator:
                         fine_sha256=None if self.fine is None else self.fine.sha256,
                         support_positions=np.mean(positions, axis=0), supports=k, **refinement)
 
-    def _check(self, template: Template) -> None:
+    def check_template(self, template: Template) -> None:
+        """Refuse a template made for other models or another dimension (ModelError)."""
         if template.ndim != self.ndim:
             raise ModelError(f"the template is {template.ndim}D, the models are {self.ndim}D")
         if template.coarse_sha256 != self.coarse.sha256:
@@ -363,7 +364,7 @@ class OneShotLocator:
         peak) and is unselected with the reason in its description when one of
         them says it cannot be trusted (:func:`uncertainty_reasons`).
         """
-        self._check(template)
+        self.check_template(template)
         if runs < 1:
             raise InputError("runs must be at least 1")
         if refine not in REFINE_MODES:
