@@ -168,6 +168,10 @@ def test_one_shot_from_a_segmentation_gives_one_roi_per_organ_and_a_template(mod
         np.testing.assert_allclose(np.abs(box.orientation.T @ mrml.volume_geometry(query).direction),
                                    np.eye(3), atol=1e-6)
     assert all("spread_mm=" in outcome.points_node.GetNthControlPointDescription(i) for i in range(12))
+    # points the refinement cannot trust come unselected, say why, and the module is told to warn
+    unselected = [i for i in range(12) if not outcome.points_node.GetNthControlPointSelected(i)]
+    assert all(outcome.points_node.GetNthControlPointDescription(i).startswith("uncertain:") for i in unselected)
+    assert bool(outcome.warnings) == bool(unselected)
 
     # save the support as a template, then find again without the support
     path = tmp_path / "organs.safetensors"

@@ -77,16 +77,28 @@ def run_rpr(spec: dict, device, synchronize) -> dict:
     from landmarkloc.inference.oneshot import OneShotLocator
 
     t0 = time.perf_counter()
-    loc = OneShotLocator.from_files(spec["coarse"], spec["fine"], device=str(device))
+    loc = OneShotLocator.from_files(spec["coarse"], spec.get("fine"), device=str(device))
     load_s = time.perf_counter() - t0
     support, points, query = _support_and_query(spec)
     template = loc.make_template(support, points)
+    refine = spec.get("refine", "none")
     rss_before = peak_rss_mb()
-    timing = _timed(lambda: loc.locate_boxes(query, template, runs=spec["runs"]), spec["repeat"], synchronize)
+    steps = []
+
+    def locate():
+        result = loc.locate_boxes(query, template, runs=spec["runs"], refine=refine)
+        steps.append(result.timings)
+        return result
+
+    timing = _timed(locate, spec["repeat"], synchronize)
     prep = _timed(lambda: loc.prepare(query), max(1, spec["repeat"] // 3), synchronize)
-    result = loc.locate_boxes(query, template, runs=spec["runs"])
+    result = locate()
+    step_median = {k: statistics.median(s[k] for s in steps[1:] or steps) for k in steps[0]}
     grid = loc.prepare(query)[0].geometry.size
+    configuration = ("coarse+fine" if spec.get("fine") else "coarse") + {
+        "none": "", "affine": " + anchor map", "ncc": " + anchor map + NCC search"}[refine]
     return {"load_s": load_s, **timing, "prepare_median_s": prep["median_s"], "points": len(points),
+            "configuration": configuration, "step_median_s": step_median,
             "boxes": len(result.boxes), "runs": spec["runs"], "model_grid": list(grid),
             "model_grid_voxels": int(np.prod(grid)), "input_voxels": int(np.prod(query.GetSize())),
             "rss_with_input_mb": rss_before}

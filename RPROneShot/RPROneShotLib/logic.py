@@ -41,7 +41,7 @@ class Support:
 class FindOutcome:
     points_node: object
     roi_nodes: list = field(default_factory=list)
-    warnings: list = field(default_factory=list)  # shown to the user beside the result (not errors)
+    warnings: list = field(default_factory=list)  # e.g. uncertain points (unselected), query unlike training
 
 
 def inspect_template(path) -> dict:
@@ -88,8 +88,11 @@ def _check_models(model: ModelInfo, fine: ModelInfo, method: str) -> None:
 
 def start_find(query_volume, support: Support, method: str = "rpr", model: ModelInfo = None,
                fine_model: ModelInfo = None, template_path: str = "", runs: int = 15, steps: int = 1,
-               device: str = "Auto", python: str = None) -> Job:
-    """Check everything, write the inputs and start the worker that locates the support's points in the query."""
+               device: str = "Auto", python: str = None, refine: str = "ncc") -> Job:
+    """Check everything, write the inputs and start the worker that locates the support's points in the query.
+
+    ``refine`` (rpr): ``'ncc'`` (default: anchor map + local image match), ``'affine'`` or ``'none'``.
+    """
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if query_volume is None:
@@ -102,11 +105,15 @@ def start_find(query_volume, support: Support, method: str = "rpr", model: Model
         check_model_fits(model, query_geometry, query_volume.GetName())
     query_image = checked_image(query_volume)
     with starting_workdir() as workdir:
-        request = {"task": "locate", "method": method, "runs": int(runs), "steps": int(steps), "device": device}
+        request = {"task": "locate", "method": method, "runs": int(runs), "steps": int(steps), "device": device,
+                   "refine": refine}
         if method == "rpr":
             request.update(model=model.path, fine_model=fine_model.path if fine_model else None)
         if method == "rpr" and template_path:
-            inspect_template(template_path)
+            meta = inspect_template(template_path)
+            if refine != "none" and int(meta.get("template_version", 1)) < 2:
+                raise ModelError(f"{Path(template_path).name} was saved by an older version and has no "
+                                 "refinement data: save the template again from the support")
             request["template"] = str(template_path)
         else:
             request["support"] = _support_request(support, workdir)

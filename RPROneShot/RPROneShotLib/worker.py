@@ -67,7 +67,8 @@ def handle(request: dict, workdir, report) -> dict:
         return {"template": request["save_to"], "names": list(template.names)}
     report(0.4, f"Locating ({request.get('runs', 15)} runs)")
     found, boxes, warnings = engine.locate_rpr(locator, template, read_temporary_image(request["query"]),
-                                               request.get("runs", 15), request.get("seed", 0))
+                                               request.get("runs", 15), request.get("seed", 0),
+                                               request.get("refine", "ncc"))
     return {"points": [point_to_dict(p) for p in found], "boxes": [box_to_dict(b) for b in boxes],
             "warnings": warnings}
 

@@ -20,7 +20,9 @@ EXAMPLE = """examples:
       --names BrainStem,Hippocampus_R,Hippocampus_L --model coarse.safetensors --fine-model fine.safetensors \\
       -o q_points.mrk.json --rois q_rois.mrk.json --save-template brain3.safetensors
   landmarkloc oneshot --query a.nii.gz b.nii.gz --template brain3.safetensors --model brain-t1-rpr-coarse \\
-      --fine-model brain-t1-rpr-fine -o out/ --rois out/
+      -o out/ --rois out/
+  landmarkloc oneshot --refine none --query q.nii.gz --template brain3.safetensors --model brain-t1-rpr-coarse \\
+      --fine-model brain-t1-rpr-fine -o q.mrk.json     (the paper's coarse + fine agent, no refinement)
   landmarkloc oneshot --method registration --query q.nii.gz --support s.nii.gz \\
       --support-markups s.mrk.json -o q.mrk.json
   (-o and --rois folders (needed for several queries): QUERY.mrk.json / QUERY_rois.mrk.json)
@@ -43,11 +45,17 @@ def register(sub) -> None:
                                                  ("rpr-template",)))
     p.add_argument("--save-template", help="rpr: save the support template here (NAME.safetensors + NAME.json)")
     p.add_argument("--model", help=model_help("rpr: coarse model", ("rpr",)))
-    p.add_argument("--fine-model", help=model_help("rpr: fine model", ("rpr",)))
+    p.add_argument("--fine-model", help=model_help("rpr: fine model (the paper's second step; not needed with "
+                   "--refine: across IXI subjects it made refined points worse, see docs/results.md)", ("rpr",)))
     p.add_argument("--fine-steps", type=int, default=1, help="rpr: fine steps (default 1)")
     p.add_argument("--runs", type=int, default=15, help="rpr: random starts K of the multi-run ensemble (default 15)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", choices=("rpr", "ncc", "registration"), default="rpr")
+    p.add_argument("--refine", choices=("none", "affine", "ncc"), default="ncc",
+                   help="rpr: after the coarse agent, 'affine' maps the points by a robust affine fit to the "
+                   "template's anchor points, 'ncc' (default) then searches the best local image match "
+                   "(+-6 mm); 'none' is the paper's agent alone. Templates saved before this option need "
+                   "--refine none or remaking")
     p.add_argument("--ncc-stride", type=int, default=0,
                    help="ncc: sliding-window stride (the paper's 2); 0 (default) = FFT at every voxel")
     p.add_argument("--bspline", action="store_true", help="registration: add a B-spline stage after affine")
@@ -156,7 +164,11 @@ def _rpr(args):
         template.save(args.save_template)
         if not args.quiet:
             print(f"saved template ({len(template.names)} points) to {args.save_template}")
-    return lambda query: locator.locate(query, template, runs=args.runs, seed=args.seed)
+    locator.check_template(template)  # other models first: remaking is then the answer either way
+    if args.refine != "none" and not template.has_refinement:
+        raise InputError(f"{args.template}: this template was saved by an older landmarkloc and has no refinement "
+                         "data; save it again from the support image (--save-template), or use --refine none")
+    return lambda query: locator.locate(query, template, runs=args.runs, seed=args.seed, refine=args.refine)
 
 
 def _baseline(args, support, points):

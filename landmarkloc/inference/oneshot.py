@@ -26,13 +26,25 @@ import torch
 
 from landmarkloc.errors import InputError, ModelError
 from landmarkloc.geometry.frames import ImageGeometry, from_point3, to_point3
+from landmarkloc.geometry.intensity import unlike_profile
 from landmarkloc.geometry.labels import box_from_points, group_extreme_points, label_extreme_points
 from landmarkloc.inference.patches import PreparedVolume, extract_patches, prepare_volume
 from landmarkloc.io.labelmap import label_map_warning
+from landmarkloc.inference.refine import (
+    DEFAULT_REFINE,
+    REFINE_MODES,
+    RefineConfig,
+    fit_affine,
+    map_locally,
+    ncc_search,
+    sample_anchors,
+    support_patches,
+)
 from landmarkloc.networks.pnet import RprModel, load_rpr_model, relative_offset
 from landmarkloc.points import Box, ControlPoint
 
 TEMPLATE_KIND = "rpr-template"
+TEMPLATE_VERSION = 2  # 2: anchors and intensity patches for refinement
 # Patches per network pass. Small batches keep each layer's activations (a few MB) in the CPU caches; a
 # batch of 48 patches of 32^3 voxels streams ~100 MB per layer through memory and runs ~1.7x slower
 # (measured with the compact Pnet, see docs/benchmarks.md). A batch of one would leave oneDNN.
@@ -45,6 +57,10 @@ class Template:
 
     ``coarse_latents``/``fine_latents``: ``(P, D)``, averaged over the support
     images (few-shot). Model sha256s tie the template to the models that made it.
+    Refinement (format 2): ``anchor_positions`` / ``anchor_latents`` ``(A, D)``:
+    points spread over the (first) support's body and their coarse latents;
+    ``patches`` ``(P, n, ...)``: the support's intensity patches around each
+    point (``patch_mm`` wide, sampled every ``step_mm`` along LPS axes).
     """
 
     names: list[str]
@@ -55,6 +71,16 @@ class Template:
     fine_sha256: str | None = None
     support_positions: np.ndarray | None = None  # (P, 3) LPS, mean over the supports (information)
     supports: int = 1
+    anchor_positions: np.ndarray | None = None  # (A, D) LPS, first support
+    anchor_latents: np.ndarray | None = None  # (A, D) coarse model
+    patches: np.ndarray | None = None  # (P, n, n[, n]) support intensities (first support)
+    patch_mm: float = 24.0
+    step_mm: float = 2.0
+    point_positions: np.ndarray | None = None  # (P, D) LPS in the first support (the anchors' frame)
+
+    @property
+    def has_refinement(self) -> bool:
+        return self.anchor_positions is not None and self.anchor_latents is not None
 
     def save(self, path) -> None:
         """Write ``NAME.safetensors`` + ``NAME.json`` (no pickle)."""
@@ -63,32 +89,54 @@ class Template:
         tensors = {"coarse_latents": torch.as_tensor(self.coarse_latents, dtype=torch.float32)}
         if self.fine_latents is not None:
             tensors["fine_latents"] = torch.as_tensor(self.fine_latents, dtype=torch.float32)
-        meta = {"kind": TEMPLATE_KIND, "names": list(self.names), "ndim": self.ndim,
-                "coarse_model_sha256": self.coarse_sha256, "fine_model_sha256": self.fine_sha256,
-                "supports": self.supports,
+        for key in ("anchor_positions", "anchor_latents", "patches", "point_positions"):
+            value = getattr(self, key)
+            if value is not None:
+                dtype = torch.float64 if key.endswith("positions") else torch.float32
+                tensors[key] = torch.as_tensor(np.asarray(value), dtype=dtype)
+        meta = {"kind": TEMPLATE_KIND, "template_version": TEMPLATE_VERSION, "names": list(self.names),
+                "ndim": self.ndim, "coarse_model_sha256": self.coarse_sha256, "fine_model_sha256": self.fine_sha256,
+                "supports": self.supports, "patch_mm": self.patch_mm, "step_mm": self.step_mm,
                 "support_positions_lps": None if self.support_positions is None
                 else np.asarray(self.support_positions).tolist()}
         save_model(path, tensors, meta)
 
     @classmethod
     def load(cls, path) -> Template:
+        """Read a template; version-1 templates (no refinement data) load and can be used with ``refine='none'``."""
         from landmarkloc.io.modelfile import load_model
 
         tensors, meta = load_model(path, kind=TEMPLATE_KIND)
+        version = int(meta.get("template_version", 1))
+        if version > TEMPLATE_VERSION:
+            raise ModelError(f"{path}: template format {version} is newer than this landmarkloc "
+                             f"(reads up to {TEMPLATE_VERSION}); update landmarkloc")
+
+        def array(key, dtype=np.float32):
+            return tensors[key].numpy().astype(dtype) if key in tensors else None
+
         try:
             names = [str(n) for n in meta["names"]]
-            coarse = tensors["coarse_latents"].numpy().astype(np.float32)
-            fine = tensors["fine_latents"].numpy().astype(np.float32) if "fine_latents" in tensors else None
             positions = meta.get("support_positions_lps")
-            template = cls(names=names, ndim=int(meta["ndim"]), coarse_latents=coarse,
-                           coarse_sha256=str(meta["coarse_model_sha256"]), fine_latents=fine,
+            template = cls(names=names, ndim=int(meta["ndim"]), coarse_latents=array("coarse_latents"),
+                           coarse_sha256=str(meta["coarse_model_sha256"]), fine_latents=array("fine_latents"),
                            fine_sha256=meta.get("fine_model_sha256"),
                            support_positions=None if positions is None else np.asarray(positions, dtype=np.float64),
-                           supports=int(meta.get("supports", 1)))
-        except (KeyError, TypeError, ValueError) as exc:
+                           supports=int(meta.get("supports", 1)),
+                           anchor_positions=array("anchor_positions", np.float64),
+                           anchor_latents=array("anchor_latents"), patches=array("patches"),
+                           patch_mm=float(meta.get("patch_mm", 24.0)), step_mm=float(meta.get("step_mm", 2.0)),
+                           point_positions=array("point_positions", np.float64))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ModelError(f"{path}: incomplete one-shot template ({exc})") from None
-        if coarse.shape != (len(names), template.ndim):
-            raise ModelError(f"{path}: template latents {coarse.shape} do not fit {len(names)} points")
+        if template.coarse_latents.shape != (len(names), template.ndim):
+            raise ModelError(f"{path}: template latents {template.coarse_latents.shape} do not fit {len(names)} points")
+        if template.has_refinement and (template.anchor_positions.shape != template.anchor_latents.shape
+                                        or template.point_positions is None
+                                        or template.point_positions.shape != (len(names), template.ndim)):
+            raise ModelError(f"{path}: damaged template (refinement arrays do not fit its points)")
+        if template.patches is not None and len(template.patches) != len(names):
+            raise ModelError(f"{path}: damaged template ({len(template.patches)} patches for {len(names)} points)")
         return template
 
 
@@ -101,7 +149,42 @@ class OneShotResult:
     seconds: float = 0.0
     method: str = "rpr"
     run_positions: np.ndarray | None = None  # (K, P, D) coarse estimates of the K runs
-    warnings: list = field(default_factory=list)  # one-line warnings for the user (not errors)
+    refine: str = "none"
+    timings: dict = field(default_factory=dict)  # seconds per step (rpr)
+    warnings: list[str] = field(default_factory=list)  # about the whole query; uncertain points say why
+
+
+def uncertainty_reasons(props: dict, config: RefineConfig) -> list[str]:
+    """Why a located point cannot be trusted (empty: no reason found), from its ``properties``."""
+    reasons = []
+    if props.get("spread_mm", 0.0) > config.max_spread_mm:
+        reasons.append(f"runs disagree (spread {props['spread_mm']:.0f} mm)")
+    if props.get("fit_rms_mm", 0.0) > config.max_fit_rms_mm:
+        reasons.append(f"anchor map fits poorly (rms {props['fit_rms_mm']:.0f} mm)")
+    if props.get("map_residual_mm", 0.0) > config.max_map_residual_mm:
+        reasons.append(f"point disagrees with the anchor map ({props['map_residual_mm']:.0f} mm)")
+    if "ncc" in props and props["ncc"] < config.min_ncc:
+        reasons.append(f"weak image match (NCC {props['ncc']:.2f})")
+    return reasons
+
+
+def flag_uncertain(result: OneShotResult, config: RefineConfig, unlike: str | None = None) -> None:
+    """Unselect the points that cannot be trusted and say why in their description; collect warnings."""
+    flagged = []
+    for point in result.points:
+        reasons = uncertainty_reasons(point.properties, config)
+        if unlike is not None:
+            reasons.append("image unlike the training data")
+            point.properties["unlike_training"] = 1
+        if reasons:
+            point.selected = False
+            point.description = "uncertain: " + "; ".join(reasons)
+            flagged.append(point.label)
+    if unlike is not None:
+        result.warnings.append(unlike)
+    if flagged:
+        result.warnings.append(f"{len(flagged)} of {len(result.points)} points uncertain (unselected): "
+                               + ", ".join(flagged[:6]) + (" ..." if len(flagged) > 6 else ""))
 
 
 def query_orientation(geometry: ImageGeometry) -> np.ndarray:
@@ -223,8 +306,13 @@ class OneShotLocator:
             return torch.cat([model.net(chunk).float() for chunk in patches.split(max(1, per_pass))])
 
     def make_template(self, support_images: sitk.Image | Sequence[sitk.Image],
-                      support_points: Sequence[ControlPoint] | Sequence[Sequence[ControlPoint]]) -> Template:
-        """Latent vectors of the support patches; several supports (few-shot) are averaged."""
+                      support_points: Sequence[ControlPoint] | Sequence[Sequence[ControlPoint]],
+                      refine: RefineConfig | None = DEFAULT_REFINE) -> Template:
+        """Latent vectors of the support patches; several supports (few-shot) are averaged.
+
+        With ``refine`` (the default) the template also holds anchors and
+        intensity patches from the first support, for :meth:`locate`'s refinement.
+        """
         if isinstance(support_images, sitk.Image):
             support_images, support_points = [support_images], [support_points]
         if len(support_images) != len(support_points) or not support_images:
@@ -233,6 +321,7 @@ class OneShotLocator:
         if len(set(names)) != len(names):
             raise InputError("support point names must be unique")
         coarse_sum, fine_sum, positions = 0.0, 0.0, []
+        refinement = {}
         for n, (image, points) in enumerate(zip(support_images, support_points)):
             where = f"support {n + 1}"
             if image.GetDimension() != self.ndim:
@@ -243,14 +332,22 @@ class OneShotLocator:
             if self.fine is not None:
                 fine_sum = fine_sum + self._latents(self.fine, volumes[1], volumes[1].to_index(pos)).cpu().numpy()
             positions.append(to_point3(pos))
+            if n == 0 and refine is not None:
+                anchors = sample_anchors(volumes[0], refine.anchors, refine.anchor_margin_mm, refine.anchor_seed)
+                refinement = dict(
+                    anchor_positions=volumes[0].to_physical(anchors),
+                    anchor_latents=self._latents(self.coarse, volumes[0], anchors).cpu().numpy(),
+                    patches=support_patches(volumes[0], pos, refine.patch_mm, refine.step_mm),
+                    patch_mm=refine.patch_mm, step_mm=refine.step_mm, point_positions=pos)
         k = len(support_images)
         return Template(names=names, ndim=self.ndim, coarse_latents=np.asarray(coarse_sum / k, dtype=np.float32),
                         coarse_sha256=self.coarse.sha256,
                         fine_latents=None if self.fine is None else np.asarray(fine_sum / k, dtype=np.float32),
                         fine_sha256=None if self.fine is None else self.fine.sha256,
-                        support_positions=np.mean(positions, axis=0), supports=k)
+                        support_positions=np.mean(positions, axis=0), supports=k, **refinement)
 
-    def _check(self, template: Template) -> None:
+    def check_template(self, template: Template) -> None:
+        """Refuse a template made for other models or another dimension (ModelError)."""
         if template.ndim != self.ndim:
             raise ModelError(f"the template is {template.ndim}D, the models are {self.ndim}D")
         if template.coarse_sha256 != self.coarse.sha256:
@@ -261,45 +358,105 @@ class OneShotLocator:
             if template.fine_sha256 != self.fine.sha256:
                 raise ModelError("the template was made with a different fine model; make it again with this one")
 
-    def locate(self, query_image: sitk.Image, template: Template, runs: int = 15, seed: int = 0) -> OneShotResult:
-        """Locate the template's points (and boxes) in ``query_image``."""
-        self._check(template)
+    def locate(self, query_image: sitk.Image, template: Template, runs: int = 15, seed: int = 0,
+               refine: str = "ncc", config: RefineConfig = DEFAULT_REFINE) -> OneShotResult:
+        """Locate the template's points (and boxes) in ``query_image``.
+
+        ``refine``: ``'none'`` (the paper: coarse mean, then the fine model if
+        given), ``'affine'`` (coarse, robust anchor map, fine model if given) or
+        ``'ncc'`` (``'affine'`` then the local NCC search; the default).
+        Every point gets ``properties`` (spread of the K runs, map residual, NCC
+        peak) and is unselected with the reason in its description when one of
+        them says it cannot be trusted (:func:`uncertainty_reasons`).
+        """
+        self.check_template(template)
         if runs < 1:
             raise InputError("runs must be at least 1")
+        if refine not in REFINE_MODES:
+            raise InputError(f"unknown refinement {refine!r}; choose one of {', '.join(REFINE_MODES)}")
+        if refine != "none" and not template.has_refinement:
+            raise ModelError("this template has no refinement data (made by an older landmarkloc): make it again "
+                             "from the support image (--save-template), or use --refine none")
+        if refine == "ncc" and template.patches is None:
+            raise ModelError("this template has no support patches for the NCC search: make it again, or use "
+                             "--refine affine")
         start = time.perf_counter()
+        timings = {}
         volumes = self.prepare(query_image, "query image")
         coarse_vol = volumes[0]
+        timings["prepare"] = time.perf_counter() - start
         generator = torch.Generator().manual_seed(int(seed))
         fg = coarse_vol.foreground
         picks = torch.randint(len(fg), (runs,), generator=generator).to(fg.device)
         start_index = fg[picks].cpu().numpy()
         latent_q = self._latents(self.coarse, coarse_vol, start_index)  # (K, D): once for all points
-        latent_s = torch.as_tensor(template.coarse_latents, device=latent_q.device)  # (P, D)
+        count = len(template.names)
+        support_latents = template.coarse_latents
+        if refine != "none":
+            support_latents = np.concatenate([support_latents, template.anchor_latents])
+        latent_s = torch.as_tensor(support_latents, device=latent_q.device)  # (P [+ A], D)
         offsets = relative_offset(latent_s[None], latent_q[:, None], self.coarse.radius_mm).cpu().numpy()
-        runs_pos = coarse_vol.to_physical(start_index)[:, None, :] + coarse_vol.offsets_to_physical(offsets)
-        position = runs_pos.mean(axis=0)  # (P, D)
-        spread = np.sqrt(((runs_pos - position[None]) ** 2).sum(axis=-1).mean(axis=0))
+        runs_all = coarse_vol.to_physical(start_index)[:, None, :] + coarse_vol.offsets_to_physical(offsets)
+        mean_all = runs_all.mean(axis=0)
+        spread_all = np.sqrt(((runs_all - mean_all[None]) ** 2).sum(axis=-1).mean(axis=0))
+        runs_pos, position, spread = runs_all[:, :count], mean_all[:count], spread_all[:count]
         coarse_position = position.copy()
+        timings["coarse"] = time.perf_counter() - start - timings["prepare"]
+        properties = [{"spread_mm": round(float(s), 3), "runs": runs} for s in spread]
+        fit = None
+        t0 = time.perf_counter()
+        if refine != "none":
+            prior = 1.0 / (spread_all[count:] ** 2 + config.spread_floor_mm**2)
+            fit = fit_affine(template.anchor_positions, mean_all[count:], prior, config.fit_iterations)
+            position = fit.apply(template.point_positions)
+            if config.locality_mm > 0:
+                position = map_locally(fit, template.anchor_positions, mean_all[count:], template.point_positions,
+                                       config.locality_mm)
+            for props, c, p in zip(properties, coarse_position, position):
+                props["map_residual_mm"] = round(float(np.linalg.norm(c - p)), 3)
+                props["fit_rms_mm"] = round(fit.rms_mm, 3)
+        timings["anchor map"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         if self.fine is not None:
             fine_vol = volumes[1]
             latent_fs = torch.as_tensor(template.fine_latents, device=latent_q.device)
+            before_fine = position.copy()
             for _ in range(self.fine_steps):
                 index = fine_vol.to_index(position)
                 latent_fq = self._latents(self.fine, fine_vol, index)  # (P, D): one patch per point
                 step = relative_offset(latent_fs, latent_fq, self.fine.radius_mm).cpu().numpy()
                 position = fine_vol.to_physical(index) + fine_vol.offsets_to_physical(step)
-        properties = [{"spread_mm": round(float(s), 3), "runs": runs,
-                       "fine_shift_mm": round(float(np.linalg.norm(p - c)), 3)}
-                      for s, p, c in zip(spread, position, coarse_position)]
+            for props, p, c in zip(properties, position, before_fine):
+                props["fine_shift_mm"] = round(float(np.linalg.norm(p - c)), 3)
+        timings["fine"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if refine == "ncc":
+            position, peak, border = ncc_search(coarse_vol, template.patches, position, fit.matrix,
+                                                template.step_mm, config.search_mm)
+            for _ in range(config.search_passes - 1):
+                if not border.any():
+                    break
+                again = np.flatnonzero(border)
+                moved, peak_again, border_again = ncc_search(coarse_vol, template.patches[again], position[again],
+                                                             fit.matrix, template.step_mm, config.search_mm)
+                position[again], peak[again], border[again] = moved, peak_again, border_again
+            for props, value, edge in zip(properties, peak, border):
+                props["ncc"] = round(float(value), 4)
+                props["ncc_on_border"] = int(edge)
+        timings["ncc search"] = time.perf_counter() - t0
         result = result_from_positions(template.names, position, query_image, "rpr",
                                        time.perf_counter() - start, properties)
+        unlike = unlike_profile(coarse_vol.data.cpu().numpy(), self.coarse.metadata.get("intensity_profile"))
+        flag_uncertain(result, config, unlike)
         result.run_positions = runs_pos
+        result.refine = refine
+        result.timings = timings
         return result
 
-    def locate_boxes(self, query_image: sitk.Image, template: Template, runs: int = 15,
-                     seed: int = 0) -> OneShotResult:
+    def locate_boxes(self, query_image: sitk.Image, template: Template, runs: int = 15, seed: int = 0,
+                     refine: str = "ncc", config: RefineConfig = DEFAULT_REFINE) -> OneShotResult:
         """Like :meth:`locate`; the template must hold organ extreme points (``<organ>_xmin`` ...)."""
         if not group_extreme_points([ControlPoint(n, np.zeros(3)) for n in template.names]):
             raise InputError("the template has no organ extreme points (<organ>_xmin ...); "
                              "make it from a support label map")
-        return self.locate(query_image, template, runs=runs, seed=seed)
+        return self.locate(query_image, template, runs=runs, seed=seed, refine=refine, config=config)
