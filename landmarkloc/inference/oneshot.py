@@ -29,7 +29,6 @@ from landmarkloc.geometry.frames import ImageGeometry, from_point3, to_point3
 from landmarkloc.geometry.intensity import unlike_profile
 from landmarkloc.geometry.labels import box_from_points, group_extreme_points, label_extreme_points
 from landmarkloc.inference.patches import PreparedVolume, extract_patches, prepare_volume
-from landmarkloc.io.labelmap import label_map_warning
 from landmarkloc.inference.refine import (
     DEFAULT_REFINE,
     REFINE_MODES,
@@ -40,6 +39,7 @@ from landmarkloc.inference.refine import (
     sample_anchors,
     support_patches,
 )
+from landmarkloc.io.labelmap import label_map_warning
 from landmarkloc.networks.pnet import RprModel, load_rpr_model, relative_offset
 from landmarkloc.points import Box, ControlPoint
 

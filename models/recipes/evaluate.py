@@ -363,6 +363,7 @@ def _uncertainty_section(model_name: str, sets: dict, key: str, split: str) -> l
     md += ["", f"![{model_name} reliability](figures/{path.name})", "",
            "Reliability: points binned by predicted probability; the observed share of errors above the radius "
            "per bin (numbers: points per bin).", ""]
+    return md
 
 
 def _oneshot_report(one: dict) -> list:
