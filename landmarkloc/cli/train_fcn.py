@@ -39,7 +39,8 @@ def register(sub) -> None:
     p.add_argument("--spacing", help="pixel size in mm of 2D picture inputs (PNG/JPEG/...), e.g. 0.1")
     p.add_argument("--model-spacing", help="grid spacing of the model in mm, one value or one per axis "
                    "(default: the median spacing of the training images)")
-    p.add_argument("--intensity", default="mr", help="intensity preset: ct, mr or xray (default: mr)")
+    p.add_argument("--intensity", default="mr",
+                   help="intensity preset: ct, mr, xray or xray-equalized (histogram equalization) (default: mr)")
     p.add_argument("--variant", default="R_log+C", choices=list(VARIANTS),
                    help="regression/classification variant of the paper's ablation (default: R_log+C)")
     p.add_argument("--global-only", action="store_true", help="no local stage (the paper's 'global' ablation)")

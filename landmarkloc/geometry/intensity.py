@@ -1,4 +1,5 @@
-"""Intensity normalisation presets: a fixed HU window for CT, robust percentiles for MR and X-ray."""
+"""Intensity normalisation presets: a fixed HU window for CT, robust percentiles for MR and X-ray,
+histogram equalization for X-rays of varying exposure (Noothout et al. 2020 equalize cephalograms)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ class IntensityPreset:
 
     ``window``: clip to a fixed range (CT Hounsfield units mean the same in every scan).
     ``percentile``: clip to the image's own percentiles (MR and X-ray have no absolute scale).
+    ``equalize``: histogram equalization, each value becomes the share of the image's voxels at or below
+    it, so over- and under-exposed radiographs look alike (contrast differences remain in the ordering only).
     """
 
     name: str
@@ -41,7 +44,9 @@ PRESETS = {
     "ct": IntensityPreset("ct", "window", window=(-1000.0, 1500.0)),
     "mr": IntensityPreset("mr", "percentile", percentiles=(0.5, 99.5)),
     "xray": IntensityPreset("xray", "percentile", percentiles=(0.5, 99.5)),
+    "xray-equalized": IntensityPreset("xray-equalized", "equalize"),
 }
+EQUALIZE_BINS = 1024
 
 
 def get_preset(preset) -> IntensityPreset:
@@ -62,15 +67,33 @@ def intensity_range(array: np.ndarray, preset) -> tuple:
         return float(preset.window[0]), float(preset.window[1])
     if preset.mode != "percentile":
         raise InputError(f"unknown intensity mode {preset.mode!r}")
-    flat = np.asarray(array, dtype=np.float32).ravel()
-    if flat.size > 2_000_000:  # percentiles of a strided subsample are as good and much faster
-        flat = flat[:: flat.size // 1_000_000]
+    flat = _subsample(array)  # percentiles of a strided subsample are as good and much faster
     lo, hi = np.percentile(flat, preset.percentiles)
     return float(lo), float(hi)
 
 
+def _subsample(array: np.ndarray) -> np.ndarray:
+    flat = np.asarray(array, dtype=np.float32).ravel()
+    return flat[:: flat.size // 1_000_000] if flat.size > 2_000_000 else flat
+
+
+def equalize(array: np.ndarray) -> np.ndarray:
+    """Histogram equalization to [0, 1]: each value maps to the cumulative share of voxels up to its bin."""
+    flat = _subsample(array)
+    lo, hi = float(flat.min()), float(flat.max())
+    out = np.asarray(array, dtype=np.float32)
+    if hi - lo <= 1e-6 * max(1.0, abs(hi)):
+        return np.zeros_like(out)
+    counts, edges = np.histogram(flat, bins=EQUALIZE_BINS, range=(lo, hi))
+    cdf = np.cumsum(counts, dtype=np.float64) / flat.size
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    return np.interp(out, centres, cdf).astype(np.float32)
+
+
 def normalize(array: np.ndarray, preset) -> np.ndarray:
     """Map intensities to [0, 1] with ``preset``; a constant image maps to all zeros."""
+    if get_preset(preset).mode == "equalize":
+        return equalize(array)
     lo, hi = intensity_range(array, preset)
     out = np.asarray(array, dtype=np.float32)
     if hi - lo <= 1e-6 * max(1.0, abs(hi)):

@@ -1,0 +1,123 @@
+"""Error analysis of a cephalometric FCN model on the images train-fcn held out for validation.
+
+Reproduces train-fcn's split of the training description (seed and fraction from
+the model's metadata), then localizes every held-out image and records per
+landmark: the global stage's error, the final (global-to-local) error, the local
+stage's error when started at the reference point (its own accuracy, free of
+global errors), a second local pass from the first one's output, and the
+global confidence. Optionally the same on some training images (fit vs
+generalization). Used by evaluate.py (``--only ceph-analysis``); never touches Test1.
+
+    python models/recipes/ceph_analysis.py MODEL runs/ceph/train.csv [--spacing 0.1] [--train-images 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from landmarkloc.inference.fcn import Localizer, run_global, run_local
+from landmarkloc.io.datasets import load_dataset
+from landmarkloc.io.modelfile import read_metadata
+from landmarkloc.training.fcn import _split, prepare_cases
+
+TAIL_MM = 4.0
+
+
+def validation_split(dataset, train_config: dict) -> tuple:
+    """(training indices, validation indices) exactly as train-fcn chose them."""
+    rng = np.random.default_rng(train_config.get("seed", 0))
+    return _split(len(dataset.cases), float(train_config.get("val_fraction", 0.1)), rng)
+
+
+def _errors(estimate, truth, spacing) -> list:
+    return [float(np.linalg.norm((e - t) * spacing)) for e, t in zip(estimate, truth)]
+
+
+@torch.inference_mode()
+def analyse_cases(loc: Localizer, cases) -> dict:
+    """Per case and landmark: errors (mm) of the global stage, the final result, oracle and repeated local passes."""
+    net = loc.network
+    size = loc.sub_image_size
+    out = {}
+    for case in cases:
+        spacing = case.spacing
+        glob = run_global(net.global_net, case.array, loc.variant, spacing, loc.device)
+        local = run_local(net.local_net, case.array, glob.estimate, size, loc.variant, spacing, loc.device)
+        again = run_local(net.local_net, case.array, local.estimate, size, loc.variant, spacing, loc.device)
+        truth = case.landmarks
+        oracle = run_local(net.local_net, case.array, np.nan_to_num(truth), size, loc.variant, spacing, loc.device)
+
+        out[case.name] = {"global": _errors(glob.estimate, truth, spacing),
+                          "final": _errors(local.estimate, truth, spacing),
+                          "local_twice": _errors(again.estimate, truth, spacing),
+                          "local_from_truth": _errors(oracle.estimate, truth, spacing),
+                          "global_confidence": [float(c) for c in glob.confidence],
+                          "global_spread_mm": [float(s) for s in glob.spread_mm]}
+    return out
+
+
+def summary(cases: dict, names: list) -> dict:
+    """Overall and per-landmark numbers, and the long tail (final error > TAIL_MM)."""
+    def stats(key, rows=None):
+        e = np.array([c[key] for c in cases.values()])  # (images, landmarks)
+        e = e if rows is None else e[:, rows]
+        return {"median": float(np.median(e)), "mean": float(np.mean(e)), "sdr2": float(np.mean(e < 2.0)),
+                "over4": int(np.sum(e > TAIL_MM))}
+
+    keys = ("global", "final", "local_twice", "local_from_truth")
+    per_landmark = {n: {k: stats(k, [i]) for k in keys} for i, n in enumerate(names)}
+    tail = []
+    for name, c in cases.items():
+        for i, n in enumerate(names):
+            if c["final"][i] > TAIL_MM:
+                tail.append({"image": name, "landmark": n, "global": round(c["global"][i], 2),
+                             "final": round(c["final"][i], 2), "local_from_truth": round(c["local_from_truth"][i], 2),
+                             "global_confidence": round(c["global_confidence"][i], 3)})
+    g = np.array([c["global"] for c in cases.values()]).ravel()
+    f = np.array([c["final"] for c in cases.values()]).ravel()
+    return {"images": len(cases), "overall": {k: stats(k) for k in keys}, "per_landmark": per_landmark,
+            "tail": sorted(tail, key=lambda t: -t["final"]),
+            "tail_from_global": int(np.sum((f > TAIL_MM) & (g > TAIL_MM))),
+            "local_better_1mm": int(np.sum(g - f > 1.0)), "local_worse_1mm": int(np.sum(f - g > 1.0))}
+
+
+def analyse(model, dataset_path, spacing=None, train_images: int = 0) -> dict:
+    meta = read_metadata(model)
+    loc = Localizer.from_file(model, device="cpu")
+    dataset = load_dataset(dataset_path)
+    train_idx, val_idx = validation_split(dataset, meta.get("train_config", {}))
+    val_cases = prepare_cases(dataset.subset(val_idx), meta["spacing"], meta["intensity"], spacing)
+    result = {"model": str(model), "validation_images": [c.name for c in val_cases],
+              "validation": summary(analyse_cases(loc, val_cases), loc.names)}
+    if train_images:
+        chosen = train_idx[:: max(1, len(train_idx) // train_images)][:train_images]
+        tr_cases = prepare_cases(dataset.subset(chosen), meta["spacing"], meta["intensity"], spacing)
+        result["training"] = summary(analyse_cases(loc, tr_cases), loc.names)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model")
+    parser.add_argument("dataset")
+    parser.add_argument("--spacing", type=float)
+    parser.add_argument("--train-images", type=int, default=0)
+    parser.add_argument("-o", "--output")
+    args = parser.parse_args()
+    result = analyse(args.model, args.dataset, args.spacing, args.train_images)
+    text = json.dumps(result, indent=1)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+    for part in ("validation", "training"):
+        if part in result:
+            print(part, json.dumps(result[part]["overall"]), "tail", len(result[part]["tail"]),
+                  "tail_from_global", result[part]["tail_from_global"])
+
+
+if __name__ == "__main__":
+    main()
