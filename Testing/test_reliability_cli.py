@@ -490,6 +490,10 @@ TRAIN_RPR_ROWS = [
     ("4D image", lambda t: ["--images", str(_four_d(t))], "4D image"),
     ("output under a file", lambda t: ["--images", str(_images(t, body_volume())), "-o", str(_file_in_the_way(t))],
      "is a file"),
+    ("label folder missing", lambda t: ["--images", str(_images(t, body_volume())), "--labels", str(t / "none")],
+     "--labels must be a folder"),
+    ("image without a label map", lambda t: ["--images", str(_images(t, body_volume(), body_volume())),
+                                             "--labels", str((t / "seg").mkdir() or t / "seg")], "no label map"),
 ]
 
 

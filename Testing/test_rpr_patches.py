@@ -131,3 +131,64 @@ def test_masked_copies_join_the_training_volumes(tmp_path):
     masked = both[1]
     assert masked.body.sum() < both[0].body.sum()  # only the masked structures are left as body
     assert torch.equal(both[0].data, plain[0].data)
+
+
+@pytest.mark.parametrize("ndim,patch", [(3, (32, 32, 32)), (2, (64, 32))])
+def test_strided_stem_cuts_the_cost_and_old_metadata_loads_without_a_stem(ndim, patch, tmp_path):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(config):
+        with FlopCounterMode(display=False) as counter:
+            Pnet(config)(torch.randn(1, 1, *reversed(patch)))
+        return counter.get_total_flops()
+
+    plain = PnetConfig(ndim=ndim, patch_size=patch, base_channels=4, convs_per_block=2)
+    stem = PnetConfig(ndim=ndim, patch_size=patch, base_channels=4, convs_per_block=2, stem_stride=2)
+    assert flops(stem) < 0.4 * flops(plain)  # 3D: about a quarter
+    with pytest.raises(ModelError):  # 16 does not survive a stem and three poolings with 2 cells left
+        PnetConfig(ndim=ndim, patch_size=(16,) * ndim, stem_stride=2)
+    old = plain.to_dict()
+    del old["stem_stride"]  # model files written before the stem existed
+    assert PnetConfig.from_dict(old) == plain
+    net = Pnet(stem)
+    save_model(tmp_path / "m", net.state_dict(), rpr_metadata(stem, "coarse", (3.0,) * ndim, 300.0,
+                                                             {"name": "mr", "mode": "percentile"}, 0.1))
+    assert load_rpr_model(tmp_path / "m.safetensors").net.config.stem_stride == 2
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_view_warps_invert_and_cross_view_targets_point_at_the_same_anatomy(ndim):
+    from landmarkloc.training.views import ViewConfig, ViewPairSampler, ViewWarp, labelled_volume, sample_view
+
+    shape = (30, 34, 26)[:ndim]
+    rng = np.random.default_rng(0)
+    smooth = torch.from_numpy(rng.uniform(0.2, 1.0, shape).astype(np.float32))
+    pool = torch.nn.functional.avg_pool3d if ndim == 3 else torch.nn.functional.avg_pool2d
+    smooth = pool(smooth[None, None], 5, stride=1, padding=2)[0, 0]  # smooth: interpolation is exact enough
+    image = sitk.GetImageFromArray(smooth.numpy())
+    image.SetSpacing((3.0,) * ndim)
+    volume = prepare_volume(image, (3.0,) * ndim, "mr")
+    labels = np.ones(tuple(volume.data.shape), dtype=np.int16)
+    labelled = labelled_volume(volume, labels)
+    config = ViewConfig(rotation_deg=15.0, scale=0.1, elastic_mm=4.0, elastic_control_mm=30.0)
+    generator = torch.Generator().manual_seed(0)
+    size = tuple(reversed(volume.data.shape))
+    warp_a, warp_b = (ViewWarp(size, labelled.spacing, config, generator) for _ in range(2))
+    points = labelled.body[::97].to(torch.float64)
+    assert torch.allclose(warp_a.forward(warp_a.inverse(points)), points, atol=1e-3)  # voxels
+    assert (warp_a.forward(points) - points).abs().max() > 0.5  # it does deform
+    # the patch centred where the support point's anatomy lies in view B shows what the support patch shows
+    x = labelled.body[len(labelled.body) // 2][None].to(torch.float64)
+    patch = (8,) * ndim
+    centre = tuple(p // 2 for p in patch)
+    a = sample_view(volume.data, warp_a.inverse(x), patch, warp_a)[0, 0][centre]
+    b = sample_view(volume.data, warp_b.inverse(x), patch, warp_b)[0, 0][centre]
+    assert torch.isclose(a, b, atol=1e-4)
+    # a sampler with one view pair and no appearance change: targets are the true offsets in the query view
+    sampler = ViewPairSampler([labelled], patch, ViewConfig(synthetic_probability=0.0, bias_probability=0.0,
+                              anisotropy_probability=0.0, blur_probability=0.0, gamma_probability=0.0,
+                              noise_probability=0.0, skull_strip_probability=0.0, pool_size=1),
+                              "coarse", 20.0, generator)
+    support, query, target = sampler.sample(6, cross_probability=1.0)
+    assert support.shape == (6, 1, *patch) and target.shape == (6, ndim)
+    assert target.norm(dim=1).max() > 10.0

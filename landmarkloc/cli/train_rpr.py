@@ -15,6 +15,8 @@ from .outputs import output_paths
 EXAMPLE = """examples:
   landmarkloc train-rpr --images ixi/t1 --stage coarse --preset compact -o models/rpr_brain_coarse --max-minutes 60
   landmarkloc train-rpr --images train.txt --val-images val.txt --stage fine -o models/rpr_brain_fine
+  landmarkloc train-rpr --images ixi/t1 --labels ixi/seg --stage coarse --stem-stride 2 -o models/rpr_coarse
+  (with --labels: TorchIO appearance randomisation from the label maps and cross-view pairs)
   torchrun --nproc_per_node 4 -m landmarkloc train-rpr --images ixi/t1 --stage coarse -o models/rpr_coarse
   (writes NAME.safetensors + NAME.json, the best model by validation MSE, and NAME.last.* to --resume from)
 """
@@ -40,6 +42,8 @@ def register(sub) -> None:
     p.add_argument("--spacing", help="model voxel spacing in mm, one value or one per axis")
     p.add_argument("--patch-size", help="patch size in voxels (multiples of 8, >= 16), one value or one per axis")
     p.add_argument("--base-channels", type=int, help="Pnet width b (blocks 2b, 2b, 4b, 8b, 4b)")
+    p.add_argument("--stem-stride", type=int, choices=(1, 2),
+                   help="2: a strided convolution halves the patch before the blocks (about 4x cheaper)")
     p.add_argument("--radius", type=float, help="r in mm for this stage (coarse: largest offset, fine: small)")
     p.add_argument("--fine-range", type=float, help="fine stage: max offset between the two patches, mm per axis")
     p.add_argument("--epochs", type=int)
@@ -51,6 +55,9 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT.last.safetensors")
     p.add_argument("--masks", help="folder of masks named like the images (e.g. brain masks): each image with a "
                    "mask is also used masked (skull-stripped), for training and validation")
+    p.add_argument("--labels", help="folder of anatomical label maps named like the images (e.g. segmentations): "
+                   "train on rendered views (random intensity per label, bias field, blur, resolution, gamma, "
+                   "noise, skull / no skull; known random deformations) with pairs across views of a subject")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pixel-spacing", type=float, help="pixel size in mm for 2D picture formats (PNG, JPEG ...)")
     p.add_argument("-o", "--output", required=True,
@@ -126,14 +133,18 @@ def run(args) -> int:
     config = with_overrides(
         config, intensity=args.intensity, spacing=_per_axis(args.spacing, "--spacing", ndim),
         patch_size=_per_axis(args.patch_size, "--patch-size", ndim, int), base_channels=args.base_channels,
+        stem_stride=args.stem_stride,
         fine_range_mm=args.fine_range, epochs=args.epochs, iterations_per_epoch=args.iterations,
         batch_size=args.batch_size, learning_rate=args.lr,
         augmentation=AugmentationConfig() if args.no_augment else None, **radius)
     if args.masks and not Path(args.masks).is_dir():
         raise InputError(f"--masks must be a folder of masks named like the images: {args.masks}")
+    if args.labels and not Path(args.labels).is_dir():
+        raise InputError(f"--labels must be a folder of label maps named like the images: {args.labels}")
     result = train_rpr(train, val, Path(args.output), config, args.stage, read=read, seed=args.seed,
                        device=args.device, max_minutes=args.max_minutes, resume=args.resume, quiet=args.quiet,
-                       mask_dir=Path(args.masks) if args.masks else None)
+                       mask_dir=Path(args.masks) if args.masks else None,
+                       label_dir=Path(args.labels) if args.labels else None)
     if not args.quiet:
         print(f"best validation MSE {result.best_validation_mse:.2f} mm^2 (mean error "
               f"{result.best_validation_error_mm:.2f} mm) after {result.epochs_done} epochs"

@@ -128,6 +128,25 @@ def extract_patches(volume: PreparedVolume, centres: np.ndarray, patch_size: tup
     return patches.unsqueeze(1)
 
 
+def patch_grid(patch_size: tuple[int, ...]) -> torch.Tensor:
+    """Voxel offsets ``(P, D)`` (ITK order, ITK axis 0 slowest) of a patch around its centre."""
+    offsets = torch.meshgrid(*[torch.from_numpy(o) for o in _patch_offsets(patch_size)], indexing="ij")
+    return torch.stack(offsets, dim=-1).reshape(-1, len(patch_size))
+
+
+def sample_at(data: torch.Tensor, positions: torch.Tensor, patch_size: tuple[int, ...]) -> torch.Tensor:
+    """Patches ``[N, 1, *reversed(patch_size)]`` sampled (linearly) at continuous ITK-order voxel positions
+    ``(N, P, D)`` laid out as :func:`patch_grid`; outside the volume reads as 0, like the padding at inference."""
+    ndim = data.dim()
+    size = torch.tensor(list(reversed(data.shape)), dtype=data.dtype, device=data.device)
+    normalised = 2.0 * positions / (size - 1).clamp(min=1) - 1.0
+    # grid built with ITK axis 0 slowest -> reshape to (i, j, k), then permute to (k, j, i)
+    normalised = normalised.reshape((len(positions),) + tuple(patch_size) + (ndim,))
+    normalised = normalised.permute(0, *range(ndim, 0, -1), ndim + 1)
+    return F.grid_sample(data[None, None].expand(len(positions), 1, *data.shape), normalised,
+                         mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
 def sample_patches(data: torch.Tensor, centres: torch.Tensor, patch_size: tuple[int, ...],
                    matrices: torch.Tensor) -> torch.Tensor:
     """Patches by trilinear/bilinear sampling around continuous ITK-order ``centres (N, D)``.
@@ -136,15 +155,6 @@ def sample_patches(data: torch.Tensor, centres: torch.Tensor, patch_size: tuple[
     rotation/scaling in voxel units; identity reproduces :func:`extract_patches`).
     Outside the volume reads as 0, like the zero padding at inference.
     """
-    ndim = data.dim()
-    offsets = torch.meshgrid(*[torch.from_numpy(o).to(data) for o in _patch_offsets(patch_size)], indexing="ij")
-    grid = torch.stack(offsets, dim=-1).reshape(-1, ndim)  # ITK order, i slowest
+    grid = patch_grid(patch_size).to(data)
     pos = centres[:, None, :] + grid[None] @ matrices.transpose(1, 2)  # (N, P, D)
-    size = torch.tensor(list(reversed(data.shape)), dtype=data.dtype, device=data.device)
-    normalised = 2.0 * pos / (size - 1).clamp(min=1) - 1.0
-    # meshgrid built with ITK axis 0 slowest -> reshape to (i, j, k), then permute to (k, j, i)
-    normalised = normalised.reshape((len(centres),) + tuple(patch_size) + (ndim,))
-    normalised = normalised.permute(0, *range(ndim, 0, -1), ndim + 1)
-    out = F.grid_sample(data[None, None].expand(len(centres), 1, *data.shape), normalised,
-                        mode="bilinear", padding_mode="zeros", align_corners=True)
-    return out
+    return sample_at(data, pos, patch_size)

@@ -12,6 +12,14 @@ both patches' sampling grids, with the target offset expressed in the rotated,
 scaled frame; and independent intensity changes (gamma, contrast, noise) per
 patch, since at inference the two patches come from different scans.
 
+With anatomical label maps (``label_dir``), training pairs come from rendered
+*views* instead (:mod:`landmarkloc.training.views`): TorchIO appearance
+randomisation (images synthesised from the labels, bias field, resolution,
+blur, gamma, noise, skull / no skull) and known random deformations, with
+cross-view pairs whose two patches come from different views of one subject.
+Validation then also measures cross-view pairs, and the best model is chosen on
+the mean of the same-image and cross-view MSE.
+
 Distributed training uses ``torchrun`` (gloo on CPU, nccl on CUDA): every rank
 samples its own pairs, DDP averages gradients, rank 0 validates and saves.
 """
@@ -35,6 +43,7 @@ from landmarkloc.geometry.intensity import get_preset
 from landmarkloc.geometry.resample import resample_to_grid
 from landmarkloc.inference.patches import PreparedVolume, prepare_volume, sample_patches
 from landmarkloc.networks.pnet import Pnet, PnetConfig, relative_offset, rpr_metadata
+from landmarkloc.training.views import ViewConfig, ViewPairSampler, labelled_volume
 
 STAGES = ("coarse", "fine")
 
@@ -72,6 +81,7 @@ class RprTrainingConfig:
     lr_gamma: float = 0.9
     validation_pairs_per_volume: int = 25
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    views: ViewConfig = field(default_factory=ViewConfig)  # used when label maps are given
 
     def radius(self, stage: str) -> float:
         return self.coarse_radius_mm if stage == "coarse" else self.fine_radius_mm
@@ -225,6 +235,24 @@ def load_volumes(paths: Sequence[Path], config: RprTrainingConfig, read: Callabl
     return volumes
 
 
+def load_labelled_volumes(paths: Sequence[Path], config: RprTrainingConfig, read: Callable[[Path], sitk.Image],
+                          label_dir: Path, quiet: bool = True):
+    """Training volumes with their label maps (same file name in ``label_dir``) on the model grid."""
+    from landmarkloc.runtime import progress
+    from landmarkloc.training.views import LabelledVolume  # noqa: F401  (type of the result)
+
+    volumes = []
+    for path in progress(paths, desc="loading labelled volumes", quiet=quiet):
+        label_path = Path(label_dir) / Path(path).name
+        if not label_path.is_file():
+            raise InputError(f"no label map {label_path} for {path}")
+        prepared = prepare_volume(read(path), config.spacing, get_preset(config.intensity),
+                                  config.foreground_threshold)
+        labels = resample_to_grid(read(label_path), prepared.geometry, "nearest", 0.0)
+        volumes.append(labelled_volume(prepared, sitk.GetArrayFromImage(labels)))
+    return volumes
+
+
 def validation_pairs(volumes: Sequence[PreparedVolume], config: RprTrainingConfig, stage: str,
                      seed: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """A fixed set of validation batches (one per volume), without augmentation."""
@@ -233,6 +261,19 @@ def validation_pairs(volumes: Sequence[PreparedVolume], config: RprTrainingConfi
     for volume in volumes:
         sampler = PairSampler([volume], config, stage, generator, augment=False)
         batches.append(sampler.sample(config.validation_pairs_per_volume))
+    return batches
+
+
+def cross_view_validation(volumes, config: RprTrainingConfig, stage: str,
+                          seed: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """A fixed set of cross-view validation batches: per volume, two rendered views and pairs across them."""
+    generator = torch.Generator().manual_seed(seed)
+    views = replace(config.views, pool_size=1, refresh_every=0)
+    batches = []
+    for volume in volumes:
+        sampler = ViewPairSampler([volume], config.pnet.patch_size, views, stage, config.fine_range_mm,
+                                  generator, config.intensity)
+        batches.append(sampler.sample(config.validation_pairs_per_volume, cross_probability=1.0))
     return batches
 
 
@@ -306,11 +347,12 @@ class TrainingResult:
 def train_rpr(train_paths: Sequence[Path], val_paths: Sequence[Path], output: Path, config: RprTrainingConfig,
               stage: str, *, read: Callable[[Path], sitk.Image], seed: int = 0, device: str = "auto",
               max_minutes: float | None = None, resume: bool = False, quiet: bool = False,
-              mask_dir: Path | None = None) -> TrainingResult:
+              mask_dir: Path | None = None, label_dir: Path | None = None) -> TrainingResult:
     """Train a coarse or fine Pnet; saves the best model (by validation MSE) to ``output``.
 
-    ``read`` turns a path into an image (the CLI passes ``read_image``). Works in
-    a single process or under torchrun.
+    ``read`` turns a path into an image (the CLI passes ``read_image``). With
+    ``label_dir`` (label maps named like the images) pairs come from rendered views,
+    half of them across views. Works in a single process or under torchrun.
     """
     from landmarkloc.io.modelfile import load_model, model_paths, save_model
     from landmarkloc.runtime import init_distributed, progress, seed_everything
@@ -326,12 +368,25 @@ def train_rpr(train_paths: Sequence[Path], val_paths: Sequence[Path], output: Pa
     quiet = quiet or not context.is_main
     radius = config.radius(stage)
 
-    volumes = load_volumes(train_paths, config, read, quiet, mask_dir)
-    val_volumes = load_volumes(val_paths, config, read, quiet, mask_dir) if val_paths else volumes
+    views = label_dir is not None  # rendered views of labelled volumes instead of the volumes themselves
+    volumes = [] if views else load_volumes(train_paths, config, read, quiet, mask_dir)
+    val_volumes = load_volumes(val_paths or train_paths, config, read, quiet, mask_dir) if val_paths or views \
+        else volumes
     # The best validation MSE is only comparable on the same validation set.
-    validation_set = {"images": [str(p) for p in (val_paths or train_paths)], "volumes": len(val_volumes)}
+    validation_set = {"images": [str(p) for p in (val_paths or train_paths)], "volumes": len(val_volumes),
+                      "cross_view": views}
     val_batches = validation_pairs(val_volumes, config, stage, seed=seed + 10_007) if context.is_main else []
-    sampler = PairSampler(volumes, config, stage, torch.Generator().manual_seed(seed * 1000 + context.rank))
+    cross_batches: list = []
+    if views:
+        labelled = load_labelled_volumes(train_paths, config, read, label_dir, quiet)
+        sampler = ViewPairSampler(labelled, config.pnet.patch_size, config.views, stage, config.fine_range_mm,
+                                  torch.Generator().manual_seed(seed * 1000 + context.rank), config.intensity)
+        if context.is_main:
+            cross_batches = cross_view_validation(
+                load_labelled_volumes(val_paths or train_paths, config, read, label_dir, quiet), config, stage,
+                seed=seed + 20_011)
+    else:
+        sampler = PairSampler(volumes, config, stage, torch.Generator().manual_seed(seed * 1000 + context.rank))
 
     net = Pnet(config.pnet).to(dev)
     cuda = dev.type == "cuda"
@@ -355,10 +410,11 @@ def train_rpr(train_paths: Sequence[Path], val_paths: Sequence[Path], output: Pa
         _restore_optimizer(optimizer, tensors, meta["optimizer"])
         first_epoch = int(meta["epochs_done"])
         scheduler.last_epoch = first_epoch
-        if meta.get("validation_set") == validation_set:
+        if meta.get("validation_set", {}) == validation_set:
             best_mse, best_err = float(meta["best_validation_mse"]), float(meta["best_validation_error_mm"])
         history = list(meta.get("history", []))
         sampler.generator.manual_seed(seed * 1000 + context.rank + 7919 * first_epoch)
+        torch.manual_seed(seed * 1000 + context.rank + 7919 * first_epoch)
 
     model = net
     if context.distributed:
@@ -370,7 +426,8 @@ def train_rpr(train_paths: Sequence[Path], val_paths: Sequence[Path], output: Pa
             config.pnet, stage, config.spacing, radius, get_preset(config.intensity).to_dict(),
             config.foreground_threshold, fine_range_mm=config.fine_range_mm if stage == "fine" else None,
             training={"config": config.to_dict(), "epochs_done": epochs_done, "validation_mse": val_mse,
-                      "validation_error_mm": val_err, "train_images": len(train_paths),
+                      "validation_error_mm": val_err, "validation": history[-1] if history else {},
+                      "train_images": len(train_paths), "views_from_label_maps": label_dir is not None,
                       "validation_images": len(val_paths), "masked_copies": mask_dir is not None, "seed": seed,
                       "world_size": context.world_size}))
 
@@ -414,11 +471,20 @@ def train_rpr(train_paths: Sequence[Path], val_paths: Sequence[Path], output: Pa
         scheduler.step()
         if context.is_main:
             val_mse, val_err = evaluate(net, val_batches, radius, dev)
-            history.append({"epoch": epoch + 1, "train_mse": float(np.mean(losses)), "val_mse": val_mse,
-                            "val_error_mm": val_err})
+            record = {"epoch": epoch + 1, "train_mse": float(np.mean(losses)), "val_mse": val_mse,
+                      "val_error_mm": val_err, "minutes": (time.monotonic() - start) / 60}
+            text = f"validation mse {val_mse:.2f} (mean error {val_err:.2f} mm)"
+            if cross_batches:
+                cross_mse, cross_err = evaluate(net, cross_batches, radius, dev)
+                record.update(same_image_mse=val_mse, same_image_error_mm=val_err, cross_view_mse=cross_mse,
+                              cross_view_error_mm=cross_err)
+                text = (f"validation same-image mse {val_mse:.2f} ({val_err:.2f} mm), cross-view mse "
+                        f"{cross_mse:.2f} ({cross_err:.2f} mm)")
+                val_mse, val_err = (val_mse + cross_mse) / 2, (val_err + cross_err) / 2
+                record.update(val_mse=val_mse, val_error_mm=val_err)
+            history.append(record)
             if not quiet:
-                print(f"epoch {epoch + 1}: train mse {np.mean(losses):.2f}, validation mse {val_mse:.2f} "
-                      f"(mean error {val_err:.2f} mm)", flush=True)
+                print(f"epoch {epoch + 1}: train mse {np.mean(losses):.2f}, {text}", flush=True)
             if val_mse < best_mse:
                 best_mse, best_err = val_mse, val_err
                 save_best(epoch + 1, val_mse, val_err)
@@ -443,7 +509,7 @@ def _agreed_stop(local_stop: bool, context) -> bool:
 def with_overrides(config: RprTrainingConfig, **overrides: Any) -> RprTrainingConfig:
     """A copy of ``config`` with the given (non-None) fields replaced; ``patch_size`` and ``base_channels``
     go into the Pnet configuration."""
-    pnet_fields = {k: overrides.pop(k) for k in ("patch_size", "base_channels", "convs_per_block")
+    pnet_fields = {k: overrides.pop(k) for k in ("patch_size", "base_channels", "convs_per_block", "stem_stride")
                    if overrides.get(k) is not None}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     pnet = replace(config.pnet, **pnet_fields) if pnet_fields else config.pnet
