@@ -617,8 +617,9 @@ def _robust_report(rob: dict, one: dict | None) -> list:
     md = ["## One-shot robustness: the MNI152 template and perturbed IXI test queries", "",
           f"The shipped default one-shot configuration (coarse model + anchor map + NCC search, K = 15, support "
           f"{rob['support']} as above) and affine registration (same support) in the same run "
-          f"(`python models/recipes/evaluate.py --only oneshot-robust`, "
-          f"{runtime / 60:.0f} min). Perturbed rows: the first {n} test queries "
+          "(`python models/recipes/evaluate.py --only oneshot-robust`"
+          + (f", {runtime / 60:.0f} min" if np.isfinite(runtime) else "")
+          + f"). Perturbed rows: the first {n} test queries "
           f"({rob['queries'][0]} ... {rob['queries'][-1]}); nothing was tuned on them. IoU: IXI-8 boxes (six "
           "located extreme points each, boxes along the query's axes); centroids: IXI-16 structure centroids; "
           "*uncertain*: share of the located points (extreme points and centroids) unselected by the uncertainty "
@@ -743,7 +744,7 @@ def main() -> None:
                         default=None,
                         help="sections (default: brain oneshot ceph; oneshot-val: the one-shot ablation on the "
                         "validation split, to choose variants and thresholds; oneshot-robust: the robustness table "
-                        "on the MNI152 template and perturbed test queries, ~25 min)")
+                        "on the MNI152 template and perturbed test queries, ~50 min on the shared 2-core machine)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
