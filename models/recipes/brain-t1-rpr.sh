@@ -25,6 +25,8 @@ OMP_NUM_THREADS=1 landmarkloc train-rpr "${common[@]}" --stage coarse -o $coarse
 # recipe):  mkdir -p runs/rpr && cp models/recipes/rpr-state/brain-t1-rpr-coarse.last.* runs/rpr/  and repeat the
 # command above with --resume --max-minutes M.
 cp $coarse.safetensors $coarse.json models/
+# the training images' intensity profile (with skull-stripped copies), so one-shot warns on queries unlike them
+python models/recipes/add_intensity_profile.py models/brain-t1-rpr-coarse runs/ixi/train.csv --masked-copies
 
 if [ "${TRAIN_FINE:-0}" = 1 ]; then  # the shipped fine model (first recipe); not retrained for issue 11
     fine=runs/rpr/brain-t1-rpr-fine
