@@ -120,8 +120,8 @@ def run_demo(out_dir, device: str = "auto", say=print) -> dict:
     for warning in found.warnings:
         say(f"   {warning}")
     if np.median(errors) > ONE_SHOT_TOLERANCE_MM:
-        say("   warning: that is far off. The shipped RPR models do not yet carry over to this template (a known "
-            "problem, see docs/results.md); on IXI test images they find points to a few mm.")
+        say(f"   warning: that is far off (median above {ONE_SHOT_TOLERANCE_MM:g} mm): the models or the support "
+            "template do not fit this image; see docs/results.md for what to expect.")
 
     t0 = time.perf_counter()
     render_overview(image, points, out / "mni152_landmarks.png", title=f"{FCN_MODEL} on the MNI152 T1 template")
