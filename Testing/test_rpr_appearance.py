@@ -83,15 +83,21 @@ def locator(tmp_path_factory):
     return OneShotLocator.from_files(folder / "coarse.safetensors", device="cpu")
 
 
-def _median_error(locator: OneShotLocator, other_contrast: bool) -> float:
+def _located(locator: OneShotLocator, other_contrast: bool, refine: str) -> list:
+    """(error mm, selected) of every point found in three stretched phantoms."""
     support, support_points, _ = _labelled_phantom(20)
     template = locator.make_template(support, support_points)
-    errors = []
+    found = []
     for seed in (21, 22, 23):
         query, truth = _stretched(seed, other_contrast)
-        result = locator.locate(query, template, runs=15, seed=0)
-        errors += [np.linalg.norm(p.position - t.position) for p, t in zip(result.points, truth)]
-    return float(np.median(errors))
+        result = locator.locate(query, template, runs=15, seed=0, refine=refine)
+        found += [(np.linalg.norm(p.position - t.position), p.selected) for p, t in zip(result.points, truth)]
+    return found
+
+
+def _median_error(locator: OneShotLocator, other_contrast: bool) -> float:
+    """The network's own accuracy: the agent without the image-matching refinement."""
+    return float(np.median([e for e, _ in _located(locator, other_contrast, refine="none")]))
 
 
 def test_views_training_finds_points_in_another_contrast_and_shape(locator):
@@ -100,3 +106,14 @@ def test_views_training_finds_points_in_another_contrast_and_shape(locator):
     # blobs lie 20-35 mm from the body centre and 25-45 mm from each other; 4 mm model voxels
     assert other < 8.0, (other, same)
     assert other < 1.5 * same + 1.0, (other, same)  # the other contrast costs little accuracy
+
+
+def test_refinement_across_contrasts_flags_what_the_image_match_gets_wrong(locator):
+    # NCC compares intensities, so in another contrast it can lock onto the wrong structure; such points must
+    # come out unselected (uncertain), never silently confident
+    found = _located(locator, other_contrast=True, refine="ncc")
+    assert any(error > 8.0 for error, _ in found)  # the case this guards against happens here
+    assert not any(selected for error, selected in found if error > 8.0), found
+    # in the training contrast the image match is trusted
+    same = _located(locator, other_contrast=False, refine="ncc")
+    assert all(selected for _, selected in same) and np.median([e for e, _ in same]) < 3.0, same

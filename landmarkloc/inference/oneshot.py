@@ -171,8 +171,16 @@ def uncertainty_reasons(props: dict, config: RefineConfig) -> list[str]:
 def flag_uncertain(result: OneShotResult, config: RefineConfig, unlike: str | None = None) -> None:
     """Unselect the points that cannot be trusted and say why in their description; collect warnings."""
     flagged = []
+    peaks = [p.properties["ncc"] for p in result.points if "ncc" in p.properties]
+    mismatch = None
+    if peaks and float(np.median(peaks)) < config.min_median_ncc:
+        mismatch = (f"weak image match for most points (median NCC {np.median(peaks):.2f}): support and query may "
+                    "differ in contrast or sequence; check the points, or try --refine affine")
+        result.warnings.append(mismatch)
     for point in result.points:
         reasons = uncertainty_reasons(point.properties, config)
+        if mismatch is not None:
+            reasons.append("weak image match for most points of this query")
         if unlike is not None:
             reasons.append("image unlike the training data")
             point.properties["unlike_training"] = 1

@@ -64,6 +64,11 @@ class RefineConfig:
     max_spread_mm: float = 20.0
     max_map_residual_mm: float = 12.0
     min_ncc: float = 0.6
+    # query level: when the median NCC peak of all points is below this, the images do not match as images
+    # (e.g. support and query of different contrasts, where NCC locks onto wrong structures): every point is
+    # flagged. Below the lowest median of the 40 IXI validation locates (20 queries x boxes, centroids: 0.71);
+    # phantoms of another contrast (Testing/test_rpr_appearance.py): 0.66-0.67.
+    min_median_ncc: float = 0.7
     max_fit_rms_mm: float = 15.0
 
 
