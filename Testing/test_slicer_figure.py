@@ -21,9 +21,12 @@ from LandmarkLocalizerLib import mrml  # noqa: E402
 SIZE = (320, 280)
 
 
-def slice_view(scene, name="Red"):
+def slice_view(scene, request, name="Red"):
+    """An offscreen Red slice view, closed after the test (an open one crashes the interpreter at exit)."""
     try:
-        return figure.SliceView(scene, SIZE, name)
+        view = figure.SliceView(scene, SIZE, name)
+        request.addfinalizer(view.close)
+        return view
     except figure.OffscreenUnavailable as exc:
         pytest.skip(f"no offscreen rendering here: {exc}")
 
@@ -63,9 +66,9 @@ def box_outline_xy(view, box: Box) -> np.ndarray:
     return cuts[np.argsort(np.arctan2(cuts[:, 1] - middle[1], cuts[:, 0] - middle[0]))]
 
 
-def test_points_and_box_roi_appear_where_the_slice_view_maps_them_on_an_oblique_volume():
+def test_points_and_box_roi_appear_where_the_slice_view_maps_them_on_an_oblique_volume(request):
     scene = figure.scene_with_slicer_logics()
-    view = slice_view(scene)
+    view = slice_view(scene, request)
     rng = np.random.default_rng(0)
     volume = add_volume(scene, rng.normal(100.0, 10.0, (40, 44, 48)).astype(np.float32), (1.2, 1.1, 1.3),
                         (-20.0, 10.0, -25.0), DIRECTIONS_LPS["oblique"], name="oblique")
@@ -122,7 +125,7 @@ def test_figure_script_renders_three_slice_views_of_a_volume_and_one_of_a_pictur
     sitk.WriteImage(picture, str(tmp_path / "xray.png"))
     write_points(tmp_path / "x.mrk.json", [ControlPoint("B", (4.0, 2.0, 0.0))])
     try:
-        figure.SliceView(figure.scene_with_slicer_logics(), (8, 8))
+        figure.SliceView(figure.scene_with_slicer_logics(), (8, 8)).close()
     except figure.OffscreenUnavailable as exc:
         pytest.skip(f"no offscreen rendering here: {exc}")
     size = ["--size", "120", "100"]

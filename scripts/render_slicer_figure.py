@@ -149,6 +149,25 @@ class SliceView:
         xy_to_ras = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
         return (np.linalg.inv(xy_to_ras) @ np.append(np.asarray(ras, dtype=float), 1.0))[:3]
 
+    def close(self) -> None:
+        """Release the managers, the OpenGL context and the factory's hold on this scene's application logic.
+
+        A slice logic still reslicing a background volume when the interpreter exits crashes it (segmentation
+        fault after the figure is written); the slice-view factory is a process-wide singleton that must not keep
+        pointing at this scene's application logic either."""
+        import slicer
+
+        self.logic.GetSliceCompositeNode().SetBackgroundVolumeID(None)
+        self.managers.SetMRMLDisplayableNode(None)
+        self.window.Finalize()
+        slicer.vtkMRMLSliceViewDisplayableManagerFactory.GetInstance().SetMRMLApplicationLogic(None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def render(self) -> np.ndarray:
         """The view as an RGB array [row, column] with row 0 at the top, as in a PNG."""
         import vtk
@@ -220,11 +239,11 @@ def render_figure(image_path, points_path, output, boxes_path=None, spacing=None
     center = np.median(ras, axis=0) if len(ras) else None  # else the volume's centre
     panels = []
     for name in views:
-        view = SliceView(scene, size, name)
-        view.show(volume, center, field_of_view_mm)
-        if len(ras):
-            view.show(volume, plane_with_most_points(ras, view.normal(), center), field_of_view_mm)
-        panels.append(view.render())
+        with SliceView(scene, size, name) as view:
+            view.show(volume, center, field_of_view_mm)
+            if len(ras):
+                view.show(volume, plane_with_most_points(ras, view.normal(), center), field_of_view_mm)
+            panels.append(view.render())
         panels.append(np.full((panels[-1].shape[0], SEPARATOR_PX, 3), 255, np.uint8))
     save_png(np.concatenate(panels[:-1], axis=1), output)
     return Path(output)
