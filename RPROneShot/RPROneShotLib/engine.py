@@ -53,10 +53,6 @@ def load_template(path):
 
 def locate_rpr(locator, template, query: sitk.Image, runs: int, seed: int = 0, refine: str = "ncc") -> tuple:
     """(points, boxes, warnings); uncertain points come unselected with the reason in their description."""
-    locator.check_template(template)
-    if refine != "none" and not template.has_refinement:
-        raise InputError("this template was saved by an older version and has no refinement data: save it again "
-                         "from the support")
     result = locator.locate(as_model_image(query, locator.ndim), template, runs=int(runs), seed=int(seed),
                             refine=refine)
     return result.points, with_spread(result.boxes, result.points), list(result.warnings)

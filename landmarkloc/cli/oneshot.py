@@ -164,10 +164,7 @@ def _rpr(args):
         template.save(args.save_template)
         if not args.quiet:
             print(f"saved template ({len(template.names)} points) to {args.save_template}")
-    locator.check_template(template)  # other models first: remaking is then the answer either way
-    if args.refine != "none" and not template.has_refinement:
-        raise InputError(f"{args.template}: this template was saved by an older landmarkloc and has no refinement "
-                         "data; save it again from the support image (--save-template), or use --refine none")
+    locator.check_template(template, args.refine)  # before reading any query
     return lambda query: locator.locate(query, template, runs=args.runs, seed=args.seed, refine=args.refine)
 
 

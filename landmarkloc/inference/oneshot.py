@@ -354,8 +354,11 @@ class OneShotLocator:
                         fine_sha256=None if self.fine is None else self.fine.sha256,
                         support_positions=np.mean(positions, axis=0), supports=k, **refinement)
 
-    def check_template(self, template: Template) -> None:
-        """Refuse a template made for other models or another dimension (ModelError)."""
+    def check_template(self, template: Template, refine: str = "none") -> None:
+        """Refuse a template made for other models or another dimension, or without what ``refine`` needs
+        (ModelError; before any work, so callers check once per template)."""
+        if refine not in REFINE_MODES:
+            raise InputError(f"unknown refinement {refine!r}; choose one of {', '.join(REFINE_MODES)}")
         if template.ndim != self.ndim:
             raise ModelError(f"the template is {template.ndim}D, the models are {self.ndim}D")
         if template.coarse_sha256 != self.coarse.sha256:
@@ -365,6 +368,12 @@ class OneShotLocator:
                 raise ModelError("the template has no fine-model latents; make it with the fine model too")
             if template.fine_sha256 != self.fine.sha256:
                 raise ModelError("the template was made with a different fine model; make it again with this one")
+        if refine != "none" and not template.has_refinement:
+            raise ModelError("this template has no refinement data (made by an older landmarkloc): make it again "
+                             "from the support image (--save-template), or use --refine none")
+        if refine == "ncc" and template.patches is None:
+            raise ModelError("this template has no support patches for the NCC search: make it again, or use "
+                             "--refine affine")
 
     def locate(self, query_image: sitk.Image, template: Template, runs: int = 15, seed: int = 0,
                refine: str = "ncc", config: RefineConfig = DEFAULT_REFINE) -> OneShotResult:
@@ -377,17 +386,9 @@ class OneShotLocator:
         peak) and is unselected with the reason in its description when one of
         them says it cannot be trusted (:func:`uncertainty_reasons`).
         """
-        self.check_template(template)
+        self.check_template(template, refine)
         if runs < 1:
             raise InputError("runs must be at least 1")
-        if refine not in REFINE_MODES:
-            raise InputError(f"unknown refinement {refine!r}; choose one of {', '.join(REFINE_MODES)}")
-        if refine != "none" and not template.has_refinement:
-            raise ModelError("this template has no refinement data (made by an older landmarkloc): make it again "
-                             "from the support image (--save-template), or use --refine none")
-        if refine == "ncc" and template.patches is None:
-            raise ModelError("this template has no support patches for the NCC search: make it again, or use "
-                             "--refine affine")
         start = time.perf_counter()
         timings = {}
         volumes = self.prepare(query_image, "query image")
@@ -440,14 +441,7 @@ class OneShotLocator:
         t0 = time.perf_counter()
         if refine == "ncc":
             position, peak, border = ncc_search(coarse_vol, template.patches, position, fit.matrix,
-                                                template.step_mm, config.search_mm)
-            for _ in range(config.search_passes - 1):
-                if not border.any():
-                    break
-                again = np.flatnonzero(border)
-                moved, peak_again, border_again = ncc_search(coarse_vol, template.patches[again], position[again],
-                                                             fit.matrix, template.step_mm, config.search_mm)
-                position[again], peak[again], border[again] = moved, peak_again, border_again
+                                                template.step_mm, config.search_mm, config.search_passes)
             for props, value, edge in zip(properties, peak, border):
                 props["ncc"] = round(float(value), 4)
                 props["ncc_on_border"] = int(edge)

@@ -223,8 +223,23 @@ def box_sums(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def ncc_search(volume: PreparedVolume, patches: np.ndarray, centres: np.ndarray, matrix: np.ndarray,
-               step_mm: float, search_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Best NCC match of each support patch within +-``search_mm`` (support frame) of its query centre.
+               step_mm: float, search_mm: float, passes: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best NCC match of each support patch within +-``search_mm`` (support frame) of its query centre;
+    ``passes`` > 1 searches again around the points whose best match lay on the search border.
+    """
+    position, peak, border = _ncc_search_once(volume, patches, centres, matrix, step_mm, search_mm)
+    for _ in range(passes - 1):
+        if not border.any():
+            break
+        again = np.flatnonzero(border)
+        position[again], peak[again], border[again] = _ncc_search_once(
+            volume, patches[again], position[again], matrix, step_mm, search_mm)
+    return position, peak, border
+
+
+def _ncc_search_once(volume: PreparedVolume, patches: np.ndarray, centres: np.ndarray, matrix: np.ndarray,
+                     step_mm: float, search_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One search: the best NCC match of each support patch within +-``search_mm`` of its query centre.
 
     The query is sampled at ``centre + matrix @ offset`` (``matrix``: the linear
     part of the support -> query map) so the comparison happens in the support's
