@@ -65,10 +65,31 @@ def test_training_presets():
     from landmarkloc.training.fcn import network_configs, train_config
 
     paper2d = train_config("paper", 2, global_overrides={"head_channels": 128})
-    g, loc = network_configs(paper2d, 19)
+    g, loc, _ = network_configs(paper2d, 19)
     assert g.patch_size == 32 and g.head_channels == 128  # the paper's ceph network pools before all stages
     assert paper2d.iterations == 300_000 and loc.patch_size == 2
     compact = train_config("compact", 3, use_local=False)
     assert network_configs(compact, 4)[1] is None
     with pytest.raises(InputError):
         train_config("compact", 3, lr_schedule="sawtooth")
+
+
+def test_stacked_banks_compute_what_each_bank_computes():
+    from landmarkloc.networks.fcn import stack_banks
+
+    torch.manual_seed(0)
+    banks = [FCN(local_config("compact", 2, 3)).eval() for _ in range(2)]
+    for bank in banks:  # non-trivial batch-norm statistics
+        for module in bank.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    stacked = FCN(local_config("compact", 2, 6)).eval()
+    stacked.load_state_dict(stack_banks([b.state_dict() for b in banks]))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        logits, disp = stacked(torch.cat([x, x], dim=1))
+        for m, bank in enumerate(banks):
+            lg, dp = bank(x)
+            assert torch.allclose(logits[:, 3 * m:3 * (m + 1)], lg, atol=1e-5)
+            assert torch.allclose(disp[:, 3 * m:3 * (m + 1)], dp, atol=1e-5)

@@ -124,3 +124,55 @@ def test_localize_cli_writes_one_file_per_input_with_confidence(trained, tmp_pat
     assert "time per image" in capsys.readouterr().out
     assert main(["localize", str(paths[0]), "--model", str(tmp_path / "none.json"), "-o", str(tmp_path / "x.fcsv"),
                  "-q"]) == 2
+
+
+def test_a_fine_stage_trained_on_a_finer_grid_keeps_the_earlier_stages_and_finds_the_landmarks(trained):
+    root, meta, _, held_out = trained
+    cfg = train_config("compact", 2, iterations=600, validate_every=300, intensity="ct", local_overrides=TINY_LOCAL,
+                       fine_overrides=TINY_LOCAL, init_from=str(root / "model"), train_stage="fine",
+                       fine_spacing=(SPACING / 2,), fine_sub_image_size=16,
+                       augment=AugmentConfig(rotation_deg=5, scale=0.05))
+    fine_meta = train_fcn(load_dataset(root / "train"), root / "fine", cfg, quiet=True)
+    assert fine_meta["fine_stage"]["spacing"] == [SPACING / 2] * 2
+    assert fine_meta["training"]["init_from"]["sha256"] == meta["sha256"]
+    base = Localizer.from_file(root / "model.safetensors", "cpu")
+    loc = Localizer.from_file(root / "fine.safetensors", "cpu")
+    for part in ("global_net", "local_net"):  # the earlier stages are frozen
+        for (key, before), after in zip(getattr(base.network, part).state_dict().items(),
+                                        getattr(loc.network, part).state_dict().values()):
+            assert torch.equal(before, after), key
+    assert [float(s.spacing[0]) for s in loc.stages] == [SPACING, SPACING / 2]
+    for image, truth in held_out:  # oblique and flipped images
+        result = loc.localize(image)
+        for lm in result.landmarks:
+            assert lm.found and np.linalg.norm(lm.position[:2] - truth[lm.name]) < SPACING
+            assert "local_fine_mm" in lm.signals
+    image, truth = held_out[2]
+    point = refine(loc, image, "Dark", np.append(truth["Dark"] + np.array([3.0, -2.0]), 0.0))
+    assert np.linalg.norm(point.position[:2] - truth["Dark"]) < SPACING
+
+
+def test_a_local_ensemble_stacked_from_separately_trained_members_averages_them(trained, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    root, _, base, held_out = trained
+    cfg = train_config("compact", 2, iterations=600, validate_every=300, intensity="ct", local_overrides=TINY_LOCAL,
+                       init_from=str(root / "model"), train_stage="local", seed=1,
+                       augment=AugmentConfig(rotation_deg=5, scale=0.05))
+    train_fcn(load_dataset(root / "train"), tmp_path / "member", cfg, quiet=True)
+    recipe = Path(__file__).resolve().parents[1] / "models" / "recipes" / "local_ensemble.py"
+    spec = importlib.util.spec_from_file_location("local_ensemble", recipe)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(str(tmp_path / "ensemble"), str(root / "model"), [str(tmp_path / "member")])
+    member = Localizer.from_file(tmp_path / "member.safetensors", "cpu")
+    ensemble = Localizer.from_file(tmp_path / "ensemble.safetensors", "cpu")
+    assert ensemble.network.local_members == 2
+    image, truth = held_out[0]
+    one, two, both = (m.localize(image, tta=False) for m in (base, member, ensemble))
+    for a, b, c in zip(one.landmarks, two.landmarks, both.landmarks):
+        assert np.allclose(c.position, (a.position + b.position) / 2, atol=1e-3)  # same global estimate
+        expected = np.linalg.norm(a.position - b.position) / 2  # RMS distance of two members from their mean
+        assert c.signals["local_members_mm"] == pytest.approx(expected, abs=1e-3)
+        assert np.linalg.norm(c.position[:2] - truth[c.name]) < SPACING

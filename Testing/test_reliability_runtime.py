@@ -211,7 +211,7 @@ def test_training_metadata_carries_the_intensity_profile():
     from landmarkloc.training.fcn import model_metadata, network_configs, train_config
 
     cfg = train_config("compact", 3, spacing=(2.0, 2.0, 2.0))
-    global_cfg, local_cfg = network_configs(cfg, 2)
+    global_cfg, local_cfg, _ = network_configs(cfg, 2)
     profile = mr_profile(2)
     meta = model_metadata(cfg, ["a", "b"], global_cfg, local_cfg, cfg.spacing,
                           {"images": 2, "intensity_profile": profile}, {}, {})

@@ -196,7 +196,7 @@ def _save_untrained_fcn(path: Path, ndim: int, names: list, spacing: float, inte
     from landmarkloc.training.fcn import model_metadata, network_configs, train_config
 
     cfg = train_config("compact", ndim, spacing=(spacing,) * ndim, intensity=intensity)
-    global_cfg, local_cfg = network_configs(cfg, len(names))
+    global_cfg, local_cfg, _ = network_configs(cfg, len(names))
     torch.manual_seed(0)
     net = GlobalToLocal(global_cfg, local_cfg)
     meta = model_metadata(cfg, names, global_cfg, local_cfg, cfg.spacing, {"untrained": True}, None,

@@ -18,6 +18,13 @@ EXAMPLE = """examples:
   landmarkloc train-fcn ixi_train/ -o models/ixi16 --intensity mr --model-spacing 2 --max-minutes 45
   landmarkloc train-fcn ceph/landmarks.csv --spacing 0.1 --model-spacing 0.8 --intensity xray -o ceph
   torchrun --nproc_per_node 4 -m landmarkloc train-fcn data/ -o model --preset paper --device cuda
+  landmarkloc train-fcn ixi_train.csv -o brain-ensemble --init-from brain-t1-ixi16 --train-stage local \
+      --local-members 3
+  landmarkloc train-fcn ceph/landmarks.csv --spacing 0.1 -o ceph-fine --init-from ceph-isbi19 \
+      --train-stage fine --fine-spacing 0.2 --fine-sub-image-size 32
+  (--train-stage local: keep the --init-from model's global network, train a new local stage, with
+   --local-members networks per landmark (an ensemble); --train-stage fine: keep its global and local
+   stages and train a fine stage on a finer grid that refines the local estimate)
   (a dataset is a folder of images with IMG.mrk.json/.fcsv/.csv landmark files, a CSV with columns
    image,landmarks, or a pixel table image,landmark,x_px,y_px; writes model.safetensors + model.json,
    a training log model.log and resume state model.resume.*)
@@ -58,6 +65,15 @@ def register(sub) -> None:
                    "e.g. skull-stripped brains")
     p.add_argument("--global-arch", help='JSON of network settings to change, e.g. \'{"head_channels": 64}\'')
     p.add_argument("--local-arch", help="JSON of local network settings to change")
+    p.add_argument("--local-spacing", help="grid of the local stage in mm (default: the model grid), e.g. 0.25")
+    p.add_argument("--local-members", type=int, help="local networks per landmark, an ensemble (default 1)")
+    p.add_argument("--init-from", help="start from this trained FCN model (its global network, grid, intensity)")
+    p.add_argument("--train-stage", choices=["all", "local", "fine"], default="all",
+                   help="all (default): global and local together; local / fine (with --init-from): train only "
+                   "a new local stage / a fine stage, the earlier stages kept as they are")
+    p.add_argument("--fine-spacing", help="grid of the fine stage in mm, e.g. 0.2")
+    p.add_argument("--fine-sub-image-size", type=int, help="fine-stage sub-image size in voxels (default 32)")
+    p.add_argument("--fine-arch", help="JSON of fine network settings to change (local preset)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--max-minutes", type=float, help="stop (and keep the best model) after this many minutes")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT.resume.* of an earlier run")
@@ -90,15 +106,22 @@ def run(args) -> int:
         "masked_copies": args.masked_copies,
         "global_overrides": _json_dict(args.global_arch, "--global-arch"),
         "local_overrides": _json_dict(args.local_arch, "--local-arch"),
+        "fine_overrides": _json_dict(args.fine_arch, "--fine-arch"), "train_stage": args.train_stage,
     }
     for key, value in (("iterations", args.iterations), ("batch_size", args.batch_size),
                        ("crop_size", args.crop_size), ("sub_image_size", args.sub_image_size),
                        ("validate_every", args.validate_every), ("val_fraction", args.val_fraction),
-                       ("learning_rate", args.lr), ("alpha", args.alpha), ("max_minutes", args.max_minutes)):
+                       ("learning_rate", args.lr), ("alpha", args.alpha), ("max_minutes", args.max_minutes),
+                       ("local_members", args.local_members), ("init_from", args.init_from),
+                       ("fine_sub_image_size", args.fine_sub_image_size)):
         if value is not None:
             overrides[key] = value
     if args.model_spacing:
         overrides["spacing"] = tuple(parse_floats(args.model_spacing, "--model-spacing"))
+    if args.local_spacing:
+        overrides["local_spacing"] = tuple(parse_floats(args.local_spacing, "--local-spacing"))
+    if args.fine_spacing:
+        overrides["fine_spacing"] = tuple(parse_floats(args.fine_spacing, "--fine-spacing"))
     cfg = train_config(args.preset, image.GetDimension(), **overrides)
     if args.no_augment:
         cfg.augment.enabled = False

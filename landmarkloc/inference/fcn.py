@@ -30,8 +30,8 @@ import torch
 
 from ..errors import InputError, ModelError
 from ..geometry.frames import ImageGeometry, from_point3, to_point3
-from ..geometry.intensity import get_preset, normalize, unlike_profile
-from ..geometry.resample import resample_to_grid, to_model_grid
+from ..geometry.intensity import get_preset, normalizer, unlike_profile
+from ..geometry.resample import canonical_orientation, resample_to_grid, resampled_geometry, to_model_grid
 from ..io.image import check_image, check_not_constant, squeeze_single_slice
 from ..io.labelmap import label_map_warning
 from ..io.modelfile import load_model
@@ -40,7 +40,7 @@ from ..networks.fcn_encoding import get_variant
 from ..points import ControlPoint
 from ..runtime import resolve_device
 from .fcn_uncertainty import CONTRAST_GAMMA, TTA_KINDS, Calibration, logistic_probability, shift_offsets
-from .fcn_votes import VoteSummary, summarize_votes
+from .fcn_votes import VoteSummary, combine_members, summarize_votes
 
 MODEL_KIND = "fcn"
 # Models without a calibration: below this confidence a found landmark is flagged as uncertain (the old rule).
@@ -52,16 +52,55 @@ BORDER_CONFIDENCE = 0.1
 # --------------------------------------------------------------------------- shared with training
 
 
-def preprocess(image: sitk.Image, spacing, intensity) -> tuple:
+def preprocess(image: sitk.Image, spacing, intensity, with_normalizer: bool = False) -> tuple:
     """(normalized float32 array [k, j, i], geometry) of ``image`` on the model's grid.
 
     The grid has the canonical axis order (see ``to_model_grid``), so a model
-    trained on sagittally stored scans also reads axially stored ones.
+    trained on sagittally stored scans also reads axially stored ones. With
+    ``with_normalizer``, the intensity map (fixed to this image's statistics) comes third.
     """
     resampled = to_model_grid(image, spacing)
     geometry = ImageGeometry.from_image(resampled)
-    array = normalize(sitk.GetArrayViewFromImage(resampled), get_preset(intensity))
-    return np.ascontiguousarray(array, dtype=np.float32), geometry
+    raw = sitk.GetArrayViewFromImage(resampled)
+    normalize = normalizer(raw, get_preset(intensity))
+    array = np.ascontiguousarray(normalize(raw), dtype=np.float32)
+    return (array, geometry, normalize) if with_normalizer else (array, geometry)
+
+
+class ResampledWindows:
+    """An image on a grid of the model whose sub-images are resampled on demand, not the whole grid.
+
+    A fine stage's grid (0.2 mm for a cephalogram: over a million pixels) is
+    needed only in the sub-images around the landmarks; resampling just those
+    keeps ``localize`` fast. Intensities go through ``normalize``, the model
+    grid's intensity map (the same image, so the same statistics). Stands in for
+    the grid's array where sub-images are taken (``ndim``, ``shape``, ``windows``).
+    """
+
+    def __init__(self, image: sitk.Image, spacing, normalize):
+        self.image = canonical_orientation(image)
+        self.geometry = resampled_geometry(ImageGeometry.from_image(self.image), spacing)
+        self.normalize = normalize
+        self.ndim = self.geometry.ndim
+        self.shape = tuple(int(n) for n in self.geometry.size[::-1])
+
+    def windows(self, centres: np.ndarray, size: int) -> tuple:
+        """As :func:`extract_subimages` on the whole grid: (windows, starts), zero outside the image."""
+        starts = np.round(np.nan_to_num(centres) - (size - 1) / 2.0).astype(int)
+        out = np.zeros((len(starts),) + (size,) * self.ndim, dtype=np.float32)
+        f = sitk.ResampleImageFilter()
+        f.SetOutputSpacing(tuple(self.geometry.spacing))
+        f.SetOutputDirection(tuple(self.geometry.direction.ravel()))
+        f.SetSize([size] * self.ndim)
+        f.SetInterpolator(sitk.sitkLinear)
+        f.SetOutputPixelType(sitk.sitkFloat32)
+        f.SetDefaultPixelValue(float("nan"))  # outside the image: zero after normalization, as on the grid
+        for n, start in enumerate(starts):
+            f.SetOutputOrigin(tuple(float(v) for v in self.geometry.index_to_physical(start.astype(np.float64))))
+            window = sitk.GetArrayFromImage(f.Execute(self.image))
+            inside = np.isfinite(window)
+            out[n] = np.where(inside, self.normalize(np.where(inside, window, 0.0)), 0.0)
+        return out, starts
 
 
 def pad_to_multiple(array: np.ndarray, multiple: int) -> np.ndarray:
@@ -106,6 +145,8 @@ def extract_subimages(array: np.ndarray, centres: np.ndarray, size: int) -> tupl
     Returns (windows (L, *size^D) float32, starts (L, D) integer ITK index of
     each window's first voxel).
     """
+    if isinstance(array, ResampledWindows):
+        return array.windows(centres, size)
     ndim = array.ndim
     starts = np.round(np.nan_to_num(centres) - (size - 1) / 2.0).astype(int)
     shape_itk = np.array(array.shape[::-1])
@@ -121,6 +162,34 @@ def extract_subimages(array: np.ndarray, centres: np.ndarray, size: int) -> tupl
     return out, starts
 
 
+def bank_members(bank, num_landmarks: int) -> int:
+    """Local networks per landmark in the bank (an ensemble when > 1)."""
+    return bank.config.num_landmarks // num_landmarks
+
+
+def run_bank(bank, windows: np.ndarray, starts: np.ndarray, variant, spacing, device, amp: bool = True,
+             channels_last: bool = True) -> list:
+    """The bank on B sets of L sub-images (B, L, *size) in one pass; one VoteSummary per set.
+
+    Every member of an ensemble bank sees the same sub-image; its members are
+    combined (:func:`combine_members`). Estimates and votes come back as
+    indices of the full grid (``starts`` (B, L, D): each window's first voxel).
+    """
+    members = bank_members(bank, windows.shape[1])
+    tiled = np.concatenate([windows] * members, axis=1) if members > 1 else windows
+    x = _to_device(torch.from_numpy(np.ascontiguousarray(tiled)), device, channels_last)
+    with _autocast(device, amp):
+        logits, disp = bank(x)
+    out = []
+    for b in range(len(windows)):
+        summary = summarize_votes(logits[b].float(), disp[b].float(), bank.patch_size, variant, spacing)
+        offset = np.concatenate([starts[b]] * members) if members > 1 else starts[b]
+        summary.estimate = summary.estimate + offset
+        summary.votes = summary.votes + offset[:, None, :]
+        out.append(combine_members(summary, members, spacing))
+    return out
+
+
 def run_local(bank, array: np.ndarray, centres: np.ndarray, size: int, variant, spacing, device,
               landmarks=None, amp: bool = True, channels_last: bool = True) -> VoteSummary:
     """Refine ``centres`` (L, D) with the local bank: one grouped forward pass for all landmarks.
@@ -129,17 +198,54 @@ def run_local(bank, array: np.ndarray, centres: np.ndarray, size: int, variant, 
     evaluated; the others get empty sub-images and are dropped from the result).
     """
     windows, starts = extract_subimages(array, centres, size)
-    x = _to_device(torch.from_numpy(windows)[None], device, channels_last)
-    with _autocast(device, amp):
-        logits, disp = bank(x)
-    summary = summarize_votes(logits[0].float(), disp[0].float(), bank.patch_size, variant, spacing)
-    summary.estimate = summary.estimate + starts
-    summary.votes = summary.votes + starts[:, None, :]
-    if landmarks is not None:
-        rows = list(landmarks)
-        summary = VoteSummary(summary.estimate[rows], summary.confidence[rows], summary.spread_mm[rows],
-                              summary.probability[rows], summary.votes[rows], summary.weights[rows])
-    return summary
+    summary = run_bank(bank, windows[None], starts[None], variant, spacing, device, amp, channels_last)[0]
+    return summary if landmarks is None else summary.rows(landmarks)
+
+
+def regrid(indices: np.ndarray, source: ImageGeometry, target: ImageGeometry) -> np.ndarray:
+    """Continuous indices of grid ``source`` -> the same physical points as indices of grid ``target``."""
+    if source is target:
+        return indices
+    return target.physical_to_index(source.index_to_physical(np.asarray(indices, dtype=np.float64)))
+
+
+@dataclass
+class LocalStage:
+    """A bank of local networks and the grid it works on (sub-images of ``sub_image_size`` voxels)."""
+
+    bank: torch.nn.Module
+    spacing: np.ndarray
+    sub_image_size: int
+
+
+@dataclass
+class StageResult:
+    summary: VoteSummary  # the stage's estimates (indices of its grid)
+    start: np.ndarray  # (L, D) where its sub-images were centred (indices of its grid)
+    array: np.ndarray
+    geometry: ImageGeometry
+
+
+def run_stages(stages, centres: np.ndarray, geometry: ImageGeometry, grid, variant, device, landmarks=None,
+               amp: bool = True, channels_last: bool = True) -> list:
+    """Refine ``centres`` (L, D; indices of ``geometry``) with each stage in turn, each on its own grid.
+
+    ``grid(spacing)`` gives (normalized array, geometry) of the image at that
+    spacing. ``landmarks`` restricts the stages to some landmark rows (as run_local).
+    """
+    results = []
+    centres = np.asarray(centres, dtype=np.float64)
+    for stage in stages:
+        array, stage_geometry = grid(stage.spacing)
+        centres = regrid(centres, geometry, stage_geometry)
+        summary = run_local(stage.bank, array, centres, stage.sub_image_size, variant, stage_geometry.spacing,
+                            device, landmarks=landmarks, amp=amp, channels_last=channels_last)
+        start = centres if landmarks is None else centres[list(landmarks)]
+        results.append(StageResult(summary, start, array, stage_geometry))
+        centres = centres.copy()
+        centres[slice(None) if landmarks is None else list(landmarks)] = summary.estimate
+        geometry = stage_geometry
+    return results
 
 
 def mirror_partners(names) -> list | None:
@@ -202,11 +308,10 @@ def local_tta_estimates(bank, array: np.ndarray, global_centres: np.ndarray, loc
     out = {"shifted": []}
     if not sets:
         return out
-    x = _to_device(torch.from_numpy(np.stack([w for w, _ in sets])), device, channels_last)
-    with _autocast(device, amp):
-        logits, disp = bank(x)
-    for b, ((_, starts), tag) in enumerate(zip(sets, tags)):
-        summary = summarize_votes(logits[b].float(), disp[b].float(), bank.patch_size, variant, spacing)
+    windows = np.stack([w for w, _ in sets])
+    zeros = np.zeros((len(sets), windows.shape[1], array.ndim), dtype=int)  # window indices first
+    summaries = run_bank(bank, windows, zeros, variant, spacing, device, amp, channels_last)
+    for (_, starts), tag, summary in zip(sets, tags, summaries):
         estimate = summary.estimate
         if tag == "mirrored":
             axis, partners = mirror
@@ -221,13 +326,22 @@ def local_tta_estimates(bank, array: np.ndarray, global_centres: np.ndarray, loc
     return out
 
 
-def uncertainty_signals(glob: VoteSummary | None, local: VoteSummary | None, spacing, tta: dict | None = None) -> dict:
-    """Every candidate uncertainty signal (see :mod:`.fcn_uncertainty`), (L,) arrays; absent stages give none."""
-    spacing = np.asarray(spacing, dtype=np.float64)
+def uncertainty_signals(glob: VoteSummary | None, local: VoteSummary | None, spacing, tta: dict | None = None,
+                        local_spacing=None, global_in_local=None, before_fine=None) -> dict:
+    """Every candidate uncertainty signal (see :mod:`.fcn_uncertainty`), (L,) arrays; absent stages give none.
+
+    ``local`` is the last local stage's summary. ``spacing`` is the global
+    grid's; a local stage on its own grid gives ``local_spacing`` and the
+    global estimate as indices of that grid (``global_in_local``); with a fine
+    stage, ``before_fine`` is the estimate it started from (indices of its grid).
+    """
+    global_spacing = np.asarray(spacing, dtype=np.float64)
+    spacing = global_spacing if local_spacing is None else np.asarray(local_spacing, dtype=np.float64)
     out = {}
 
-    def dist(a, b):
-        return np.linalg.norm((np.asarray(a) - np.asarray(b)) * spacing, axis=-1)
+    def dist(a, b, grid_spacing=None):
+        s = spacing if grid_spacing is None else grid_spacing
+        return np.linalg.norm((np.asarray(a) - np.asarray(b)) * s, axis=-1)
 
     if glob is not None:
         out["global_confidence"] = glob.confidence
@@ -241,13 +355,18 @@ def uncertainty_signals(glob: VoteSummary | None, local: VoteSummary | None, spa
             continue
         prob = summary.probability.flatten(1).float()
         top = prob.argmax(dim=1).cpu().numpy()
-        out[f"{tag}_mode_mm"] = dist(summary.votes[np.arange(len(top)), top], summary.estimate)
+        out[f"{tag}_mode_mm"] = dist(summary.votes[np.arange(len(top)), top], summary.estimate,
+                                     global_spacing if tag == "global" else spacing)
         if tag == "local":
             out["local_peak"] = prob.max(dim=1).values.cpu().numpy().astype(np.float64)
             out["local_mass"] = prob.sum(dim=1).cpu().numpy().astype(np.float64)
+            if summary.members_mm is not None:
+                out["local_members_mm"] = summary.members_mm
+            if before_fine is not None:
+                out["local_fine_mm"] = dist(before_fine, summary.estimate)
     if glob is not None and local is not None:
         out["confidence"] = np.minimum(glob.confidence, local.confidence)
-        out["global_local_mm"] = dist(local.estimate, glob.estimate)
+        out["global_local_mm"] = dist(local.estimate, glob.estimate if global_in_local is None else global_in_local)
     else:
         out["confidence"] = (glob or local).confidence
     if tta is not None and local is not None:
@@ -364,6 +483,8 @@ def build_network(metadata: dict) -> GlobalToLocal:
         global_cfg = FCNConfig.from_dict(metadata["global_architecture"])
         local = metadata.get("local_architecture")
         local_cfg = FCNConfig.from_dict(local) if local else None
+        fine = metadata.get("fine_stage")
+        fine_cfg = FCNConfig.from_dict(fine["architecture"]) if fine else None
     except (KeyError, TypeError) as exc:
         raise ModelError(f"model metadata lacks a valid architecture: {exc}") from None
     names = metadata.get("landmark_names")
@@ -371,7 +492,24 @@ def build_network(metadata: dict) -> GlobalToLocal:
         raise ModelError("model metadata: landmark_names does not match the network's number of landmarks")
     if metadata.get("ndim") != global_cfg.ndim:
         raise ModelError("model metadata: ndim does not match the network architecture")
-    return GlobalToLocal(global_cfg, local_cfg)
+    return GlobalToLocal(global_cfg, local_cfg, fine_cfg)
+
+
+def local_stages(network: GlobalToLocal, metadata: dict) -> list:
+    """The model's local refinement stages in order: the local bank, then the fine bank if it has one.
+
+    The local stage works on the model grid unless the metadata gives it its own
+    (``local_spacing``); the fine stage always has its own (``fine_stage``).
+    """
+    if network.local_net is None:
+        return []
+    spacing = metadata.get("local_spacing") or metadata["spacing"]
+    stages = [LocalStage(network.local_net, np.asarray(spacing, dtype=np.float64), int(metadata["sub_image_size"]))]
+    fine = metadata.get("fine_stage")
+    if fine and network.fine_net is not None:
+        stages.append(LocalStage(network.fine_net, np.asarray(fine["spacing"], dtype=np.float64),
+                                 int(fine["sub_image_size"])))
+    return stages
 
 
 def model_metadata_checked(metadata: dict) -> dict:
@@ -404,13 +542,16 @@ class Localizer:
         self.spacing = np.asarray(metadata["spacing"], dtype=np.float64)
         self.intensity = metadata["intensity"]
         self.sub_image_size = int(metadata["sub_image_size"])
+        # local refinement stages, each on its grid (same intensity preset as the global network's)
+        self.stages = local_stages(self.network, metadata)
         self.uncertain_below = float(metadata.get("uncertain_below", UNCERTAIN_BELOW))
         # test models (untrained networks) report every landmark
         self.always_found = bool(metadata.get("always_found", False))
         self.calibration = Calibration.from_metadata(metadata)
         self.partners = mirror_partners(self.names)
+        last_size = self.stages[-1].sub_image_size if self.stages else self.sub_image_size
         self.tta_shift = int((self.calibration.fit.get("tta_shift") if self.calibration else None)
-                             or max(1, self.sub_image_size // 8))
+                             or max(1, last_size // 8))
         # said once per loaded model (CLI: after loading; Slicer: with the results), not per image
         self.calibration_notice = None if self.calibration is not None else (
             "this model has no calibrated uncertainty: 'uncertain' means confidence below "
@@ -432,15 +573,33 @@ class Localizer:
     def has_local_stage(self) -> bool:
         return self.network.local_net is not None
 
-    def _prepare(self, image: sitk.Image) -> tuple:
+    def _prepare(self, image: sitk.Image, spacing=None) -> tuple:
+        """(image, normalized array, grid geometry, intensity map) on the model's grid (or one of ``spacing``)."""
         if image.GetDimension() == 3 and self.ndim == 2:
             image = squeeze_single_slice(image)
         if image.GetDimension() != self.ndim:
             raise InputError(f"this model localizes in {self.ndim}D images, got a {image.GetDimension()}D image")
         check_image(image)
         check_not_constant(image)
-        array, geometry = preprocess(image, self.spacing, self.intensity)
-        return image, array, geometry
+        array, geometry, normalize = preprocess(image, self.spacing if spacing is None else spacing, self.intensity,
+                                                with_normalizer=True)
+        return image, array, geometry, normalize
+
+    def _grids(self, image: sitk.Image, array: np.ndarray, geometry: ImageGeometry, normalize):
+        """``grid(spacing)`` -> (array, geometry) of ``image`` for the stages, each made once.
+
+        A grid other than ``geometry``'s (a fine stage's) is resampled only where
+        sub-images are taken (:class:`ResampledWindows`), with ``geometry``'s intensity map.
+        """
+        cache = {tuple(np.round(geometry.spacing, 9)): (array, geometry)}
+
+        def grid(spacing):
+            key = tuple(np.round(np.asarray(spacing, dtype=np.float64), 9))
+            if key not in cache:
+                windows = ResampledWindows(image, spacing, normalize)
+                cache[key] = (windows, windows.geometry)
+            return cache[key]
+        return grid
 
     def _name_index(self, name: str) -> int:
         try:
@@ -457,26 +616,33 @@ class Localizer:
         model's calibration uses their signals); ``landmarkloc calibrate`` asks for them.
         """
         start = time.perf_counter()
-        image, array, geometry = self._prepare(image)
+        image, array, geometry, normalize = self._prepare(image)
         unlike = unlike_profile(array, self.metadata.get("intensity_profile"))
         glob = run_global(self.network.global_net, array, self.variant, geometry.spacing, self.device,
                           self.amp, self.channels_last)
         final, local, augmented = glob, None, None
+        final_array, final_geometry, global_in_local, before_fine = array, geometry, None, None
         if use_local and self.has_local_stage:
-            local = run_local(self.network.local_net, array, glob.estimate, self.sub_image_size, self.variant,
-                              geometry.spacing, self.device, amp=self.amp, channels_last=self.channels_last)
-            final = local
+            results = run_stages(self.stages, glob.estimate, geometry, self._grids(image, array, geometry, normalize),
+                                 self.variant, self.device, amp=self.amp, channels_last=self.channels_last)
+            last = results[-1]
+            local = final = last.summary
+            final_array, final_geometry = last.array, last.geometry
+            global_in_local = regrid(glob.estimate, geometry, final_geometry)
+            if len(results) > 1:
+                before_fine = last.start
             kinds = TTA_KINDS if tta else (() if tta is not None or self.calibration is None
                                            else self.calibration.tta_kinds())
             if kinds:
                 augmented = local_tta_estimates(
-                    self.network.local_net, array, np.nan_to_num(glob.estimate), np.nan_to_num(local.estimate),
-                    self.sub_image_size, self.variant, geometry.spacing, self.device, self.tta_shift, kinds,
-                    self._mirror(geometry), self.amp, self.channels_last)
-        signals = uncertainty_signals(glob, local, geometry.spacing, augmented)
+                    self.stages[-1].bank, final_array, np.nan_to_num(last.start), np.nan_to_num(local.estimate),
+                    self.stages[-1].sub_image_size, self.variant, final_geometry.spacing, self.device,
+                    self.tta_shift, kinds, self._mirror(final_geometry), self.amp, self.channels_last)
+        signals = uncertainty_signals(glob, local, geometry.spacing, augmented, final_geometry.spacing,
+                                      global_in_local, before_fine)
         # A landmark is not found when the network places it outside the image (or most of its
         # votes point outside): a landmark in view but hard to see is found, and uncertain.
-        out_of_view = outside_view(final.estimate, array.shape) | outside_view(
+        out_of_view = outside_view(final.estimate, final_array.shape) | outside_view(
             glob.estimate, array.shape, glob.votes, glob.confidence, border=self.network.global_net.patch_size)
         p_large = self._p_large_error(signals, local is None)
         landmarks = []
@@ -489,7 +655,7 @@ class Localizer:
                 uncertain = bool(p_large[n] >= self.calibration.threshold)
             else:
                 uncertain = conf < self.uncertain_below
-            position = to_point3(geometry.index_to_physical(np.nan_to_num(est)))
+            position = to_point3(final_geometry.index_to_physical(np.nan_to_num(est)))
             landmarks.append(LandmarkEstimate(
                 name=name, position=position, confidence=conf, spread_mm=float(final.spread_mm[n]), found=found,
                 uncertain=uncertain or unlike is not None,
@@ -541,29 +707,35 @@ class Localizer:
 
     @torch.inference_mode()
     def refine(self, image: sitk.Image, name: str, position_lps) -> ControlPoint:
-        """Run only the local stage of landmark ``name`` from a (user-moved) point."""
+        """Run only the local stage(s) of landmark ``name`` from a (user-moved) point."""
         if not self.has_local_stage:
             raise ModelError("this model has no local stage (trained as 'global only')")
         n = self._name_index(name)
-        image, array, geometry = self._prepare(image)
-        centre = geometry.physical_to_index(from_point3(np.asarray(position_lps, dtype=np.float64), self.ndim))
+        image, first_array, first_geometry, normalize = self._prepare(image, self.stages[0].spacing)
+        start = first_geometry.physical_to_index(from_point3(np.asarray(position_lps, dtype=np.float64), self.ndim))
         centres = np.zeros((len(self.names), self.ndim))
-        centres[n] = centre
-        local = run_local(self.network.local_net, array, centres, self.sub_image_size, self.variant,
-                          geometry.spacing, self.device, landmarks=[n], amp=self.amp,
-                          channels_last=self.channels_last)
+        centres[n] = start
+        results = run_stages(self.stages, centres, first_geometry,
+                             self._grids(image, first_array, first_geometry, normalize), self.variant, self.device,
+                             landmarks=[n], amp=self.amp, channels_last=self.channels_last)
+        last = results[-1]
+        local, array, geometry = last.summary, last.array, last.geometry
+        centre = regrid(start, first_geometry, geometry)
         cal = self.calibration
         refine_cal = cal.refine if cal is not None else None
         augmented = None
         kinds = cal.tta_kinds(refine=True) if refine_cal else ()
         if kinds:
-            full_local = centres.copy()
+            starts = np.zeros((len(self.names), self.ndim))
+            starts[n] = np.nan_to_num(last.start[0])
+            full_local = starts.copy()
             full_local[n] = np.nan_to_num(local.estimate[0])
-            tta = local_tta_estimates(self.network.local_net, array, centres, full_local, self.sub_image_size,
-                                      self.variant, geometry.spacing, self.device, self.tta_shift, kinds,
-                                      self._mirror(geometry), self.amp, self.channels_last)
+            tta = local_tta_estimates(self.stages[-1].bank, array, starts, full_local,
+                                      self.stages[-1].sub_image_size, self.variant, geometry.spacing, self.device,
+                                      self.tta_shift, kinds, self._mirror(geometry), self.amp, self.channels_last)
             augmented = {k: ([e[[n]] for e in v] if k == "shifted" else v[[n]]) for k, v in tta.items()}
-        signals = uncertainty_signals(None, local, geometry.spacing, augmented)
+        signals = uncertainty_signals(None, local, geometry.spacing, augmented,
+                                      before_fine=last.start if len(results) > 1 else None)
         # the distance the local stage moved the start point (in localize: from the global estimate)
         moved = np.linalg.norm((local.estimate - centre) * geometry.spacing, axis=-1)
         signals["global_local_mm"] = np.nan_to_num(moved)

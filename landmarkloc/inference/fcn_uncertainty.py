@@ -21,6 +21,11 @@ local passes cost one batched run of the small local networks):
 * ``local_mirror_mm``: how far the local network of the left/right partner
   landmark, given the mirrored sub-image, places the landmark from the local
   estimate (a second opinion from a second network, for models with ``_L``/``_R`` pairs);
+* ``local_members_mm``: how far the estimates of a local ensemble's members
+  (independently trained local networks, same sub-image) lie from their mean
+  (RMS; models trained with ``--local-members`` > 1);
+* ``local_fine_mm``: how far the fine stage (models with one) moved the local
+  stage's estimate;
 * ``global_peak`` / ``local_peak``, ``local_mass``, ``global_mode_mm`` /
   ``local_mode_mm``: the largest posterior, the posterior sum, and the distance
   from the estimate to the vote of the most confident cell;
@@ -66,13 +71,18 @@ SIGNALS = {
                           "log"),
     "local_mirror_mm": ("distance between the local estimate and the left/right partner's local network's "
                         "estimate on the mirrored sub-image (mm; 3D models with _L/_R landmark pairs)", "log"),
+    "local_members_mm": ("RMS distance of the local ensemble members' estimates from their mean (mm; models "
+                         "with several local networks per landmark)", "log"),
+    "local_fine_mm": ("distance the fine stage moved the local stage's estimate (mm; models with a fine stage)",
+                      "log"),
 }
 # Which signals need which extra (batched) local passes.
 TTA_SIGNALS = {"local_shift_mm": "shift", "local_recentre_mm": "recentre", "local_contrast_mm": "contrast",
                "local_mirror_mm": "mirror"}
 TTA_KINDS = ("shift", "recentre", "contrast", "mirror")
 LOCAL_ONLY = ("local_confidence", "local_spread_mm", "local_shift_mm", "local_recentre_mm", "local_contrast_mm",
-              "local_mirror_mm", "local_peak", "local_mass", "local_mode_mm", "landmark_rate")
+              "local_mirror_mm", "local_members_mm", "local_fine_mm", "local_peak", "local_mass", "local_mode_mm",
+              "landmark_rate")
 CONTRAST_GAMMA = 1.25  # contrast change of the test-time augmentation (multiplies the normalized intensities)
 
 

@@ -40,6 +40,14 @@ class VoteSummary:
     probability: torch.Tensor  # (L, *grid) classification posteriors (ones without a classifier)
     votes: np.ndarray  # (L, N, D) vote positions, continuous indices
     weights: np.ndarray  # (L, N) vote weights
+    members_mm: np.ndarray | None = None  # (L,) RMS distance of ensemble members' estimates from their mean
+
+    def rows(self, rows) -> VoteSummary:
+        """The summary of some landmarks only."""
+        rows = list(rows)
+        return VoteSummary(self.estimate[rows], self.confidence[rows], self.spread_mm[rows], self.probability[rows],
+                           self.votes[rows], self.weights[rows],
+                           None if self.members_mm is None else self.members_mm[rows])
 
 
 def cast_votes(class_logits: torch.Tensor, displacement: torch.Tensor, patch_size: int, variant: Variant):
@@ -94,4 +102,34 @@ def summarize_votes(class_logits: torch.Tensor, displacement: torch.Tensor, patc
         probability=prob,
         votes=positions.cpu().numpy(),
         weights=weights.cpu().numpy(),
+    )
+
+
+def combine_members(summary: VoteSummary, members: int, spacing) -> VoteSummary:
+    """One summary per landmark from an ensemble's (members x L) rows of the same sub-images.
+
+    The estimate is the mean of the members' estimates; confidence, spread and
+    posteriors are averaged; the votes of all members are kept (weights divided
+    by the number of members). ``members_mm`` is how far the members' estimates
+    lie from their mean (RMS, mm): independently trained networks that disagree
+    on a sub-image signal a point not to trust.
+    """
+    if members <= 1:
+        return summary
+    n = summary.estimate.shape[0] // members
+    est = summary.estimate.reshape(members, n, -1)
+    mean = np.nanmean(est, axis=0) if np.isfinite(est).any() else est[0]
+    offsets = (est - mean[None]) * np.asarray(spacing, dtype=np.float64)
+    members_mm = np.sqrt(np.nanmean((offsets ** 2).sum(axis=2), axis=0))
+    grid = summary.probability.shape[1:]
+    votes = summary.votes.reshape(members, n, *summary.votes.shape[1:]).transpose(1, 0, 2, 3)
+    weights = summary.weights.reshape(members, n, -1).transpose(1, 0, 2)
+    return VoteSummary(
+        estimate=mean,
+        confidence=summary.confidence.reshape(members, n).mean(axis=0),
+        spread_mm=summary.spread_mm.reshape(members, n).mean(axis=0),
+        probability=summary.probability.reshape(members, n, *grid).mean(dim=0),
+        votes=votes.reshape(n, -1, votes.shape[-1]),
+        weights=weights.reshape(n, -1) / members,
+        members_mm=members_mm,
     )

@@ -207,18 +207,65 @@ def local_config(preset: str, ndim: int, num_landmarks: int, **overrides) -> FCN
 
 
 class GlobalToLocal(nn.Module):
-    """The global network and (optionally) the bank of local networks, trained and saved together."""
+    """The global network, the bank of local networks and an optional fine bank, saved together.
 
-    def __init__(self, global_cfg: FCNConfig, local_cfg: FCNConfig | None = None):
+    The local bank may hold several members per landmark (an ensemble: ``local_members``
+    independently trained local networks each): its ``num_landmarks`` is then
+    members x landmarks, row ``m * L + l`` being member ``m`` of landmark ``l``,
+    still one grouped forward pass. Their disagreement is an uncertainty signal.
+    The fine bank (beyond the paper) refines the local estimate once more on a
+    finer grid, with smaller sub-images.
+    """
+
+    def __init__(self, global_cfg: FCNConfig, local_cfg: FCNConfig | None = None,
+                 fine_cfg: FCNConfig | None = None):
         super().__init__()
-        if local_cfg is not None and (local_cfg.ndim != global_cfg.ndim
-                                      or local_cfg.num_landmarks != global_cfg.num_landmarks
-                                      or not local_cfg.per_landmark):
-            raise ModelError("the local networks must be a per-landmark bank for the global network's landmarks")
+        for cfg in (local_cfg, fine_cfg):
+            if cfg is not None and (cfg.ndim != global_cfg.ndim or cfg.num_landmarks % global_cfg.num_landmarks
+                                    or not cfg.per_landmark):
+                raise ModelError("the local networks must be a per-landmark bank (one or more members per "
+                                 "landmark) for the global network's landmarks")
+        if fine_cfg is not None and local_cfg is None:
+            raise ModelError("a fine stage needs a local stage before it")
         self.global_net = FCN(global_cfg)
         self.local_net = FCN(local_cfg) if local_cfg is not None else None
+        self.fine_net = FCN(fine_cfg) if fine_cfg is not None else None
 
-    def forward(self, global_x: torch.Tensor, local_x: torch.Tensor | None = None):
-        out_global = self.global_net(global_x)
+    @property
+    def local_members(self) -> int:
+        """Local networks per landmark (0 without a local stage)."""
+        if self.local_net is None:
+            return 0
+        return self.local_net.config.num_landmarks // self.global_net.config.num_landmarks
+
+    def forward(self, global_x: torch.Tensor | None, local_x: torch.Tensor | None = None,
+                fine_x: torch.Tensor | None = None):
+        """(global, local, fine) outputs of the inputs given (None for the others)."""
+        out_global = self.global_net(global_x) if global_x is not None else None
         out_local = self.local_net(local_x) if local_x is not None and self.local_net is not None else None
-        return out_global, out_local
+        out_fine = self.fine_net(fine_x) if fine_x is not None and self.fine_net is not None else None
+        return out_global, out_local, out_fine
+
+
+def stack_banks(state_dicts: list) -> dict:
+    """The state dict of one local bank whose members are the given banks, in order.
+
+    Every per-landmark layer is grouped, with group ``g``'s channels at
+    ``[g * C, (g + 1) * C)``, so banks of the same architecture stack along the
+    channel axis of every tensor: member ``m`` of the result is bank ``m``. Lets
+    ensemble members be trained in separate processes (or one be an existing
+    model's local stage) and shipped as one bank, run in one grouped pass.
+    """
+    if not state_dicts:
+        raise ModelError("no local banks to stack")
+    keys = list(state_dicts[0])
+    if any(list(sd) != keys for sd in state_dicts[1:]):
+        raise ModelError("the local banks to stack have different architectures")
+    out = {}
+    for key in keys:
+        tensors = [sd[key] for sd in state_dicts]
+        if tensors[0].dim() == 0:  # batch-norm step counters
+            out[key] = tensors[0].clone()
+        else:
+            out[key] = torch.cat(tensors, dim=0)
+    return out

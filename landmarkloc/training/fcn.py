@@ -6,6 +6,15 @@ loss = L1 on (log-)displacements + alpha * BCE for each stage. Every
 ``validate_every`` iterations the whole pipeline localizes the validation
 images and the model with the lowest mean radial error (mm) is kept.
 
+The local stage may have its own, finer grid (``local_spacing``) and several
+independently initialized networks per landmark (``local_members``, an
+ensemble whose disagreement is an uncertainty signal). A fine stage (a third
+bank on a finer grid with smaller sub-images, as the paper's cephalometric
+local networks that work at the X-ray's full resolution) can refine the local
+estimate. As in the paper, stages can be trained on their own, starting from
+a trained model (``init_from``) whose earlier stages stay frozen:
+``train_stage`` "local" (a new local stage) or "fine" (a fine stage).
+
 Under ``torchrun`` each process trains on its own share of the images with
 DistributedDataParallel (gloo on CPU, nccl on CUDA); rank 0 validates, logs and
 writes files. On CUDA the networks run in channels-last layout under autocast.
@@ -31,7 +40,7 @@ from ..geometry.intensity import get_preset, intensity_profile
 from ..geometry.resample import resample_to_grid
 from ..io.datasets import LandmarkDataset
 from ..io.image import read_image
-from ..io.modelfile import load_model, model_paths, save_model
+from ..io.modelfile import load_model, model_paths, read_metadata, save_model
 from ..networks.fcn import FCNConfig, GlobalToLocal, global_config, local_config
 from ..networks.fcn_encoding import DEFAULT_VARIANT, fcn_targets, get_variant
 from ..runtime import init_distributed, progress, seed_everything
@@ -69,10 +78,19 @@ class FCNTrainConfig:
     # Train also on a copy of every image that has a mask, with the mask applied (e.g. skull-stripped brains),
     # so the model works on images that were masked before they reach it.
     masked_copies: bool = False
+    local_spacing: tuple | None = None  # grid of the local stage in mm; None: the model grid
+    local_members: int = 1  # local networks per landmark (an ensemble when > 1)
+    init_from: str | None = None  # a trained FCN model to start from (its global network, grid and intensity)
+    train_stage: str = "all"  # "all": global and local together; "local" or "fine": only that stage
+    fine_spacing: tuple | None = None  # grid of the fine stage in mm (train_stage "fine")
+    fine_sub_image_size: int = 32
+    fine_overrides: dict = field(default_factory=dict)  # FCNConfig fields of the fine bank (local preset)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["spacing"] = None if self.spacing is None else [float(s) for s in self.spacing]
+        for key in ("spacing", "local_spacing", "fine_spacing"):
+            value = getattr(self, key)
+            d[key] = None if value is None else [float(s) for s in value]
         return d
 
 
@@ -103,15 +121,32 @@ def train_config(preset: str, ndim: int, **overrides) -> FCNTrainConfig:
 def _check(cfg: FCNTrainConfig) -> None:
     if cfg.lr_schedule not in ("constant", "cosine"):
         raise InputError(f"unknown learning-rate schedule {cfg.lr_schedule!r} (constant or cosine)")
+    if cfg.local_members < 1:
+        raise InputError("local_members must be at least 1")
+    if cfg.train_stage not in ("all", "local", "fine"):
+        raise InputError(f"unknown training stage {cfg.train_stage!r} (all, local or fine)")
+    if cfg.train_stage != "all" and (cfg.init_from is None or not cfg.use_local):
+        raise InputError(f"training the {cfg.train_stage} stage only needs a model to start from (--init-from)")
+    if cfg.train_stage == "fine" and cfg.fine_spacing is None:
+        raise InputError("a fine stage needs its grid (--fine-spacing)")
 
 
-def network_configs(cfg: FCNTrainConfig, num_landmarks: int) -> tuple:
-    g = global_config(cfg.preset, cfg.ndim, num_landmarks, **cfg.global_overrides)
-    loc = local_config(cfg.preset, cfg.ndim, num_landmarks, **cfg.local_overrides) if cfg.use_local else None
-    if loc is not None and cfg.sub_image_size % loc.patch_size:
-        raise InputError(f"sub-image size {cfg.sub_image_size} is not a multiple of the local patch size "
-                         f"{loc.patch_size}")
-    return g, loc
+def network_configs(cfg: FCNTrainConfig, num_landmarks: int, start: dict | None = None) -> tuple:
+    """(global, local, fine) network configurations; ``start``: metadata of the model started from."""
+    g = FCNConfig.from_dict(start["global_architecture"]) if start else \
+        global_config(cfg.preset, cfg.ndim, num_landmarks, **cfg.global_overrides)
+    loc, fine = None, None
+    if cfg.train_stage == "fine":
+        if not start.get("local_architecture"):
+            raise InputError("a fine stage refines a local stage: the model started from has none")
+        loc = FCNConfig.from_dict(start["local_architecture"])
+        fine = local_config(cfg.preset, cfg.ndim, num_landmarks, **cfg.fine_overrides)
+    elif cfg.use_local:
+        loc = local_config(cfg.preset, cfg.ndim, num_landmarks * cfg.local_members, **cfg.local_overrides)
+    for bank, size in ((loc, cfg.sub_image_size), (fine, cfg.fine_sub_image_size)):
+        if bank is not None and size % bank.patch_size:
+            raise InputError(f"sub-image size {size} is not a multiple of the local patch size {bank.patch_size}")
+    return g, loc, fine
 
 
 # --------------------------------------------------------------------------- data
@@ -141,7 +176,7 @@ def prepare_cases(dataset: LandmarkDataset, spacing, intensity, input_spacing=No
             variants.append((f"{case.name}#masked", apply_mask(image, case.mask_path)))
         for name, img in variants:
             array, geometry = preprocess(img, spacing, intensity)
-            out.append(PreparedCase(name, array, geometry.spacing, geometry.physical_to_index(lms)))
+            out.append(PreparedCase(name, array, geometry.spacing, geometry.physical_to_index(lms), geometry))
     return out
 
 
@@ -156,22 +191,36 @@ def _stack_targets(items):
     return [torch.stack([torch.as_tensor(it[k]) for it in items]) for k in range(len(items[0]))]
 
 
-def make_batch(cases, cfg: FCNTrainConfig, crop, global_patch, local_patch, rng):
-    """One training batch: global crops with targets and (optionally) local sub-images with targets."""
+def make_batch(cases, cfg: FCNTrainConfig, crop, global_patch, local_patch, rng, local_cases=None,
+               sub_image_size: int | None = None, members: int | None = None):
+    """One training batch: global crops with targets and (optionally) local sub-images with targets.
+
+    ``local_cases``: the same cases on the trained local (or fine) stage's grid
+    (default: ``cases``), with sub-images of ``sub_image_size`` (default: the
+    local stage's) for ``members`` networks per landmark, each with its own
+    random sub-images. Without ``global_patch`` no global crops are made.
+    """
     variant = get_variant(cfg.variant)
     aug = cfg.augment if cfg.augment.enabled else None
+    local_cases = cases if local_cases is None else local_cases
+    sub_image_size = sub_image_size or cfg.sub_image_size
+    members = members or cfg.local_members
     g_items, l_items = [], []
-    grid = tuple(c // global_patch for c in crop[::-1])
+    grid = tuple(c // global_patch for c in crop[::-1]) if global_patch else None
     for _ in range(cfg.batch_size):
-        case = cases[rng.integers(len(cases))]
-        image, pts = global_crop(case, crop, aug, rng)
-        g_items.append((image, *fcn_targets(pts, grid, global_patch, variant)))
+        index = rng.integers(len(cases))
+        if global_patch:
+            image, pts = global_crop(cases[index], crop, aug, rng)
+            g_items.append((image, *fcn_targets(pts, grid, global_patch, variant)))
         if local_patch:
-            subs, spts = local_subimages(case, cfg.sub_image_size, aug, rng)
-            lgrid = (cfg.sub_image_size // local_patch,) * case.ndim
+            case = local_cases[index]
+            draws = [local_subimages(case, sub_image_size, aug, rng) for _ in range(members)]
+            subs = torch.cat([d[0] for d in draws])
+            spts = np.concatenate([d[1] for d in draws])
+            lgrid = (sub_image_size // local_patch,) * case.ndim
             per_lm = [fcn_targets(spts[n:n + 1], lgrid, local_patch, variant) for n in range(len(spts))]
             l_items.append((subs, *[torch.cat([t[k] for t in per_lm]) for k in range(3)]))
-    return _stack_targets(g_items), (_stack_targets(l_items) if l_items else None)
+    return (_stack_targets(g_items) if g_items else None), (_stack_targets(l_items) if l_items else None)
 
 
 def _crop_size(cases, cfg: FCNTrainConfig, patch: int) -> list:
@@ -184,29 +233,44 @@ def _crop_size(cases, cfg: FCNTrainConfig, patch: int) -> list:
 # --------------------------------------------------------------------------- validation
 
 
-def validate(model: GlobalToLocal, cases, cfg: FCNTrainConfig, device) -> dict:
-    """Localize every validation case with the full pipeline; radial errors in mm."""
-    from ..inference.fcn import outside_view, run_global, run_local
+def validate(model: GlobalToLocal, cases, cfg: FCNTrainConfig, device, stage_cases=()) -> dict:
+    """Localize every validation case with the full pipeline; radial errors in mm.
+
+    ``stage_cases``: per local stage (local, fine), its spacing, sub-image size
+    and the same cases on its grid.
+    """
+    from ..inference.fcn import LocalStage, outside_view, run_global, run_stages
 
     variant = get_variant(cfg.variant)
     errors, missed = [], 0
     was_training = model.training
     model.eval()
+    banks = [model.local_net, model.fine_net]
+    stages = [LocalStage(bank, np.asarray(spacing), size)
+              for bank, (spacing, size, _) in zip(banks, stage_cases) if bank is not None]
     with torch.inference_mode():
-        for case in cases:
+        for i, case in enumerate(cases):
             summary = run_global(model.global_net, case.array, variant, case.spacing, device)
-            estimate = summary.estimate
-            if model.local_net is not None:
-                estimate = run_local(model.local_net, case.array, estimate, cfg.sub_image_size, variant,
-                                     case.spacing, device).estimate
-            for n, truth in enumerate(case.landmarks):
+            estimate, final_case = summary.estimate, case
+            if stages:
+                by_spacing = {_key(spacing): grid_cases[i] for spacing, _, grid_cases in stage_cases}
+                by_spacing[_key(case.spacing)] = case
+
+                def grid(spacing, by_spacing=by_spacing):
+                    found = by_spacing[_key(spacing)]
+                    return found.array, found.geometry
+
+                results = run_stages(stages, estimate, case.geometry, grid, variant, device)
+                estimate = results[-1].summary.estimate
+                final_case = by_spacing[_key(stages[-1].spacing)]
+            for n, truth in enumerate(final_case.landmarks):
                 if not np.all(np.isfinite(truth)):
                     continue
-                if outside_view(estimate[[n]], case.array.shape)[0] or \
+                if outside_view(estimate[[n]], final_case.array.shape)[0] or \
                         outside_view(summary.estimate[[n]], case.array.shape, summary.votes[[n]],
                                      summary.confidence[[n]], border=model.global_net.patch_size)[0]:
                     missed += 1
-                errors.append(float(np.linalg.norm((estimate[n] - truth) * case.spacing)))
+                errors.append(float(np.linalg.norm((estimate[n] - truth) * final_case.spacing)))
     model.train(was_training)
     errors = np.nan_to_num(np.array(errors), nan=1e6)
     return {"mean_radial_error_mm": float(errors.mean()) if errors.size else float("nan"),
@@ -218,7 +282,7 @@ def validate(model: GlobalToLocal, cases, cfg: FCNTrainConfig, device) -> dict:
 
 
 def model_metadata(cfg: FCNTrainConfig, names, global_cfg: FCNConfig, local_cfg, spacing, dataset_summary,
-                   validation, training) -> dict:
+                   validation, training, fine_cfg=None) -> dict:
     dataset_summary = dict(dataset_summary)
     profile = dataset_summary.pop("intensity_profile", None)
     return {
@@ -227,6 +291,10 @@ def model_metadata(cfg: FCNTrainConfig, names, global_cfg: FCNConfig, local_cfg,
         "intensity": get_preset(cfg.intensity).to_dict(), "variant": cfg.variant,
         "patch_size": global_cfg.patch_size, "sub_image_size": cfg.sub_image_size,
         "local_patch_size": local_cfg.patch_size if local_cfg else None,
+        "local_spacing": [float(s) for s in (cfg.local_spacing or spacing)] if local_cfg else None,
+        "local_members": cfg.local_members if local_cfg else 0,
+        "fine_stage": {"spacing": [float(s) for s in cfg.fine_spacing], "sub_image_size": cfg.fine_sub_image_size,
+                       "architecture": fine_cfg.to_dict()} if fine_cfg else None,
         "global_architecture": global_cfg.to_dict(),
         "local_architecture": local_cfg.to_dict() if local_cfg else None,
         "training_data": dataset_summary, "intensity_profile": profile,
@@ -306,10 +374,17 @@ def train_fcn(dataset: LandmarkDataset, output, cfg: FCNTrainConfig, val_dataset
         names = list(dataset.names)
         if val_dataset is not None and list(val_dataset.names) != names:
             raise InputError("the validation dataset must have the same landmark names as the training dataset")
-        spacing = cfg.spacing or median_spacing(dataset, input_spacing)
-        if len(spacing) == 1:
-            spacing = tuple(spacing) * cfg.ndim
-        cfg = replace(cfg, spacing=tuple(float(s) for s in spacing))
+        init = start_model(cfg, names)
+        if init is not None:  # the grid, intensity and encoding are the trained global network's
+            start = init[1]
+            cfg = replace(cfg, spacing=tuple(start["spacing"]), intensity=start["intensity"]["name"],
+                          variant=start["variant"])
+            if cfg.train_stage == "fine":  # and the local stage is the trained one's
+                cfg = replace(cfg, sub_image_size=int(start["sub_image_size"]),
+                              local_spacing=start.get("local_spacing"), local_members=max(1, _members(start)))
+        cfg = replace(cfg, spacing=_per_axis(cfg.spacing or median_spacing(dataset, input_spacing), cfg.ndim),
+                      local_spacing=_per_axis(cfg.local_spacing, cfg.ndim),
+                      fine_spacing=_per_axis(cfg.fine_spacing, cfg.ndim))
         split_rng = np.random.default_rng(cfg.seed)
         if val_dataset is None:
             train_idx, val_idx = _split(len(dataset.cases), cfg.val_fraction, split_rng)
@@ -325,13 +400,37 @@ def train_fcn(dataset: LandmarkDataset, output, cfg: FCNTrainConfig, val_dataset
             raise InputError(f"training images must all be {cfg.ndim}D")
         val_cases = prepare_cases(val_ds, cfg.spacing, cfg.intensity, input_spacing, quiet=True) \
             if ctx.is_main else []
+        grids = {_key(cfg.spacing): (cases, val_cases)}  # the same images on each stage's grid
 
-        global_cfg, local_cfg = network_configs(cfg, len(names))
-        model = GlobalToLocal(global_cfg, local_cfg).to(dev)
+        def on_grid(spacing):
+            if _key(spacing) not in grids:
+                grids[_key(spacing)] = (
+                    prepare_cases(share, spacing, cfg.intensity, input_spacing, quiet=quiet or not ctx.is_main,
+                                  masked_copies=cfg.masked_copies),
+                    prepare_cases(val_ds, spacing, cfg.intensity, input_spacing, quiet=True) if ctx.is_main else [])
+            return grids[_key(spacing)]
+
+        global_cfg, local_cfg, fine_cfg = network_configs(cfg, len(names), init[1] if init else None)
+        stage_specs = []  # (spacing, sub-image size) of the local and the fine stage
+        if local_cfg is not None:
+            stage_specs.append((cfg.local_spacing or cfg.spacing, cfg.sub_image_size))
+        if fine_cfg is not None:
+            stage_specs.append((cfg.fine_spacing, cfg.fine_sub_image_size))
+        val_stages = [(sp, size, on_grid(sp)[1]) for sp, size in stage_specs]
+        trained_cases = on_grid(stage_specs[-1][0])[0] if stage_specs and cfg.train_stage != "all" else \
+            (on_grid(stage_specs[0][0])[0] if stage_specs else cases)
+        model = GlobalToLocal(global_cfg, local_cfg, fine_cfg).to(dev)
+        frozen = frozen_parts(model, cfg)
+        if init is not None:
+            kept = ("global_net.", "local_net.") if cfg.train_stage == "fine" else ("global_net.",)
+            model.load_state_dict({k: v for k, v in init[0].items() if k.startswith(kept)}, strict=False)
+        for part in frozen:
+            part.requires_grad_(False)
         if dev.type == "cuda":
             model = model.to(memory_format=torch.channels_last if cfg.ndim == 2 else torch.channels_last_3d)
         # AMSGrad as in the reference implementation (GEJansen/landmark_detection)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, amsgrad=True)
+        optimizer = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=cfg.learning_rate,
+                                     amsgrad=True)
         start_it, best, elapsed_before = 0, None, 0.0
         resume_path = _resume_path(output)
         if resume:
@@ -348,6 +447,9 @@ def train_fcn(dataset: LandmarkDataset, output, cfg: FCNTrainConfig, val_dataset
         rng = np.random.default_rng([cfg.seed, ctx.rank, start_it])
         seed_everything(cfg.seed + 1000 * ctx.rank + start_it)
         crop = _crop_size(cases, cfg, global_cfg.patch_size)
+        trained_bank = {"all": local_cfg, "local": local_cfg, "fine": fine_cfg}[cfg.train_stage]
+        trained_size = cfg.fine_sub_image_size if cfg.train_stage == "fine" else cfg.sub_image_size
+        trained_members = 1 if cfg.train_stage == "fine" else cfg.local_members
         alpha_global = cfg.alpha if cfg.alpha is not None else float(len(names))
         alpha_local = cfg.alpha if cfg.alpha is not None else 1.0
         summary = {"images": len(train_ds.cases), "validation_images": len(val_ds.cases),
@@ -355,26 +457,31 @@ def train_fcn(dataset: LandmarkDataset, output, cfg: FCNTrainConfig, val_dataset
                    # what the images look like to the network, to warn about inputs unlike them
                    "intensity_profile": intensity_profile([c.array for c in cases])}
         if ctx.is_main:
-            LOG.info("training %s on %d images (%d validation), %d landmarks, spacing %s, world size %d, "
-                     "device %s, crop %s", cfg.preset, len(train_ds.cases), len(val_ds.cases), len(names),
-                     cfg.spacing, ctx.world_size, dev, crop)
+            LOG.info("training %s (stage %s) on %d images (%d validation), %d landmarks, spacing %s, "
+                     "local stages %s, world size %d, device %s, crop %s", cfg.preset, cfg.train_stage,
+                     len(train_ds.cases), len(val_ds.cases), len(names), cfg.spacing, stage_specs, ctx.world_size,
+                     dev, crop)
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else None
         t0 = time.monotonic()
         budget = cfg.max_minutes * 60.0 if cfg.max_minutes else None
         bar = progress(total=cfg.iterations, desc="train-fcn", quiet=quiet or not ctx.is_main, initial=start_it)
         last_val, it = None, start_it
-        model.train()
+        train_mode(model, cfg)
         for it in range(start_it, cfg.iterations):
-            (gx, gcls, greg, gann), local = make_batch(cases, cfg, crop, global_cfg.patch_size,
-                                                       local_cfg.patch_size if local_cfg else 0, rng)
+            glob, local = make_batch(cases, cfg, crop, global_cfg.patch_size if cfg.train_stage == "all" else 0,
+                                     trained_bank.patch_size if trained_bank else 0, rng, trained_cases,
+                                     trained_size, trained_members)
             lx = local[0].to(dev) if local else None
-            gx = gx.to(dev)
-            if dev.type == "cuda":
+            gx = glob[0].to(dev) if glob else None
+            if dev.type == "cuda" and gx is not None:
                 gx = gx.contiguous(memory_format=torch.channels_last if cfg.ndim == 2 else torch.channels_last_3d)
             with amp if amp is not None else contextlib.nullcontext():
-                (g_logits, g_disp), l_out = train_model(gx, lx)
-            loss, parts = fcn_loss(g_logits, g_disp, gcls.to(dev), greg.to(dev), gann.to(dev), variant,
-                                   alpha_global)
+                g_out, l_out, f_out = train_model(gx, *((None, lx) if cfg.train_stage == "fine" else (lx, None)))
+            l_out = f_out if cfg.train_stage == "fine" else l_out
+            loss, parts = torch.zeros((), device=dev), {}
+            if g_out is not None:
+                gcls, greg, gann = (t.to(dev) for t in glob[1:])
+                loss, parts = fcn_loss(g_out[0], g_out[1], gcls, greg, gann, variant, alpha_global)
             if l_out is not None:
                 lcls, lreg, lann = (t.to(dev) for t in local[1:])
                 l_loss, l_parts = fcn_loss(l_out[0], l_out[1], lcls, lreg, lann, variant, alpha_local)
@@ -391,9 +498,9 @@ def train_fcn(dataset: LandmarkDataset, output, cfg: FCNTrainConfig, val_dataset
             done = it + 1
             out_of_time = budget is not None and _agree(time.monotonic() - t0 > budget, ctx)
             if done % cfg.validate_every == 0 or done == cfg.iterations or out_of_time:
-                best = _checkpoint(ctx, model, optimizer, cfg, val_cases, dev, names, global_cfg, local_cfg,
-                                   summary, output, resume_path, done, best, elapsed_before + time.monotonic() - t0,
-                                   parts)
+                best = _checkpoint(ctx, model, optimizer, cfg, (val_cases, val_stages), dev, names,
+                                   (global_cfg, local_cfg, fine_cfg), summary, output, resume_path, done, best,
+                                   elapsed_before + time.monotonic() - t0, parts)
                 last_val = done
             if out_of_time:
                 if ctx.is_main:
@@ -401,8 +508,9 @@ def train_fcn(dataset: LandmarkDataset, output, cfg: FCNTrainConfig, val_dataset
                 break
         bar.close()
         if last_val != it + 1 and cfg.iterations > start_it:
-            best = _checkpoint(ctx, model, optimizer, cfg, val_cases, dev, names, global_cfg, local_cfg, summary,
-                               output, resume_path, it + 1, best, elapsed_before + time.monotonic() - t0, {})
+            best = _checkpoint(ctx, model, optimizer, cfg, (val_cases, val_stages), dev, names,
+                               (global_cfg, local_cfg, fine_cfg), summary, output, resume_path, it + 1, best,
+                               elapsed_before + time.monotonic() - t0, {})
         ctx.barrier()
         if ctx.is_main and not model_paths(output)[1].is_file():
             raise ModelError("training ended without writing a model (no iterations were run)")
@@ -422,6 +530,55 @@ def train_fcn(dataset: LandmarkDataset, output, cfg: FCNTrainConfig, val_dataset
         ctx.close()
 
 
+def start_model(cfg: FCNTrainConfig, names) -> tuple | None:
+    """(weights, metadata) of the model to start from (``init_from``), checked against this run; or None."""
+    if cfg.init_from is None:
+        return None
+    from ..inference.fcn import MODEL_KIND
+
+    tensors, meta = load_model(cfg.init_from, kind=MODEL_KIND)
+    if list(meta.get("landmark_names", [])) != list(names) or meta.get("ndim") != cfg.ndim:
+        raise InputError(f"{Path(cfg.init_from).name}: its landmarks or dimension differ from this dataset's")
+    return tensors, meta
+
+
+def init_summary(path) -> dict:
+    """What the run started from, for the model card: its file, weights' sha256 and how it was trained."""
+    meta = read_metadata(path)
+    return {"model": meta.get("weights", Path(path).name), "sha256": meta.get("sha256"),
+            **{k: meta[k] for k in ("train_config", "training", "validation") if k in meta}}
+
+
+def frozen_parts(model: GlobalToLocal, cfg: FCNTrainConfig) -> list:
+    """The networks this run keeps as they were trained (the stages before the one it trains)."""
+    return {"all": [], "local": [model.global_net], "fine": [model.global_net, model.local_net]}[cfg.train_stage]
+
+
+def train_mode(model: GlobalToLocal, cfg: FCNTrainConfig) -> None:
+    """Training mode, except frozen networks (their batch-norm statistics stay as trained)."""
+    model.train()
+    for part in frozen_parts(model, cfg):
+        part.eval()
+
+
+def _per_axis(spacing, ndim: int):
+    """A spacing given as one value or one per axis -> one float per axis (None stays None)."""
+    if spacing is None:
+        return None
+    spacing = tuple(float(s) for s in spacing)
+    return spacing * ndim if len(spacing) == 1 else spacing
+
+
+def _key(spacing) -> tuple:
+    return tuple(np.round(np.asarray(spacing, dtype=np.float64), 9))
+
+
+def _members(meta: dict) -> int:
+    """Local networks per landmark of a model's metadata."""
+    local = meta.get("local_architecture")
+    return int(local["num_landmarks"]) // len(meta["landmark_names"]) if local else 0
+
+
 def _agree(flag: bool, ctx) -> bool:
     """All ranks stop together: true if any rank says so."""
     if not ctx.distributed:
@@ -431,11 +588,12 @@ def _agree(flag: bool, ctx) -> bool:
     return bool(t.item() > 0)
 
 
-def _checkpoint(ctx, model, optimizer, cfg, val_cases, dev, names, global_cfg, local_cfg, summary, output,
+def _checkpoint(ctx, model, optimizer, cfg, val_cases, dev, names, configs, summary, output,
                 resume_path, iteration, best, elapsed, parts):
     """Rank 0: validate, keep the best model, write the resume state. Returns the best metrics."""
     if ctx.is_main:
-        metrics = validate(model, val_cases, cfg, dev)
+        metrics = validate(model, val_cases[0], cfg, dev, val_cases[1])
+        train_mode(model, cfg)
         metrics["iteration"] = iteration
         LOG.info("iteration %d: loss %s, validation mean radial error %.3f mm (median %.3f, not found %d)",
                  iteration, {k: round(v, 4) for k, v in parts.items()}, metrics["mean_radial_error_mm"],
@@ -444,7 +602,11 @@ def _checkpoint(ctx, model, optimizer, cfg, val_cases, dev, names, global_cfg, l
             best = metrics
             training = {"iterations": iteration, "seconds": round(elapsed, 1), "world_size": ctx.world_size,
                         "device": dev.type, "torch": torch.__version__}
-            meta = model_metadata(cfg, names, global_cfg, local_cfg, cfg.spacing, summary, metrics, training)
+            if cfg.init_from:
+                training["init_from"] = init_summary(cfg.init_from)
+            global_cfg, local_cfg, fine_cfg = configs
+            meta = model_metadata(cfg, names, global_cfg, local_cfg, cfg.spacing, summary, metrics, training,
+                                  fine_cfg)
             save_model(output, model.state_dict(), meta)
             LOG.info("saved best model (iteration %d) to %s", iteration, model_paths(output)[0])
         save_resume(resume_path, model, optimizer,

@@ -45,6 +45,7 @@ class PreparedCase:
     array: np.ndarray  # float32, array order, intensity-normalized
     spacing: np.ndarray  # (D,) ITK order, mm
     landmarks: np.ndarray  # (L, D) continuous ITK indices; NaN rows = not annotated
+    geometry: object = None  # ImageGeometry of the grid (to map indices between a case's grids)
 
     @property
     def ndim(self) -> int:

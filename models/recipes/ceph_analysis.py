@@ -2,11 +2,12 @@
 
 Reproduces train-fcn's split of the training description (seed and fraction from
 the model's metadata), then localizes every held-out image and records per
-landmark: the global stage's error, the final (global-to-local) error, the local
-stage's error when started at the reference point (its own accuracy, free of
-global errors), a second local pass from the first one's output, and the
-global confidence. Optionally the same on some training images (fit vs
-generalization). Used by evaluate.py (``--only ceph-analysis``); never touches Test1.
+landmark: the global stage's error, the local stage's, the final error (after
+the fine stage of a model that has one), the local stages' error when started
+at the reference point (their own accuracy, free of global errors), a second
+pass of the last stage from the final output, and the global confidence.
+Optionally the same on some training images (fit vs generalization). Used by
+evaluate.py (``--only ceph-analysis``); never touches Test1.
 
     python models/recipes/ceph_analysis.py MODEL runs/ceph/train.csv [--spacing 0.1] [--train-images 15]
 """
@@ -19,7 +20,7 @@ import json
 import numpy as np
 import torch
 
-from landmarkloc.inference.fcn import Localizer, run_global, run_local
+from landmarkloc.inference.fcn import Localizer, run_global, run_stages
 from landmarkloc.io.datasets import load_dataset
 from landmarkloc.io.modelfile import read_metadata
 from landmarkloc.training.fcn import _split, prepare_cases
@@ -33,28 +34,35 @@ def validation_split(dataset, train_config: dict) -> tuple:
     return _split(len(dataset.cases), float(train_config.get("val_fraction", 0.1)), rng)
 
 
-def _errors(estimate, truth, spacing) -> list:
-    return [float(np.linalg.norm((e - t) * spacing)) for e, t in zip(estimate, truth)]
+def _errors(estimate, geometry, truth_mm) -> list:
+    """Radial errors (mm) of ``estimate`` (indices of ``geometry``) from the reference points (physical mm)."""
+    return [float(np.linalg.norm(e - t)) for e, t in zip(geometry.index_to_physical(estimate), truth_mm)]
 
 
 @torch.inference_mode()
-def analyse_cases(loc: Localizer, cases) -> dict:
-    """Per case and landmark: errors (mm) of the global stage, the final result, oracle and repeated local passes."""
+def analyse_cases(loc: Localizer, grids: dict) -> dict:
+    """Per case and landmark: errors (mm) of the global stage, the local and final results, oracle and repeated
+    last-stage passes. ``grids``: spacing -> the same prepared cases on that grid (one per stage's grid)."""
     net = loc.network
-    size = loc.sub_image_size
     out = {}
-    for case in cases:
-        spacing = case.spacing
-        glob = run_global(net.global_net, case.array, loc.variant, spacing, loc.device)
-        local = run_local(net.local_net, case.array, glob.estimate, size, loc.variant, spacing, loc.device)
-        again = run_local(net.local_net, case.array, local.estimate, size, loc.variant, spacing, loc.device)
-        truth = case.landmarks
-        oracle = run_local(net.local_net, case.array, np.nan_to_num(truth), size, loc.variant, spacing, loc.device)
+    cases = grids[tuple(loc.spacing)]
+    for i, case in enumerate(cases):
+        def grid(spacing, i=i):
+            c = grids[tuple(float(s) for s in spacing)][i]
+            return c.array, c.geometry
 
-        out[case.name] = {"global": _errors(glob.estimate, truth, spacing),
-                          "final": _errors(local.estimate, truth, spacing),
-                          "local_twice": _errors(again.estimate, truth, spacing),
-                          "local_from_truth": _errors(oracle.estimate, truth, spacing),
+        truth_mm = case.geometry.index_to_physical(case.landmarks)
+        glob = run_global(net.global_net, case.array, loc.variant, case.spacing, loc.device)
+        stages = run_stages(loc.stages, glob.estimate, case.geometry, grid, loc.variant, loc.device)
+        last = stages[-1]
+        again = run_stages(loc.stages[-1:], last.summary.estimate, last.geometry, grid, loc.variant, loc.device)[-1]
+        oracle = run_stages(loc.stages, np.nan_to_num(case.landmarks), case.geometry, grid, loc.variant,
+                            loc.device)[-1]
+        out[case.name] = {"global": _errors(glob.estimate, case.geometry, truth_mm),
+                          "local": _errors(stages[0].summary.estimate, stages[0].geometry, truth_mm),
+                          "final": _errors(last.summary.estimate, last.geometry, truth_mm),
+                          "local_twice": _errors(again.summary.estimate, again.geometry, truth_mm),
+                          "local_from_truth": _errors(oracle.summary.estimate, oracle.geometry, truth_mm),
                           "global_confidence": [float(c) for c in glob.confidence],
                           "global_spread_mm": [float(s) for s in glob.spread_mm]}
     return out
@@ -68,7 +76,7 @@ def summary(cases: dict, names: list) -> dict:
         return {"median": float(np.median(e)), "mean": float(np.mean(e)), "sdr2": float(np.mean(e < 2.0)),
                 "over4": int(np.sum(e > TAIL_MM))}
 
-    keys = ("global", "final", "local_twice", "local_from_truth")
+    keys = ("global", "local", "final", "local_twice", "local_from_truth")
     per_landmark = {n: {k: stats(k, [i]) for k in keys} for i, n in enumerate(names)}
     tail = []
     for name, c in cases.items():
@@ -90,13 +98,18 @@ def analyse(model, dataset_path, spacing=None, train_images: int = 0) -> dict:
     loc = Localizer.from_file(model, device="cpu")
     dataset = load_dataset(dataset_path)
     train_idx, val_idx = validation_split(dataset, meta.get("train_config", {}))
-    val_cases = prepare_cases(dataset.subset(val_idx), meta["spacing"], meta["intensity"], spacing)
-    result = {"model": str(model), "validation_images": [c.name for c in val_cases],
-              "validation": summary(analyse_cases(loc, val_cases), loc.names)}
+    spacings = {tuple(float(s) for s in meta["spacing"])} | {tuple(float(s) for s in st.spacing) for st in loc.stages}
+
+    def grids(indices):
+        return {sp: prepare_cases(dataset.subset(indices), sp, meta["intensity"], spacing) for sp in spacings}
+
+    val_grids = grids(val_idx)
+    result = {"model": str(model), "fine_stage": len(loc.stages) > 1,
+              "validation_images": [c.name for c in val_grids[tuple(loc.spacing)]],
+              "validation": summary(analyse_cases(loc, val_grids), loc.names)}
     if train_images:
         chosen = train_idx[:: max(1, len(train_idx) // train_images)][:train_images]
-        tr_cases = prepare_cases(dataset.subset(chosen), meta["spacing"], meta["intensity"], spacing)
-        result["training"] = summary(analyse_cases(loc, tr_cases), loc.names)
+        result["training"] = summary(analyse_cases(loc, grids(chosen)), loc.names)
     return result
 
 

@@ -3,7 +3,10 @@
 Training set: images 001-150 (the challenge's training set); Test1: 151-300.
 Writes pixel tables for train-fcn (absolute image paths) and, for evaluation,
 the Test1 reference landmarks as markups in physical mm (0.1 mm pixels,
-origin 0, x = column, y = row). Nothing from the data enters the repository.
+origin 0, x = column, y = row), and the training set split as train-fcn splits
+it with seed 0 (``heldout_train.csv``: 135 images, ``heldout_val.csv``: the 15
+held out), so stages trained with other seeds keep the same validation images.
+Nothing from the data enters the repository.
 
     python models/recipes/prepare_ceph.py [--data ../shared/data/ceph] [--out runs/ceph]
 """
@@ -16,6 +19,7 @@ from pathlib import Path
 
 from landmarkloc.io.markups import write_points
 from landmarkloc.points import ControlPoint
+from landmarkloc.training.fcn import held_out_indices
 
 PIXEL_MM = 0.1
 
@@ -41,6 +45,16 @@ def main() -> None:
         (args.out / f"{split}_images.txt").write_text(
             "".join(f"{args.data / 'images' / name}\n" for name in sorted(names)))
         print(f"{split}: {len(names)} images -> {args.out / f'{split}.csv'}")
+    train_images = sorted({r["image"] for r in rows if int(r["image"][:3]) in splits["train"]})
+    held_out = {train_images[i] for i in held_out_indices(len(train_images), 0.1, seed=0)}
+    for name, keep in (("heldout_train", False), ("heldout_val", True)):
+        with open(args.out / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["image", "index", "landmark", "x_px", "y_px"])
+            for r in rows:
+                if r["image"] in train_images and (r["image"] in held_out) == keep:
+                    w.writerow([str(args.data / "images" / r["image"]), r["index"], r["landmark"], r["x_px"],
+                                r["y_px"]])
     for image in sorted({r["image"] for r in rows if int(r["image"][:3]) in splits["test1"]}):
         points = [ControlPoint(r["landmark"], [float(r["x_px"]) * PIXEL_MM, float(r["y_px"]) * PIXEL_MM, 0.0])
                   for r in rows if r["image"] == image]
