@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
+import torch.nn.functional as F
 
 from ..errors import InputError, ModelError
 from ..geometry.frames import ImageGeometry, from_point3, to_point3
@@ -78,29 +79,34 @@ class ResampledWindows:
     """
 
     def __init__(self, image: sitk.Image, spacing, normalize):
-        self.image = canonical_orientation(image)
-        self.geometry = resampled_geometry(ImageGeometry.from_image(self.image), spacing)
+        image = canonical_orientation(image)
+        self.source = ImageGeometry.from_image(image)
+        self.geometry = resampled_geometry(self.source, spacing)
+        self.array = torch.from_numpy(np.array(sitk.GetArrayViewFromImage(image), dtype=np.float32))
         self.normalize = normalize
         self.ndim = self.geometry.ndim
         self.shape = tuple(int(n) for n in self.geometry.size[::-1])
 
     def windows(self, centres: np.ndarray, size: int) -> tuple:
-        """As :func:`extract_subimages` on the whole grid: (windows, starts), zero outside the image."""
+        """As :func:`extract_subimages` on the whole grid: (windows, starts), zero outside the image.
+
+        All windows in one linear interpolation (``grid_sample``) at the points
+        the full resampling would take: window voxel -> physical -> input index.
+        """
         starts = np.round(np.nan_to_num(centres) - (size - 1) / 2.0).astype(int)
-        out = np.zeros((len(starts),) + (size,) * self.ndim, dtype=np.float32)
-        f = sitk.ResampleImageFilter()
-        f.SetOutputSpacing(tuple(self.geometry.spacing))
-        f.SetOutputDirection(tuple(self.geometry.direction.ravel()))
-        f.SetSize([size] * self.ndim)
-        f.SetInterpolator(sitk.sitkLinear)
-        f.SetOutputPixelType(sitk.sitkFloat32)
-        f.SetDefaultPixelValue(float("nan"))  # outside the image: zero after normalization, as on the grid
-        for n, start in enumerate(starts):
-            f.SetOutputOrigin(tuple(float(v) for v in self.geometry.index_to_physical(start.astype(np.float64))))
-            window = sitk.GetArrayFromImage(f.Execute(self.image))
-            inside = np.isfinite(window)
-            out[n] = np.where(inside, self.normalize(np.where(inside, window, 0.0)), 0.0)
-        return out, starts
+        d = self.ndim
+        mesh = np.meshgrid(*([np.arange(size)] * d), indexing="ij")  # array order
+        offsets = np.stack(mesh[::-1], axis=-1).reshape(-1, d)  # ITK order, window voxels in array order
+        points = (starts[:, None, :] + offsets[None]).reshape(-1, d).astype(np.float64)
+        source = self.source.physical_to_index(self.geometry.index_to_physical(points))
+        extent = np.array(self.source.size, dtype=np.float64)
+        inside = np.all((source >= -0.5) & (source <= extent - 0.5), axis=1)
+        grid = 2.0 * source / np.maximum(extent - 1, 1) - 1.0  # align_corners=True, x = ITK axis 0
+        grid = torch.from_numpy(grid.astype(np.float32)).reshape(1, len(starts) * size, *([size] * (d - 1)), d)
+        values = F.grid_sample(self.array[None, None], grid, mode="bilinear", padding_mode="border",
+                               align_corners=True)[0, 0].reshape(len(starts), -1).numpy()
+        out = np.where(inside.reshape(len(starts), -1), self.normalize(values), 0.0).astype(np.float32)
+        return out.reshape((len(starts),) + (size,) * d), starts
 
 
 def pad_to_multiple(array: np.ndarray, multiple: int) -> np.ndarray:
