@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 
 from ..errors import InputError, ModelError
 from ..geometry.frames import ImageGeometry, from_point3, to_point3
@@ -68,6 +67,23 @@ def preprocess(image: sitk.Image, spacing, intensity, with_normalizer: bool = Fa
     return (array, geometry, normalize) if with_normalizer else (array, geometry)
 
 
+def linear_interpolation(array: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Values of ``array`` ([k, j, i]) at continuous ITK indices ``points`` (N, D), (bi/tri)linear, the
+    nearest edge value beyond the last voxel centres (as linear resampling within half a voxel of the edge)."""
+    d = points.shape[1]
+    upper = np.array(array.shape[::-1]) - 1
+    points = np.clip(points, 0, upper)
+    low = np.minimum(np.floor(points).astype(np.int64), np.maximum(upper - 1, 0))
+    frac = points - low
+    out = np.zeros(len(points), dtype=np.float64)
+    for corner in range(2 ** d):
+        bits = [(corner >> a) & 1 for a in range(d)]
+        index = np.minimum(low + bits, upper)
+        weight = np.prod([frac[:, a] if bit else 1.0 - frac[:, a] for a, bit in enumerate(bits)], axis=0)
+        out += weight * array[tuple(index[:, a] for a in reversed(range(d)))]
+    return out
+
+
 class ResampledWindows:
     """An image on a grid of the model whose sub-images are resampled on demand, not the whole grid.
 
@@ -82,7 +98,8 @@ class ResampledWindows:
         image = canonical_orientation(image)
         self.source = ImageGeometry.from_image(image)
         self.geometry = resampled_geometry(self.source, spacing)
-        self.array = torch.from_numpy(np.array(sitk.GetArrayViewFromImage(image), dtype=np.float32))
+        self.image = image  # keeps the buffer of the view below alive
+        self.array = sitk.GetArrayViewFromImage(image)  # no copy: only the pixels around the windows are read
         self.normalize = normalize
         self.ndim = self.geometry.ndim
         self.shape = tuple(int(n) for n in self.geometry.size[::-1])
@@ -90,8 +107,9 @@ class ResampledWindows:
     def windows(self, centres: np.ndarray, size: int) -> tuple:
         """As :func:`extract_subimages` on the whole grid: (windows, starts), zero outside the image.
 
-        All windows in one linear interpolation (``grid_sample``) at the points
-        the full resampling would take: window voxel -> physical -> input index.
+        All windows in one linear interpolation at the points the full resampling
+        would take (window voxel -> physical -> input index), reading only the
+        input pixels next to them.
         """
         starts = np.round(np.nan_to_num(centres) - (size - 1) / 2.0).astype(int)
         d = self.ndim
@@ -99,13 +117,11 @@ class ResampledWindows:
         offsets = np.stack(mesh[::-1], axis=-1).reshape(-1, d)  # ITK order, window voxels in array order
         points = (starts[:, None, :] + offsets[None]).reshape(-1, d).astype(np.float64)
         source = self.source.physical_to_index(self.geometry.index_to_physical(points))
-        extent = np.array(self.source.size, dtype=np.float64)
+        extent = np.array(self.source.size)
         inside = np.all((source >= -0.5) & (source <= extent - 0.5), axis=1)
-        grid = 2.0 * source / np.maximum(extent - 1, 1) - 1.0  # align_corners=True, x = ITK axis 0
-        grid = torch.from_numpy(grid.astype(np.float32)).reshape(1, len(starts) * size, *([size] * (d - 1)), d)
-        values = F.grid_sample(self.array[None, None], grid, mode="bilinear", padding_mode="border",
-                               align_corners=True)[0, 0].reshape(len(starts), -1).numpy()
-        out = np.where(inside.reshape(len(starts), -1), self.normalize(values), 0.0).astype(np.float32)
+        values = linear_interpolation(self.array, source)
+        out = np.where(inside.reshape(len(starts), -1), self.normalize(values.reshape(len(starts), -1)), 0.0)
+        out = out.astype(np.float32)
         return out.reshape((len(starts),) + (size,) * d), starts
 
 
