@@ -49,7 +49,8 @@ DISCUSSION = [
     "* **Cephalograms**: level with Noothout et al. in the mean (MRE 1.34 mm on Test1 against their 1.35 mm over "
     "both test sets), SDR 2 mm 80.0 %, slightly behind in the median (0.98 against 0.95 mm). The fine stage "
     "(0.2 mm) removed the floor the 0.5 mm local stage set (validation median 0.89 -> 0.75 mm). What remains: "
-    "Test1 is harder than our 15 validation images (median 0.98 against 0.75 mm), the landmarks on long contours (gonion median 2.5 mm, porion, subspinale, articulare), "
+    "Test1 is harder than our 15 validation images (median 0.98 against 0.75 mm), the landmarks on long "
+    "contours (gonion median 2.5 mm, porion, subspinale, articulare), "
     "and a global stage whose tail the local stages cannot reach (5 of the 7 validation points above 4 mm). "
     "Next steps: a larger network and far longer training on a GPU (the paper: 300 000 iterations; ours: 9500 "
     "of a compact network plus 13 000 of the fine stage, on one shared CPU core).",
@@ -58,7 +59,7 @@ DISCUSSION = [
     "paper: days on a GPU), and the fine step, trained on pairs within one image, does not help across subjects. "
     "The refinement (a robust affine map fitted to 400 anchor points whose coarse estimates come free with the K "
     "runs, then a local NCC search) closes the gap: on the test split the boxes reach a higher mean IoU than "
-    "affine registration and the centroids a lower median error, 38 times faster (landmarkloc bench). On the "
+    "affine registration and the centroids a lower median error, about 37 times faster (landmarkloc bench). On the "
     "validation split the boxes are slightly below registration (0.68 vs 0.70 IoU) while the centroids stay ahead. The "
     "coarse model trained across appearance (rendered views, cross-view pairs) is slightly weaker on IXI than "
     "the previous one (validation IoU with refinement 0.68 vs 0.71) but no longer collapses on other images: "
