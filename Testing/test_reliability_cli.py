@@ -463,6 +463,12 @@ TRAIN_FCN_ROWS = [
     ("validation landmarks differ", lambda t: [str(_dataset(t)), "--val", str(_dataset(t, "val", ["x", "y"]))],
      "same landmark names"),
     ("output under a file", lambda t: [str(_dataset(t)), "-o", str(_file_in_the_way(t))], "is a file"),
+    ("one stage without a model to start from", lambda t: [str(_dataset(t)), "--train-stage", "local"],
+     "needs a model to start from"),
+    ("fine stage without its grid", lambda t: [str(_dataset(t)), "--train-stage", "fine", "--init-from",
+                                               "brain-t1-ixi16"], "needs its grid"),
+    ("start model with other landmarks", lambda t: [str(_dataset(t)), "--train-stage", "local", "--init-from",
+                                                    "brain-t1-ixi16"], "landmarks or dimension differ"),
 ]
 
 
