@@ -65,7 +65,6 @@ def register(sub) -> None:
                    "e.g. skull-stripped brains")
     p.add_argument("--global-arch", help='JSON of network settings to change, e.g. \'{"head_channels": 64}\'')
     p.add_argument("--local-arch", help="JSON of local network settings to change")
-    p.add_argument("--local-spacing", help="grid of the local stage in mm (default: the model grid), e.g. 0.25")
     p.add_argument("--local-members", type=int, help="local networks per landmark, an ensemble (default 1)")
     p.add_argument("--init-from", help="start from this trained FCN model (its global network, grid, intensity)")
     p.add_argument("--train-stage", choices=["all", "local", "fine"], default="all",
@@ -118,8 +117,6 @@ def run(args) -> int:
             overrides[key] = value
     if args.model_spacing:
         overrides["spacing"] = tuple(parse_floats(args.model_spacing, "--model-spacing"))
-    if args.local_spacing:
-        overrides["local_spacing"] = tuple(parse_floats(args.local_spacing, "--local-spacing"))
     if args.fine_spacing:
         overrides["fine_spacing"] = tuple(parse_floats(args.fine_spacing, "--fine-spacing"))
     cfg = train_config(args.preset, image.GetDimension(), **overrides)

@@ -35,7 +35,7 @@ from ..geometry.resample import canonical_orientation, resample_to_grid, resampl
 from ..io.image import check_image, check_not_constant, squeeze_single_slice
 from ..io.labelmap import label_map_warning
 from ..io.modelfile import load_model
-from ..networks.fcn import FCNConfig, GlobalToLocal
+from ..networks.fcn import FCNConfig, GlobalToLocal, bank_members
 from ..networks.fcn_encoding import get_variant
 from ..points import ControlPoint
 from ..runtime import resolve_device
@@ -184,11 +184,6 @@ def extract_subimages(array: np.ndarray, centres: np.ndarray, size: int) -> tupl
     return out, starts
 
 
-def bank_members(bank, num_landmarks: int) -> int:
-    """Local networks per landmark in the bank (an ensemble when > 1)."""
-    return bank.config.num_landmarks // num_landmarks
-
-
 def run_bank(bank, windows: np.ndarray, starts: np.ndarray, variant, spacing, device, amp: bool = True,
              channels_last: bool = True) -> list:
     """The bank on B sets of L sub-images (B, L, *size) in one pass; one VoteSummary per set.
@@ -222,6 +217,11 @@ def run_local(bank, array: np.ndarray, centres: np.ndarray, size: int, variant, 
     windows, starts = extract_subimages(array, centres, size)
     summary = run_bank(bank, windows[None], starts[None], variant, spacing, device, amp, channels_last)[0]
     return summary if landmarks is None else summary.rows(landmarks)
+
+
+def grid_key(spacing) -> tuple:
+    """A grid's spacing as a dictionary key (grids of one image differ only in spacing)."""
+    return tuple(np.round(np.asarray(spacing, dtype=np.float64), 9))
 
 
 def regrid(indices: np.ndarray, source: ImageGeometry, target: ImageGeometry) -> np.ndarray:
@@ -353,9 +353,9 @@ def uncertainty_signals(glob: VoteSummary | None, local: VoteSummary | None, spa
     """Every candidate uncertainty signal (see :mod:`.fcn_uncertainty`), (L,) arrays; absent stages give none.
 
     ``local`` is the last local stage's summary. ``spacing`` is the global
-    grid's; a local stage on its own grid gives ``local_spacing`` and the
-    global estimate as indices of that grid (``global_in_local``); with a fine
-    stage, ``before_fine`` is the estimate it started from (indices of its grid).
+    grid's; a last stage on its own grid (a fine stage) gives its spacing
+    (``local_spacing``), the global estimate as indices of that grid
+    (``global_in_local``) and the estimate it started from (``before_fine``).
     """
     global_spacing = np.asarray(spacing, dtype=np.float64)
     spacing = global_spacing if local_spacing is None else np.asarray(local_spacing, dtype=np.float64)
@@ -520,13 +520,12 @@ def build_network(metadata: dict) -> GlobalToLocal:
 def local_stages(network: GlobalToLocal, metadata: dict) -> list:
     """The model's local refinement stages in order: the local bank, then the fine bank if it has one.
 
-    The local stage works on the model grid unless the metadata gives it its own
-    (``local_spacing``); the fine stage always has its own (``fine_stage``).
+    The local stage works on the model grid; the fine stage on its own (``fine_stage``).
     """
     if network.local_net is None:
         return []
-    spacing = metadata.get("local_spacing") or metadata["spacing"]
-    stages = [LocalStage(network.local_net, np.asarray(spacing, dtype=np.float64), int(metadata["sub_image_size"]))]
+    stages = [LocalStage(network.local_net, np.asarray(metadata["spacing"], dtype=np.float64),
+                         int(metadata["sub_image_size"]))]
     fine = metadata.get("fine_stage")
     if fine and network.fine_net is not None:
         stages.append(LocalStage(network.fine_net, np.asarray(fine["spacing"], dtype=np.float64),
@@ -613,10 +612,10 @@ class Localizer:
         A grid other than ``geometry``'s (a fine stage's) is resampled only where
         sub-images are taken (:class:`ResampledWindows`), with ``geometry``'s intensity map.
         """
-        cache = {tuple(np.round(geometry.spacing, 9)): (array, geometry)}
+        cache = {grid_key(geometry.spacing): (array, geometry)}
 
         def grid(spacing):
-            key = tuple(np.round(np.asarray(spacing, dtype=np.float64), 9))
+            key = grid_key(spacing)
             if key not in cache:
                 windows = ResampledWindows(image, spacing, normalize)
                 cache[key] = (windows, windows.geometry)

@@ -118,9 +118,9 @@ def combine_members(summary: VoteSummary, members: int, spacing) -> VoteSummary:
         return summary
     n = summary.estimate.shape[0] // members
     est = summary.estimate.reshape(members, n, -1)
-    mean = np.nanmean(est, axis=0) if np.isfinite(est).any() else est[0]
+    mean = est.mean(axis=0)  # undefined (NaN) where a member has no estimate, as for a single network
     offsets = (est - mean[None]) * np.asarray(spacing, dtype=np.float64)
-    members_mm = np.sqrt(np.nanmean((offsets ** 2).sum(axis=2), axis=0))
+    members_mm = np.sqrt((offsets ** 2).sum(axis=2).mean(axis=0))
     grid = summary.probability.shape[1:]
     votes = summary.votes.reshape(members, n, *summary.votes.shape[1:]).transpose(1, 0, 2, 3)
     weights = summary.weights.reshape(members, n, -1).transpose(1, 0, 2)

@@ -206,6 +206,11 @@ def local_config(preset: str, ndim: int, num_landmarks: int, **overrides) -> FCN
 
 
 
+def bank_members(bank: FCN, num_landmarks: int) -> int:
+    """Networks per landmark in a per-landmark bank (an ensemble when > 1)."""
+    return bank.config.num_landmarks // num_landmarks
+
+
 class GlobalToLocal(nn.Module):
     """The global network, the bank of local networks and an optional fine bank, saved together.
 
@@ -234,9 +239,7 @@ class GlobalToLocal(nn.Module):
     @property
     def local_members(self) -> int:
         """Local networks per landmark (0 without a local stage)."""
-        if self.local_net is None:
-            return 0
-        return self.local_net.config.num_landmarks // self.global_net.config.num_landmarks
+        return 0 if self.local_net is None else bank_members(self.local_net, self.global_net.config.num_landmarks)
 
     def forward(self, global_x: torch.Tensor | None, local_x: torch.Tensor | None = None,
                 fine_x: torch.Tensor | None = None):

@@ -6,9 +6,9 @@ loss = L1 on (log-)displacements + alpha * BCE for each stage. Every
 ``validate_every`` iterations the whole pipeline localizes the validation
 images and the model with the lowest mean radial error (mm) is kept.
 
-The local stage may have its own, finer grid (``local_spacing``) and several
-independently initialized networks per landmark (``local_members``, an
-ensemble whose disagreement is an uncertainty signal). A fine stage (a third
+The local stage may have several independently initialized networks per
+landmark (``local_members``, an ensemble whose disagreement is an uncertainty
+signal). A fine stage (a third
 bank on a finer grid with smaller sub-images, as the paper's cephalometric
 local networks that work at the X-ray's full resolution) can refine the local
 estimate. As in the paper, stages can be trained on their own, starting from
@@ -38,6 +38,7 @@ from ..errors import InputError, LandmarkLocError, ModelError
 from ..geometry.frames import ImageGeometry
 from ..geometry.intensity import get_preset, intensity_profile
 from ..geometry.resample import resample_to_grid
+from ..inference.fcn import grid_key
 from ..io.datasets import LandmarkDataset
 from ..io.image import read_image
 from ..io.modelfile import load_model, model_paths, read_metadata, save_model
@@ -78,7 +79,6 @@ class FCNTrainConfig:
     # Train also on a copy of every image that has a mask, with the mask applied (e.g. skull-stripped brains),
     # so the model works on images that were masked before they reach it.
     masked_copies: bool = False
-    local_spacing: tuple | None = None  # grid of the local stage in mm; None: the model grid
     local_members: int = 1  # local networks per landmark (an ensemble when > 1)
     init_from: str | None = None  # a trained FCN model to start from (its global network, grid and intensity)
     train_stage: str = "all"  # "all": global and local together; "local" or "fine": only that stage
@@ -88,7 +88,7 @@ class FCNTrainConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for key in ("spacing", "local_spacing", "fine_spacing"):
+        for key in ("spacing", "fine_spacing"):
             value = getattr(self, key)
             d[key] = None if value is None else [float(s) for s in value]
         return d
@@ -253,16 +253,16 @@ def validate(model: GlobalToLocal, cases, cfg: FCNTrainConfig, device, stage_cas
             summary = run_global(model.global_net, case.array, variant, case.spacing, device)
             estimate, final_case = summary.estimate, case
             if stages:
-                by_spacing = {_key(spacing): grid_cases[i] for spacing, _, grid_cases in stage_cases}
-                by_spacing[_key(case.spacing)] = case
+                by_spacing = {grid_key(spacing): grid_cases[i] for spacing, _, grid_cases in stage_cases}
+                by_spacing[grid_key(case.spacing)] = case
 
                 def grid(spacing, by_spacing=by_spacing):
-                    found = by_spacing[_key(spacing)]
+                    found = by_spacing[grid_key(spacing)]
                     return found.array, found.geometry
 
                 results = run_stages(stages, estimate, case.geometry, grid, variant, device)
                 estimate = results[-1].summary.estimate
-                final_case = by_spacing[_key(stages[-1].spacing)]
+                final_case = by_spacing[grid_key(stages[-1].spacing)]
             for n, truth in enumerate(final_case.landmarks):
                 if not np.all(np.isfinite(truth)):
                     continue
@@ -291,7 +291,6 @@ def model_metadata(cfg: FCNTrainConfig, names, global_cfg: FCNConfig, local_cfg,
         "intensity": get_preset(cfg.intensity).to_dict(), "variant": cfg.variant,
         "patch_size": global_cfg.patch_size, "sub_image_size": cfg.sub_image_size,
         "local_patch_size": local_cfg.patch_size if local_cfg else None,
-        "local_spacing": [float(s) for s in (cfg.local_spacing or spacing)] if local_cfg else None,
         "local_members": cfg.local_members if local_cfg else 0,
         "fine_stage": {"spacing": [float(s) for s in cfg.fine_spacing], "sub_image_size": cfg.fine_sub_image_size,
                        "architecture": fine_cfg.to_dict()} if fine_cfg else None,
@@ -380,10 +379,8 @@ def train_fcn(dataset: LandmarkDataset, output, cfg: FCNTrainConfig, val_dataset
             cfg = replace(cfg, spacing=tuple(start["spacing"]), intensity=start["intensity"]["name"],
                           variant=start["variant"])
             if cfg.train_stage == "fine":  # and the local stage is the trained one's
-                cfg = replace(cfg, sub_image_size=int(start["sub_image_size"]),
-                              local_spacing=start.get("local_spacing"), local_members=max(1, _members(start)))
+                cfg = replace(cfg, sub_image_size=int(start["sub_image_size"]), local_members=max(1, _members(start)))
         cfg = replace(cfg, spacing=_per_axis(cfg.spacing or median_spacing(dataset, input_spacing), cfg.ndim),
-                      local_spacing=_per_axis(cfg.local_spacing, cfg.ndim),
                       fine_spacing=_per_axis(cfg.fine_spacing, cfg.ndim))
         split_rng = np.random.default_rng(cfg.seed)
         if val_dataset is None:
@@ -400,25 +397,24 @@ def train_fcn(dataset: LandmarkDataset, output, cfg: FCNTrainConfig, val_dataset
             raise InputError(f"training images must all be {cfg.ndim}D")
         val_cases = prepare_cases(val_ds, cfg.spacing, cfg.intensity, input_spacing, quiet=True) \
             if ctx.is_main else []
-        grids = {_key(cfg.spacing): (cases, val_cases)}  # the same images on each stage's grid
+        grids = {grid_key(cfg.spacing): (cases, val_cases)}  # the same images on each stage's grid
 
         def on_grid(spacing):
-            if _key(spacing) not in grids:
-                grids[_key(spacing)] = (
+            if grid_key(spacing) not in grids:
+                grids[grid_key(spacing)] = (
                     prepare_cases(share, spacing, cfg.intensity, input_spacing, quiet=quiet or not ctx.is_main,
                                   masked_copies=cfg.masked_copies),
                     prepare_cases(val_ds, spacing, cfg.intensity, input_spacing, quiet=True) if ctx.is_main else [])
-            return grids[_key(spacing)]
+            return grids[grid_key(spacing)]
 
         global_cfg, local_cfg, fine_cfg = network_configs(cfg, len(names), init[1] if init else None)
         stage_specs = []  # (spacing, sub-image size) of the local and the fine stage
         if local_cfg is not None:
-            stage_specs.append((cfg.local_spacing or cfg.spacing, cfg.sub_image_size))
+            stage_specs.append((cfg.spacing, cfg.sub_image_size))
         if fine_cfg is not None:
             stage_specs.append((cfg.fine_spacing, cfg.fine_sub_image_size))
         val_stages = [(sp, size, on_grid(sp)[1]) for sp, size in stage_specs]
-        trained_cases = on_grid(stage_specs[-1][0])[0] if stage_specs and cfg.train_stage != "all" else \
-            (on_grid(stage_specs[0][0])[0] if stage_specs else cases)
+        trained_cases = on_grid(cfg.fine_spacing)[0] if cfg.train_stage == "fine" else cases
         model = GlobalToLocal(global_cfg, local_cfg, fine_cfg).to(dev)
         frozen = frozen_parts(model, cfg)
         if init is not None:
@@ -567,10 +563,6 @@ def _per_axis(spacing, ndim: int):
         return None
     spacing = tuple(float(s) for s in spacing)
     return spacing * ndim if len(spacing) == 1 else spacing
-
-
-def _key(spacing) -> tuple:
-    return tuple(np.round(np.asarray(spacing, dtype=np.float64), 9))
 
 
 def _members(meta: dict) -> int:

@@ -20,7 +20,7 @@ import json
 import numpy as np
 import torch
 
-from landmarkloc.inference.fcn import Localizer, run_global, run_stages
+from landmarkloc.inference.fcn import Localizer, grid_key, run_global, run_stages
 from landmarkloc.io.datasets import load_dataset
 from landmarkloc.io.modelfile import read_metadata
 from landmarkloc.training.fcn import _split, prepare_cases
@@ -45,10 +45,10 @@ def analyse_cases(loc: Localizer, grids: dict) -> dict:
     last-stage passes. ``grids``: spacing -> the same prepared cases on that grid (one per stage's grid)."""
     net = loc.network
     out = {}
-    cases = grids[tuple(loc.spacing)]
+    cases = grids[grid_key(loc.spacing)]
     for i, case in enumerate(cases):
         def grid(spacing, i=i):
-            c = grids[tuple(float(s) for s in spacing)][i]
+            c = grids[grid_key(spacing)][i]
             return c.array, c.geometry
 
         truth_mm = case.geometry.index_to_physical(case.landmarks)
@@ -98,14 +98,15 @@ def analyse(model, dataset_path, spacing=None, train_images: int = 0) -> dict:
     loc = Localizer.from_file(model, device="cpu")
     dataset = load_dataset(dataset_path)
     train_idx, val_idx = validation_split(dataset, meta.get("train_config", {}))
-    spacings = {tuple(float(s) for s in meta["spacing"])} | {tuple(float(s) for s in st.spacing) for st in loc.stages}
+    spacings = {grid_key(sp): sp for sp in [loc.spacing] + [st.spacing for st in loc.stages]}
 
     def grids(indices):
-        return {sp: prepare_cases(dataset.subset(indices), sp, meta["intensity"], spacing) for sp in spacings}
+        return {key: prepare_cases(dataset.subset(indices), sp, meta["intensity"], spacing)
+                for key, sp in spacings.items()}
 
     val_grids = grids(val_idx)
     result = {"model": str(model), "fine_stage": len(loc.stages) > 1,
-              "validation_images": [c.name for c in val_grids[tuple(loc.spacing)]],
+              "validation_images": [c.name for c in val_grids[grid_key(loc.spacing)]],
               "validation": summary(analyse_cases(loc, val_grids), loc.names)}
     if train_images:
         chosen = train_idx[:: max(1, len(train_idx) // train_images)][:train_images]
