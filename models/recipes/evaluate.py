@@ -21,29 +21,33 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
+from eval_common import (
+    DATA,
+    IXI8,
+    IXI16_LABELS,
+    MODELS,
+    ONESHOT_DEFAULT,
+    REPO,
+    RUNS,
+    _errors_by_name,
+    _lines,
+    _load,
+    _positions,
+    _save,
+    _subject,
+)
 
 from landmarkloc.geometry.labels import label_boxes, label_centroids, label_extreme_points
 from landmarkloc.inference.baselines import NccConfig, ncc_locate, registration_locate
 from landmarkloc.inference.fcn import Localizer
 from landmarkloc.inference.oneshot import OneShotLocator
 from landmarkloc.io.image import read_image
-from landmarkloc.io.markups import read_boxes, read_points
+from landmarkloc.io.markups import read_boxes
 from landmarkloc.metrics import box_iou, box_wall_distance, summarize_errors
 from landmarkloc.runtime import progress
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = REPO.parent / "shared" / "data"
-RUNS = REPO / "runs"
-MODELS = REPO / "models"
-EVAL = RUNS / "eval"
 FIGURES = REPO / "docs" / "figures"
 THRESHOLDS = (2.0, 2.5, 3.0, 4.0)
-IXI8 = {"BrainStem": 35, "Hippocampus_R": 47, "Hippocampus_L": 48, "LateralVentricle_R": 51,
-        "LateralVentricle_L": 52, "ThalamusProper_R": 59, "ThalamusProper_L": 60, "CerebellumExterior_R": 38}
-IXI16_LABELS = {"3rdVentricle": 4, "4thVentricle": 11, "BrainStem": 35, "Amygdala_R": 31, "Amygdala_L": 32,
-                "Caudate_R": 36, "Caudate_L": 37, "Hippocampus_R": 47, "Hippocampus_L": 48, "Pallidum_R": 55,
-                "Pallidum_L": 56, "Putamen_R": 57, "Putamen_L": 58, "ThalamusProper_R": 59,
-                "ThalamusProper_L": 60, "CorpusCallosum": 95}
 DISCUSSION = [
     "## Where we are behind, and why", "",
     "* **Cephalograms**: level with Noothout et al. in the mean (MRE 1.34 mm on Test1 against their 1.35 mm over "
@@ -140,32 +144,6 @@ CEPH_FINDINGS = [
 ]
 
 
-def _lines(path: Path) -> list:
-    return [Path(line) for line in path.read_text().split() if line]
-
-
-def _subject(path: Path) -> str:
-    return path.name.split(".")[0]
-
-
-def _positions(path: Path) -> dict:
-    return {p.label: p.position for p in read_points(path)}
-
-
-def _errors_by_name(pred: dict, ref: dict) -> dict:
-    return {n: float(np.linalg.norm(pred[n] - ref[n])) for n in ref if n in pred}
-
-
-def _save(name: str, data) -> None:
-    EVAL.mkdir(parents=True, exist_ok=True)
-    (EVAL / f"{name}.json").write_text(json.dumps(data, indent=1))
-
-
-def _load(name: str):
-    path = EVAL / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 # ------------------------------------------------------------------------------------------ evaluations
 
 
@@ -210,10 +188,9 @@ ONESHOT_VARIANTS = (
     ("coarse+fine (paper)", True, "none"),
     ("coarse + anchor affine", False, "affine"),
     ("coarse + anchor affine + fine", True, "affine"),
-    ("coarse + anchor affine + NCC search (default)", False, "ncc"),
+    (ONESHOT_DEFAULT, False, "ncc"),
     ("coarse + anchor affine + fine + NCC search", True, "ncc"),
 )
-ONESHOT_DEFAULT = "coarse + anchor affine + NCC search (default)"
 
 
 def _point_record(point, reference) -> dict:
