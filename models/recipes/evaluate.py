@@ -36,6 +36,7 @@ from eval_common import (
     _save,
     _subject,
 )
+from eval_findings import BRAIN_FLAG_FINDINGS, CEPH_FINDINGS, CEPH_PUBLISHED, DISCUSSION
 from eval_robustness import _robust_report, oneshot_robust
 
 from landmarkloc.geometry.labels import label_centroids, label_extreme_points
@@ -49,100 +50,6 @@ from landmarkloc.runtime import progress
 
 FIGURES = REPO / "docs" / "figures"
 THRESHOLDS = (2.0, 2.5, 3.0, 4.0)
-DISCUSSION = [
-    "## Where we are behind, and why", "",
-    "* **Cephalograms**: level with Noothout et al. in the mean (MRE 1.34 mm on Test1 against their 1.35 mm over "
-    "both test sets), SDR 2 mm 80.0 %, slightly behind in the median (0.98 against 0.95 mm). The fine stage "
-    "(0.2 mm) removed the floor the 0.5 mm local stage set (validation median 0.89 -> 0.75 mm). What remains: "
-    "Test1 is harder than our 15 validation images (median 0.98 against 0.75 mm), the landmarks on long "
-    "contours (gonion median 2.5 mm, porion, subspinale, articulare), "
-    "and a global stage whose tail the local stages cannot reach (5 of the 7 validation points above 4 mm). "
-    "Next steps: a larger network and far longer training on a GPU (the paper: 300 000 iterations; ours: 9500 "
-    "of a compact network plus 13 000 of the fine stage, on one shared CPU core).",
-    "* **One-shot**: the paper's agent alone (coarse, or coarse+fine) is far behind affine registration across "
-    "subjects: its projection networks were trained for about an hour and a half of one shared CPU core (the "
-    "paper: days on a GPU), and the fine step, trained on pairs within one image, does not help across subjects. "
-    "The refinement (a robust affine map fitted to 400 anchor points whose coarse estimates come free with the K "
-    "runs, then a local NCC search) closes the gap: on the test split the boxes reach a higher mean IoU than "
-    "affine registration and the centroids a lower median error, about 37 times faster (landmarkloc bench). On the "
-    "validation split the boxes are slightly below registration (0.68 vs 0.70 IoU) while the centroids stay ahead. The "
-    "coarse model trained across appearance (rendered views, cross-view pairs) is slightly weaker on IXI than "
-    "the previous one (validation IoU with refinement 0.68 vs 0.71) but no longer collapses on other images: "
-    "the MNI152 template with an IXI support went from 28.6 to 4.4 mm, a strong bias field from IoU 0.34 to "
-    "0.69 (robustness table). It stays behind registration on the lateral ventricles and the cerebellum (large "
-    "structures whose extreme points lie on long, smooth walls, where a 24 mm patch has little to lock on).",
-    "* **Uncertainty (one-shot)**: the flags separate wrong from right extreme points (the unselected ones are "
-    "several times further off) but barely on the IXI-16 centroids; their thresholds were chosen on validation "
-    "with the previous coarse model.",
-    "",
-]
-
-
-CEPH_PUBLISHED = "Noothout et al. 2020 (global-to-local FCN), Test1: median 0.95 mm (IQR 1.15)"
-
-
-# What the analysis of the model shipped before it (compact, xray percentiles, 192-px crops, 5000 iterations)
-# showed on the same validation images, and what was changed because of it.
-BRAIN_FLAG_FINDINGS = [
-    "What was tried for a sharper brain flag, measured on the validation split only (640 points of the 20 "
-    "validation subjects, original and skull-stripped; 43 errors > 3 mm with the shipped model):", "",
-    "* **A local ensemble.** A second local network per landmark, trained with the global network frozen "
-    "(`train-fcn --init-from brain-t1-ixi16 --train-stage local --seed 1`, 4000 iterations) and stacked with the "
-    "shipped one (`models/recipes/local_ensemble.py`). Its members' disagreement (`local_members_mm`) separates "
-    "the errors above 3 mm poorly (AUC 0.61); the best calibration with it catches 50 % at a 10 % flag budget "
-    "(out-of-fold), against 46.5 % without. The ensemble's mean is more accurate, though: validation median "
-    "1.29 -> 1.11 mm, MRE 1.53 -> 1.37 mm, errors > 3 mm 43 -> 34. It is not shipped, because it costs a second "
-    "local pass (the local bank is about a third of the brain model's localize time), against this issue's "
-    "\"speed unchanged\" target; the code and the recipe are there to build it.",
-    "* **A shape check** (offline, not built): the distance of each estimate from where the other 15 landmarks "
-    "put it after a similarity fit to the training shapes' mean. AUC 0.74, no better than `landmark_rate` "
-    "(0.76) or `local_mirror_mm` (0.73), with which it overlaps.",
-    "* Most errors above 3 mm are 3-4 mm, where every signal overlaps the errors just below 3 mm; the natural "
-    "spread of the structures' relative positions (1.1-2.8 mm between subjects) is of the same size. We found "
-    "no signal that reaches the 70 % target at 10 % flagged; the flag stays at its measured level and the "
-    "model card says so.",
-]
-
-CEPH_FINDINGS = [
-    "What the analysis of the earlier model (compact network, percentile intensities, 192-pixel crops, "
-    "5000 iterations; validation median 0.96 mm, MRE 1.48 mm) showed:", "",
-    "* **The long tail is the global stage's.** Alone it gave median 2.57 mm, MRE 3.08 mm, SDR 2 mm 36 %; of "
-    "the 14 points still off by more than 4 mm after the local stage, 13 were already off by more than 4 mm "
-    "before it (the local sub-image reaches only 8 mm from the global estimate).",
-    "* **The worst misses are exposure failures.** Sella in image 065 (18.6 mm) and nasion in 131, 088, 055 "
-    "and 109 (8-15 mm) had a global confidence of 0.00-0.04: the network did not recognise the structure at "
-    "all. The four nasion failures are the two brightest (131, 109: median grey value 178 and 171) and the "
-    "two darkest (055, 088: 68 and 87) of the 15 radiographs (the others: 98-146). "
-    "Percentile scaling keeps such exposure differences; the paper equalizes the histograms. In two pilot runs "
-    "(1000 iterations, otherwise identical) equalization gave validation MRE 1.90 mm against 2.40 mm.",
-    "* **Underfitting, not overfitting.** On 15 training images the numbers were the same as on validation "
-    "(global MRE 3.21 mm, final median 0.96 mm, MRE 1.40 mm), so capacity and training length limit, not the "
-    "150 images (more augmentation would not help).",
-    "* **The local stage bounds the median.** Started at the reference point it reached median 0.85 mm, MRE "
-    "1.12 mm, SDR 2 mm 87 % (training images: 0.79 mm): a perfect global stage would still leave the median "
-    "near the paper's 0.95 mm on Test1, which is harder than validation. Gonion (1.9 mm), nasion, porion and "
-    "subspinale are the worst even there: landmarks on long smooth contours, also those on which the two "
-    "experts disagree most. A second local pass from the first gained little (median 0.93 mm, SDR 2 mm lower).",
-    "",
-    "Changes made for the current model: histogram equalization (`--intensity xray-equalized`), average "
-    "pooling before all four stages of the global network as the paper does for cephalograms (receptive "
-    "field 276 instead of 124 pixels, i.e. 138 mm at 0.5 mm), wider last stages (64/128 channels, heads 128; "
-    "cheap at 1/32 resolution), 256-pixel crops and about twice the iterations (see the model card). "
-    "Effect on validation: MRE 1.48 -> 1.19 mm, median 0.96 -> 0.89 mm, points > 4 mm 14 -> 5, not found "
-    "9 -> 0; the global stage alone MRE 3.08 -> 2.60 mm. The exposure failures are gone; the worst point left "
-    "(nasion in 065, 5.6 mm) is one where the local stage is 5.4 mm off even from the reference point. The "
-    "local stage did not get sharper (from the reference: median 0.91 mm, was 0.85 mm), so the median is now "
-    "bounded by it: a local stage on a finer grid is the next step.", "",
-    "Second round, the current model: a **fine stage** (`train-fcn --init-from --train-stage fine`: a third bank "
-    "of local networks on a 0.2 mm grid with 32-pixel, 6.4 mm sub-images, started at the local estimate; the "
-    "global and local networks frozen; 13 000 iterations, model card). Validation: median 0.89 -> 0.75 mm, MRE "
-    "1.19 -> 1.10 mm, SDR 2 mm 82.5 -> 85.3 %; the local stages started at the reference point went from median "
-    "0.91 to 0.75 mm, so resolution was the floor. Tried on validation and not taken: a second pass of the fine "
-    "stage (median 0.71 mm but MRE 1.11 mm and one more point above 4 mm), a fine ensemble of three seeds (median "
-    "0.77 mm, MRE 1.10 mm: no better than the single network, and the single network of seed 0 is the best of "
-    "the three). On Test1 (run once, at the end): median 1.06 -> 0.98 mm, MRE 1.40 -> 1.34 mm, SDR 2 mm 78.1 -> "
-    "80.0 %.",
-]
 
 
 # ------------------------------------------------------------------------------------------ evaluations
