@@ -302,9 +302,10 @@ def model_metadata(cfg: FCNTrainConfig, names, global_cfg: FCNConfig, local_cfg,
     }
 
 
-def _resume_path(output: Path) -> Path:
+def _beside(output: Path, suffix: str) -> Path:
+    """A file kept beside the model (its log, its resume state): the weights' stem + ``suffix``."""
     weights, _ = model_paths(output)
-    return weights.with_name(weights.name[: -len(".safetensors")] + ".resume.safetensors")
+    return weights.with_name(weights.name[: -len(".safetensors")] + suffix)
 
 
 def save_resume(path: Path, model: GlobalToLocal, optimizer, state: dict) -> None:
@@ -337,12 +338,29 @@ def load_resume(path: Path, model: GlobalToLocal, optimizer) -> dict:
 # --------------------------------------------------------------------------- the trainer
 
 
-def _setup_log(path: Path) -> logging.Handler:
-    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    LOG.addHandler(handler)
-    LOG.setLevel(logging.INFO)
-    return handler
+@contextlib.contextmanager
+def _training_log(output: Path, enabled: bool):
+    """Log to OUTPUT.log (rank 0: ``enabled``); a run refused before it wrote a model leaves no new log behind."""
+    log_path = _beside(output, ".log")
+    new_log = not log_path.exists()
+    handler = None
+    if enabled:
+        handler = logging.FileHandler(log_path, mode="a", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        LOG.addHandler(handler)
+        LOG.setLevel(logging.INFO)
+    refused = False
+    try:
+        yield
+    except LandmarkLocError:
+        refused = new_log and not model_paths(output)[0].exists()
+        raise
+    finally:
+        if handler is not None:
+            LOG.removeHandler(handler)
+            handler.close()
+            if refused:
+                log_path.unlink(missing_ok=True)
 
 
 def _split(n: int, fraction: float, rng) -> tuple:
@@ -362,14 +380,10 @@ def train_fcn(dataset: LandmarkDataset, output, cfg: FCNTrainConfig, val_dataset
               input_spacing=None, device: str = "auto", resume: bool = False, quiet: bool = False) -> dict:
     """Train and write ``output`` (.safetensors + .json); returns the metadata written."""
     output = Path(output)
-    weights_path, _ = model_paths(output)
     ctx = init_distributed(device)
     dev = ctx.device
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    log_path = weights_path.with_name(weights_path.name[: -len(".safetensors")] + ".log")
-    new_log = not log_path.exists()
-    handler = _setup_log(log_path) if ctx.is_main else None
-    try:
+    with contextlib.closing(ctx), _training_log(output, ctx.is_main):
         names = list(dataset.names)
         if val_dataset is not None and list(val_dataset.names) != names:
             raise InputError("the validation dataset must have the same landmark names as the training dataset")
@@ -428,7 +442,7 @@ def train_fcn(dataset: LandmarkDataset, output, cfg: FCNTrainConfig, val_dataset
         optimizer = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=cfg.learning_rate,
                                      amsgrad=True)
         start_it, best, elapsed_before = 0, None, 0.0
-        resume_path = _resume_path(output)
+        resume_path = _beside(output, ".resume.safetensors")
         if resume:
             if not model_paths(resume_path)[1].is_file():
                 raise InputError(f"nothing to resume: {resume_path} does not exist")
@@ -512,18 +526,6 @@ def train_fcn(dataset: LandmarkDataset, output, cfg: FCNTrainConfig, val_dataset
             raise ModelError("training ended without writing a model (no iterations were run)")
         meta = json.loads(model_paths(output)[1].read_text(encoding="utf-8")) if ctx.is_main else {}
         return meta
-    except LandmarkLocError:
-        if handler is not None and new_log and not weights_path.exists():
-            LOG.removeHandler(handler)
-            handler.close()
-            handler = None
-            log_path.unlink(missing_ok=True)  # refused before any model: leave nothing behind
-        raise
-    finally:
-        if handler is not None:
-            LOG.removeHandler(handler)
-            handler.close()
-        ctx.close()
 
 
 def start_model(cfg: FCNTrainConfig, names) -> tuple | None:
