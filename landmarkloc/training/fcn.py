@@ -23,6 +23,7 @@ writes files. On CUDA the networks run in channels-last layout under autocast.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -381,151 +382,261 @@ def train_fcn(dataset: LandmarkDataset, output, cfg: FCNTrainConfig, val_dataset
     """Train and write ``output`` (.safetensors + .json); returns the metadata written."""
     output = Path(output)
     ctx = init_distributed(device)
-    dev = ctx.device
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     with contextlib.closing(ctx), _training_log(output, ctx.is_main):
         names = list(dataset.names)
         if val_dataset is not None and list(val_dataset.names) != names:
             raise InputError("the validation dataset must have the same landmark names as the training dataset")
         init = start_model(cfg, names)
-        if init is not None:  # the grid, intensity and encoding are the trained global network's
-            start = init[1]
-            cfg = replace(cfg, spacing=tuple(start["spacing"]), intensity=start["intensity"]["name"],
-                          variant=start["variant"])
-            if cfg.train_stage == "fine":  # and the local stage is the trained one's
-                cfg = replace(cfg, sub_image_size=int(start["sub_image_size"]), local_members=max(1, _members(start)))
-        cfg = replace(cfg, spacing=_per_axis(cfg.spacing or median_spacing(dataset, input_spacing), cfg.ndim),
-                      fine_spacing=_per_axis(cfg.fine_spacing, cfg.ndim))
-        split_rng = np.random.default_rng(cfg.seed)
+        start = init[1] if init is not None else None
+        cfg = _run_config(cfg, start, dataset, input_spacing)
+        data = _TrainingData(dataset, val_dataset, cfg, input_spacing, ctx, quiet)
+        configs = network_configs(cfg, len(names), start)
+        val_stages = _validation_stages(cfg, configs, data)
+        model = _build_model(cfg, configs, init[0] if init is not None else None, ctx.device)
+        trainer = _Trainer(ctx, cfg, names, configs, model, data, val_stages, output, resume)
+        trainer.run(quiet)
+        return _written_metadata(output, ctx)
+
+
+def _run_config(cfg: FCNTrainConfig, start: dict | None, dataset: LandmarkDataset, input_spacing) -> FCNTrainConfig:
+    """The configuration trained with, completed from the model started from and the images.
+
+    A stage added to a model works on that model's grid, intensity and encoding
+    (a fine stage also on its local stage's sub-images); spacings become one
+    value per axis, by default the images' median spacing.
+    """
+    if start is not None:
+        cfg = replace(cfg, spacing=tuple(start["spacing"]), intensity=start["intensity"]["name"],
+                      variant=start["variant"])
+        if cfg.train_stage == "fine":
+            cfg = replace(cfg, sub_image_size=int(start["sub_image_size"]), local_members=max(1, _members(start)))
+    return replace(cfg, spacing=_per_axis(cfg.spacing or median_spacing(dataset, input_spacing), cfg.ndim),
+                   fine_spacing=_per_axis(cfg.fine_spacing, cfg.ndim))
+
+
+class _TrainingData:
+    """This rank's share of the training images and (rank 0) the validation images, read once per grid.
+
+    Each stage works on its own grid (the fine stage on a finer one), so the
+    same images are prepared for every grid a stage asks for.
+    """
+
+    def __init__(self, dataset: LandmarkDataset, val_dataset: LandmarkDataset | None, cfg: FCNTrainConfig,
+                 input_spacing, ctx, quiet: bool):
         if val_dataset is None:
-            train_idx, val_idx = _split(len(dataset.cases), cfg.val_fraction, split_rng)
-            train_ds, val_ds = dataset.subset(train_idx), dataset.subset(val_idx)
+            train_idx, val_idx = _split(len(dataset.cases), cfg.val_fraction, np.random.default_rng(cfg.seed))
+            self.train, self.val = dataset.subset(train_idx), dataset.subset(val_idx)
         else:
-            train_ds, val_ds = dataset, val_dataset
+            self.train, self.val = dataset, val_dataset
         # each rank reads and trains on its own share of the training images
-        share = train_ds.subset(range(ctx.rank, len(train_ds.cases), ctx.world_size)) \
-            if len(train_ds.cases) >= ctx.world_size else train_ds
-        cases = prepare_cases(share, cfg.spacing, cfg.intensity, input_spacing, quiet=quiet or not ctx.is_main,
-                              masked_copies=cfg.masked_copies)
-        if any(c.ndim != cfg.ndim for c in cases):
-            raise InputError(f"training images must all be {cfg.ndim}D")
-        val_cases = prepare_cases(val_ds, cfg.spacing, cfg.intensity, input_spacing, quiet=True) \
-            if ctx.is_main else []
-        grids = {grid_key(cfg.spacing): (cases, val_cases)}  # the same images on each stage's grid
+        self.share = self.train.subset(range(ctx.rank, len(self.train.cases), ctx.world_size)) \
+            if len(self.train.cases) >= ctx.world_size else self.train
+        self._cfg, self._input_spacing, self._is_main = cfg, input_spacing, ctx.is_main
+        self._quiet = quiet or not ctx.is_main
+        self._grids: dict = {}
+        self.cases, self.val_cases = self.on_grid(cfg.spacing)  # the model's grid
 
-        def on_grid(spacing):
-            if grid_key(spacing) not in grids:
-                grids[grid_key(spacing)] = (
-                    prepare_cases(share, spacing, cfg.intensity, input_spacing, quiet=quiet or not ctx.is_main,
-                                  masked_copies=cfg.masked_copies),
-                    prepare_cases(val_ds, spacing, cfg.intensity, input_spacing, quiet=True) if ctx.is_main else [])
-            return grids[grid_key(spacing)]
+    def on_grid(self, spacing) -> tuple:
+        """(training cases, validation cases) on the grid of ``spacing``."""
+        key = grid_key(spacing)
+        if key not in self._grids:
+            cfg = self._cfg
+            cases = prepare_cases(self.share, spacing, cfg.intensity, self._input_spacing, quiet=self._quiet,
+                                  masked_copies=cfg.masked_copies)
+            if any(c.ndim != cfg.ndim for c in cases):
+                raise InputError(f"training images must all be {cfg.ndim}D")
+            val_cases = prepare_cases(self.val, spacing, cfg.intensity, self._input_spacing, quiet=True) \
+                if self._is_main else []
+            self._grids[key] = (cases, val_cases)
+        return self._grids[key]
 
-        global_cfg, local_cfg, fine_cfg = network_configs(cfg, len(names), init[1] if init else None)
-        stage_specs = []  # (spacing, sub-image size) of the local and the fine stage
-        if local_cfg is not None:
-            stage_specs.append((cfg.spacing, cfg.sub_image_size))
-        if fine_cfg is not None:
-            stage_specs.append((cfg.fine_spacing, cfg.fine_sub_image_size))
-        val_stages = [(sp, size, on_grid(sp)[1]) for sp, size in stage_specs]
-        trained_cases = on_grid(cfg.fine_spacing)[0] if cfg.train_stage == "fine" else cases
-        model = GlobalToLocal(global_cfg, local_cfg, fine_cfg).to(dev)
-        frozen = frozen_parts(model, cfg)
-        if init is not None:
-            kept = ("global_net.", "local_net.") if cfg.train_stage == "fine" else ("global_net.",)
-            model.load_state_dict({k: v for k, v in init[0].items() if k.startswith(kept)}, strict=False)
-        for part in frozen:
-            part.requires_grad_(False)
-        if dev.type == "cuda":
-            model = model.to(memory_format=torch.channels_last if cfg.ndim == 2 else torch.channels_last_3d)
+    def summary(self, names) -> dict:
+        """The training data as the model's metadata describes it."""
+        return {"images": len(self.train.cases), "validation_images": len(self.val.cases),
+                "landmarks": names, "annotations": self.train.summary()["annotations_per_landmark"],
+                # what the images look like to the network, to warn about inputs unlike them
+                "intensity_profile": intensity_profile([c.array for c in self.cases])}
+
+
+def _validation_stages(cfg: FCNTrainConfig, configs: tuple, data: _TrainingData) -> list:
+    """(spacing, sub-image size, validation cases on its grid) of the model's local and fine stage.
+
+    Reads the images on each stage's grid, so the training images are there too.
+    """
+    _, local_cfg, fine_cfg = configs
+    specs = []
+    if local_cfg is not None:
+        specs.append((cfg.spacing, cfg.sub_image_size))
+    if fine_cfg is not None:
+        specs.append((cfg.fine_spacing, cfg.fine_sub_image_size))
+    return [(spacing, size, data.on_grid(spacing)[1]) for spacing, size in specs]
+
+
+def _build_model(cfg: FCNTrainConfig, configs: tuple, init_weights: dict | None, device) -> GlobalToLocal:
+    """The networks on ``device``; the stages before the one trained are frozen.
+
+    With a model to start from (``init_weights``), its global network and, for
+    a fine stage, its local stage are kept.
+    """
+    model = GlobalToLocal(*configs).to(device)
+    frozen = frozen_parts(model, cfg)
+    if init_weights is not None:
+        kept = ("global_net.", "local_net.") if cfg.train_stage == "fine" else ("global_net.",)
+        model.load_state_dict({k: v for k, v in init_weights.items() if k.startswith(kept)}, strict=False)
+    for part in frozen:
+        part.requires_grad_(False)
+    if device.type == "cuda":
+        model = model.to(memory_format=_channels_last(cfg.ndim))
+    return model
+
+
+def _channels_last(ndim: int):
+    """The channels-last memory format of 2D or 3D tensors (faster convolutions on CUDA)."""
+    return torch.channels_last if ndim == 2 else torch.channels_last_3d
+
+
+class _Trainer:
+    """The optimization loop of one run and its checkpoints (validation, best model, resume state).
+
+    The random streams depend on the seed, the rank and the iteration started
+    from, so that a resumed run and each DDP process draw their own batches.
+    """
+
+    def __init__(self, ctx, cfg: FCNTrainConfig, names, configs: tuple, model: GlobalToLocal, data: _TrainingData,
+                 val_stages: list, output: Path, resume: bool):
+        self.ctx, self.cfg, self.names, self.configs = ctx, cfg, names, configs
+        self.model, self.data, self.val_stages, self.output = model, data, val_stages, output
         # AMSGrad as in the reference implementation (GEJansen/landmark_detection)
-        optimizer = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=cfg.learning_rate,
-                                     amsgrad=True)
-        start_it, best, elapsed_before = 0, None, 0.0
-        resume_path = _beside(output, ".resume.safetensors")
-        if resume:
-            if not model_paths(resume_path)[1].is_file():
-                raise InputError(f"nothing to resume: {resume_path} does not exist")
-            meta = load_resume(resume_path, model, optimizer)
-            start_it, best, elapsed_before = int(meta["iteration"]), meta.get("best"), float(meta["elapsed_s"])
-        variant = get_variant(cfg.variant)
-        train_model = model
+        self.optimizer = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=cfg.learning_rate,
+                                          amsgrad=True)
+        self.resume_path = _beside(output, ".resume.safetensors")
+        self.start_it, self.best, self.elapsed_before = self._resumed() if resume else (0, None, 0.0)
+        self.variant = get_variant(cfg.variant)
+        self.train_model = model
         if ctx.distributed:
-            train_model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[dev.index] if dev.type == "cuda" else None,
-                find_unused_parameters=not (variant.classification and variant.regression))
-        rng = np.random.default_rng([cfg.seed, ctx.rank, start_it])
-        seed_everything(cfg.seed + 1000 * ctx.rank + start_it)
-        crop = _crop_size(cases, cfg, global_cfg.patch_size)
-        trained_bank = {"all": local_cfg, "local": local_cfg, "fine": fine_cfg}[cfg.train_stage]
-        trained_size = cfg.fine_sub_image_size if cfg.train_stage == "fine" else cfg.sub_image_size
-        trained_members = 1 if cfg.train_stage == "fine" else cfg.local_members
-        alpha_global = cfg.alpha if cfg.alpha is not None else float(len(names))
-        alpha_local = cfg.alpha if cfg.alpha is not None else 1.0
-        summary = {"images": len(train_ds.cases), "validation_images": len(val_ds.cases),
-                   "landmarks": names, "annotations": train_ds.summary()["annotations_per_landmark"],
-                   # what the images look like to the network, to warn about inputs unlike them
-                   "intensity_profile": intensity_profile([c.array for c in cases])}
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                find_unused_parameters=not (self.variant.classification and self.variant.regression))
+        self.rng = np.random.default_rng([cfg.seed, ctx.rank, self.start_it])
+        seed_everything(cfg.seed + 1000 * ctx.rank + self.start_it)
+        global_cfg, local_cfg, fine_cfg = configs
+        self.crop = _crop_size(data.cases, cfg, global_cfg.patch_size)
+        self.next_batch = self._batch_maker()
+        self.alpha_global = cfg.alpha if cfg.alpha is not None else float(len(names))
+        self.alpha_local = cfg.alpha if cfg.alpha is not None else 1.0
+        self.summary = data.summary(names)
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" \
+            else contextlib.nullcontext()
+
+    def _resumed(self) -> tuple:
+        """(iteration, best metrics, seconds spent) of the resume state, whose weights and Adam state are loaded."""
+        if not model_paths(self.resume_path)[1].is_file():
+            raise InputError(f"nothing to resume: {self.resume_path} does not exist")
+        meta = load_resume(self.resume_path, self.model, self.optimizer)
+        return int(meta["iteration"]), meta.get("best"), float(meta["elapsed_s"])
+
+    def _batch_maker(self):
+        """Batches for the stage trained: global crops (all stages) and sub-images of the bank trained."""
+        cfg, fine = self.cfg, self.cfg.train_stage == "fine"
+        global_cfg, local_cfg, fine_cfg = self.configs
+        bank = fine_cfg if fine else local_cfg
+        return functools.partial(
+            make_batch, self.data.cases, cfg, self.crop, global_cfg.patch_size if cfg.train_stage == "all" else 0,
+            bank.patch_size if bank else 0,
+            local_cases=self.data.on_grid(cfg.fine_spacing)[0] if fine else self.data.cases,
+            sub_image_size=cfg.fine_sub_image_size if fine else cfg.sub_image_size,
+            members=1 if fine else cfg.local_members)
+
+    def run(self, quiet: bool) -> None:
+        """Train until the last iteration or the --max-minutes budget, checkpointing on the way and at the end."""
+        ctx, cfg = self.ctx, self.cfg
         if ctx.is_main:
             LOG.info("training %s (stage %s) on %d images (%d validation), %d landmarks, spacing %s, "
                      "local stages %s, world size %d, device %s, crop %s", cfg.preset, cfg.train_stage,
-                     len(train_ds.cases), len(val_ds.cases), len(names), cfg.spacing, stage_specs, ctx.world_size,
-                     dev, crop)
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else None
+                     len(self.data.train.cases), len(self.data.val.cases), len(self.names), cfg.spacing,
+                     [(spacing, size) for spacing, size, _ in self.val_stages], ctx.world_size, ctx.device,
+                     self.crop)
         t0 = time.monotonic()
         budget = cfg.max_minutes * 60.0 if cfg.max_minutes else None
-        bar = progress(total=cfg.iterations, desc="train-fcn", quiet=quiet or not ctx.is_main, initial=start_it)
-        last_val, it = None, start_it
-        train_mode(model, cfg)
-        for it in range(start_it, cfg.iterations):
-            glob, local = make_batch(cases, cfg, crop, global_cfg.patch_size if cfg.train_stage == "all" else 0,
-                                     trained_bank.patch_size if trained_bank else 0, rng, trained_cases,
-                                     trained_size, trained_members)
-            lx = local[0].to(dev) if local else None
-            gx = glob[0].to(dev) if glob else None
-            if dev.type == "cuda" and gx is not None:
-                gx = gx.contiguous(memory_format=torch.channels_last if cfg.ndim == 2 else torch.channels_last_3d)
-            with amp if amp is not None else contextlib.nullcontext():
-                g_out, l_out, f_out = train_model(gx, *((None, lx) if cfg.train_stage == "fine" else (lx, None)))
-            l_out = f_out if cfg.train_stage == "fine" else l_out
-            loss, parts = torch.zeros((), device=dev), {}
-            if g_out is not None:
-                gcls, greg, gann = (t.to(dev) for t in glob[1:])
-                loss, parts = fcn_loss(g_out[0], g_out[1], gcls, greg, gann, variant, alpha_global)
-            if l_out is not None:
-                lcls, lreg, lann = (t.to(dev) for t in local[1:])
-                l_loss, l_parts = fcn_loss(l_out[0], l_out[1], lcls, lreg, lann, variant, alpha_local)
-                loss = loss + l_loss
-                parts.update({f"local_{k}": v for k, v in l_parts.items()})
-            if cfg.lr_schedule == "cosine":
-                for group in optimizer.param_groups:
-                    group["lr"] = cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * it / cfg.iterations))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        bar = progress(total=cfg.iterations, desc="train-fcn", quiet=quiet or not ctx.is_main, initial=self.start_it)
+        train_mode(self.model, cfg)
+        for it in range(self.start_it, cfg.iterations):
+            loss, parts = self._step(it)
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
             done = it + 1
             out_of_time = budget is not None and _agree(time.monotonic() - t0 > budget, ctx)
             if done % cfg.validate_every == 0 or done == cfg.iterations or out_of_time:
-                best = _checkpoint(ctx, model, optimizer, cfg, (val_cases, val_stages), dev, names,
-                                   (global_cfg, local_cfg, fine_cfg), summary, output, resume_path, done, best,
-                                   elapsed_before + time.monotonic() - t0, parts)
-                last_val = done
+                self._checkpoint(done, self.elapsed_before + time.monotonic() - t0, parts)
             if out_of_time:
                 if ctx.is_main:
                     LOG.info("stopping after %d iterations: --max-minutes budget used", done)
                 break
         bar.close()
-        if last_val != it + 1 and cfg.iterations > start_it:
-            best = _checkpoint(ctx, model, optimizer, cfg, (val_cases, val_stages), dev, names,
-                               (global_cfg, local_cfg, fine_cfg), summary, output, resume_path, it + 1, best,
-                               elapsed_before + time.monotonic() - t0, {})
         ctx.barrier()
-        if ctx.is_main and not model_paths(output)[1].is_file():
-            raise ModelError("training ended without writing a model (no iterations were run)")
-        meta = json.loads(model_paths(output)[1].read_text(encoding="utf-8")) if ctx.is_main else {}
-        return meta
+
+    def _step(self, it: int) -> tuple:
+        """One optimizer step on a new batch; returns the loss and its parts."""
+        cfg, dev, fine = self.cfg, self.ctx.device, self.cfg.train_stage == "fine"
+        glob, local = self.next_batch(self.rng)
+        lx = local[0].to(dev) if local else None
+        gx = glob[0].to(dev) if glob else None
+        if dev.type == "cuda" and gx is not None:
+            gx = gx.contiguous(memory_format=_channels_last(cfg.ndim))
+        with self.autocast:
+            g_out, l_out, f_out = self.train_model(gx, *((None, lx) if fine else (lx, None)))
+        l_out = f_out if fine else l_out
+        loss, parts = torch.zeros((), device=dev), {}
+        if g_out is not None:
+            loss, parts = fcn_loss(g_out[0], g_out[1], *(t.to(dev) for t in glob[1:]), self.variant, self.alpha_global)
+        if l_out is not None:
+            l_loss, l_parts = fcn_loss(l_out[0], l_out[1], *(t.to(dev) for t in local[1:]), self.variant,
+                                     self.alpha_local)
+            loss = loss + l_loss
+            parts.update({f"local_{k}": v for k, v in l_parts.items()})
+        if cfg.lr_schedule == "cosine":
+            for group in self.optimizer.param_groups:
+                group["lr"] = cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * it / cfg.iterations))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss, parts
+
+    def _checkpoint(self, iteration: int, elapsed: float, parts: dict) -> None:
+        """Rank 0: validate, keep the best model, write the resume state."""
+        ctx, cfg, model = self.ctx, self.cfg, self.model
+        if ctx.is_main:
+            metrics = validate(model, self.data.val_cases, cfg, ctx.device, self.val_stages)
+            train_mode(model, cfg)
+            metrics["iteration"] = iteration
+            LOG.info("iteration %d: loss %s, validation mean radial error %.3f mm (median %.3f, not found %d)",
+                     iteration, {k: round(v, 4) for k, v in parts.items()}, metrics["mean_radial_error_mm"],
+                     metrics["median_radial_error_mm"], metrics["not_found"])
+            if self.best is None or metrics["mean_radial_error_mm"] <= self.best["mean_radial_error_mm"]:
+                self.best = metrics
+                training = {"iterations": iteration, "seconds": round(elapsed, 1), "world_size": ctx.world_size,
+                            "device": ctx.device.type, "torch": torch.__version__}
+                if cfg.init_from:
+                    training["init_from"] = init_summary(cfg.init_from)
+                global_cfg, local_cfg, fine_cfg = self.configs
+                meta = model_metadata(cfg, self.names, global_cfg, local_cfg, cfg.spacing, self.summary, metrics,
+                                      training, fine_cfg)
+                save_model(self.output, model.state_dict(), meta)
+                LOG.info("saved best model (iteration %d) to %s", iteration, model_paths(self.output)[0])
+            save_resume(self.resume_path, model, self.optimizer,
+                        {"iteration": iteration, "best": self.best, "elapsed_s": elapsed,
+                         "train_config": cfg.to_dict()})
+        ctx.barrier()  # self.best is meaningful on rank 0, the only rank that writes files
+
+
+def _written_metadata(output: Path, ctx) -> dict:
+    """Rank 0: the metadata of the best model written (a run that wrote none is an error); other ranks: {}."""
+    if not ctx.is_main:
+        return {}
+    if not model_paths(output)[1].is_file():
+        raise ModelError("training ended without writing a model (no iterations were run)")
+    return json.loads(model_paths(output)[1].read_text(encoding="utf-8"))
 
 
 def start_model(cfg: FCNTrainConfig, names) -> tuple | None:
@@ -580,30 +691,3 @@ def _agree(flag: bool, ctx) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return bool(t.item() > 0)
-
-
-def _checkpoint(ctx, model, optimizer, cfg, val_cases, dev, names, configs, summary, output,
-                resume_path, iteration, best, elapsed, parts):
-    """Rank 0: validate, keep the best model, write the resume state. Returns the best metrics."""
-    if ctx.is_main:
-        metrics = validate(model, val_cases[0], cfg, dev, val_cases[1])
-        train_mode(model, cfg)
-        metrics["iteration"] = iteration
-        LOG.info("iteration %d: loss %s, validation mean radial error %.3f mm (median %.3f, not found %d)",
-                 iteration, {k: round(v, 4) for k, v in parts.items()}, metrics["mean_radial_error_mm"],
-                 metrics["median_radial_error_mm"], metrics["not_found"])
-        if best is None or metrics["mean_radial_error_mm"] <= best["mean_radial_error_mm"]:
-            best = metrics
-            training = {"iterations": iteration, "seconds": round(elapsed, 1), "world_size": ctx.world_size,
-                        "device": dev.type, "torch": torch.__version__}
-            if cfg.init_from:
-                training["init_from"] = init_summary(cfg.init_from)
-            global_cfg, local_cfg, fine_cfg = configs
-            meta = model_metadata(cfg, names, global_cfg, local_cfg, cfg.spacing, summary, metrics, training,
-                                  fine_cfg)
-            save_model(output, model.state_dict(), meta)
-            LOG.info("saved best model (iteration %d) to %s", iteration, model_paths(output)[0])
-        save_resume(resume_path, model, optimizer,
-                    {"iteration": iteration, "best": best, "elapsed_s": elapsed, "train_config": cfg.to_dict()})
-    ctx.barrier()
-    return best  # meaningful on rank 0, the only rank that writes files
