@@ -520,8 +520,7 @@ class _Trainer:
                 find_unused_parameters=not (self.variant.classification and self.variant.regression))
         self.rng = np.random.default_rng([cfg.seed, ctx.rank, self.start_it])
         seed_everything(cfg.seed + 1000 * ctx.rank + self.start_it)
-        global_cfg, local_cfg, fine_cfg = configs
-        self.crop = _crop_size(data.cases, cfg, global_cfg.patch_size)
+        self.crop = _crop_size(data.cases, cfg, configs[0].patch_size)
         self.next_batch = self._batch_maker()
         self.alpha_global = cfg.alpha if cfg.alpha is not None else float(len(names))
         self.alpha_local = cfg.alpha if cfg.alpha is not None else 1.0
