@@ -4,9 +4,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import DIRECTIONS, make_image, rotation
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from landmarkloc.errors import InputError
 from landmarkloc.io.image import read_image, squeeze_single_slice, write_image
+from landmarkloc.io.labelmap import MAX_LABELS, distinct_labels
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
@@ -205,3 +208,17 @@ def test_dicom_series_that_are_not_one_volume_are_refused(tmp_path):
     bent[4:, 0] += 3.0  # positions off a line
     with pytest.raises(InputError, match="do not lie on a line"):
         check_image_file(dicom_series(tmp_path / "bent", bent))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([np.uint8, np.int16, np.int32, np.float32]), st.integers(1, 80), st.integers(-40000, 40000),
+       st.integers(0, 3000), st.integers(0, 2**31 - 1))
+def test_a_label_map_is_told_from_a_scan_by_its_number_of_distinct_values(dtype, labels, offset, size, seed):
+    """The label-map check counts distinct values as sorting them would (the warning's count, a scan's 0)."""
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
+    lo = max(offset, info.min) if info else offset
+    hi = min(lo + labels, info.max + 1) if info else lo + labels
+    values = np.random.default_rng(seed).integers(lo, max(hi, lo + 1), size=size).astype(dtype)
+    expected = len(np.unique(values))
+    assert distinct_labels(values) == (expected if 2 <= expected <= MAX_LABELS else 0)
+    assert distinct_labels(values.astype(np.float32) + 0.5) == 0  # not integers: a scan

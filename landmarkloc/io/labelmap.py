@@ -20,8 +20,19 @@ def distinct_labels(array) -> int:
     sample = flat[:: max(1, flat.size // SAMPLE_VOXELS)]
     if sample.dtype.kind == "f" and not np.array_equal(sample, np.round(sample)):
         return 0
-    count = len(np.unique(sample))
+    count = _distinct_integers(sample)
     return count if 2 <= count <= MAX_LABELS else 0
+
+
+def _distinct_integers(values: np.ndarray) -> int:
+    """How many distinct values integer-valued ``values`` hold: counted in one pass over their range when it is
+    small (every label map, and 8- or 16-bit scans), which is many times faster than sorting a million values."""
+    if values.size == 0:
+        return 0
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo < 1 << 20:
+        return int(np.count_nonzero(np.bincount(values.astype(np.intp) - int(lo))))
+    return len(np.unique(values))
 
 
 def label_map_warning(image: sitk.Image, name: str = "the image") -> str | None:
