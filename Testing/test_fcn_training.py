@@ -16,7 +16,6 @@ from landmarkloc.geometry.resample import crop_or_pad
 from landmarkloc.inference.fcn import Localizer, refine
 from landmarkloc.io.datasets import load_dataset
 from landmarkloc.io.markups import read_points
-from landmarkloc.io.modelfile import load_model, save_model
 from landmarkloc.training.fcn import train_config, train_fcn
 from landmarkloc.training.fcn_sampling import AugmentConfig
 
@@ -127,36 +126,14 @@ def test_localize_cli_writes_one_file_per_input_with_confidence(trained, tmp_pat
                  "-q"]) == 2
 
 
-def _train_fine(root, name: str, seed: int = 0, sub_image_size: int = 16, fine_overrides=TINY_LOCAL,
-                iterations: int = 600) -> dict:
-    """A fine stage on a grid twice as fine, trained from the tiny model."""
-    cfg = train_config("compact", 2, iterations=iterations, validate_every=300, intensity="ct",
-                       local_overrides=TINY_LOCAL, fine_overrides=fine_overrides, init_from=str(root / "model"),
-                       train_stage="fine", fine_spacing=(SPACING / 2,), fine_sub_image_size=sub_image_size,
-                       seed=seed, augment=AugmentConfig(rotation_deg=5, scale=0.05))
-    return train_fcn(load_dataset(root / "train"), root / name, cfg, quiet=True)
-
-
-@pytest.fixture(scope="module")
-def fine(trained):
-    return _train_fine(trained[0], "fine")
-
-
-def _recipe(name: str):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "models" / "recipes" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_a_fine_stage_trained_on_a_finer_grid_keeps_the_earlier_stages_and_finds_the_landmarks(trained, fine):
+def test_a_fine_stage_trained_on_a_finer_grid_keeps_the_earlier_stages_and_finds_the_landmarks(trained):
     root, meta, _, held_out = trained
-    fine_meta = fine
-    assert fine_meta["fine_stages"][0]["spacing"] == [SPACING / 2] * 2
+    cfg = train_config("compact", 2, iterations=600, validate_every=300, intensity="ct", local_overrides=TINY_LOCAL,
+                       fine_overrides=TINY_LOCAL, init_from=str(root / "model"), train_stage="fine",
+                       fine_spacing=(SPACING / 2,), fine_sub_image_size=16,
+                       augment=AugmentConfig(rotation_deg=5, scale=0.05))
+    fine_meta = train_fcn(load_dataset(root / "train"), root / "fine", cfg, quiet=True)
+    assert fine_meta["fine_stage"]["spacing"] == [SPACING / 2] * 2
     assert fine_meta["training"]["init_from"]["sha256"] == meta["sha256"]
     base = Localizer.from_file(root / "model.safetensors", "cpu")
     loc = Localizer.from_file(root / "fine.safetensors", "cpu")
@@ -175,55 +152,20 @@ def test_a_fine_stage_trained_on_a_finer_grid_keeps_the_earlier_stages_and_finds
     assert np.linalg.norm(point.position[:2] - truth["Dark"]) < SPACING
 
 
-def test_fine_stages_trained_apart_chain_in_order_and_find_the_landmarks(trained, fine, tmp_path):
-    root, _, _, held_out = trained
-    # a second fine stage of another shape: 3 levels (larger context, coarser cells), other sub-images and seed
-    _train_fine(root, "fine_context", seed=1, sub_image_size=24, iterations=300,
-                fine_overrides={"stage_channels": (8, 8, 16), "stage_blocks": (1, 1, 1),
-                                "pool_before": (False, True, True), "head_channels": 16})
-    recipe = _recipe("chain_fine_stages")
-    weights, meta = recipe.chain([root / "fine_context", root / "fine"])
-    meta["validation"] = recipe.chain_validation(weights, meta, str(root / "train"), None)
-    save_model(tmp_path / "chain", weights, meta)
-    chained = Localizer.from_file(tmp_path / "chain.safetensors", "cpu")
-    context, last = (Localizer.from_file(root / f"{n}.safetensors", "cpu") for n in ("fine_context", "fine"))
-    assert [(float(s.spacing[0]), s.sub_image_size) for s in chained.stages] == \
-        [(SPACING, 16), (SPACING / 2, 24), (SPACING / 2, 16)]  # local, then the fine stages in the order given
-    for bank, source in zip(chained.network.fine_nets, (context.network.fine_nets[0], last.network.fine_nets[0])):
-        for (key, a), b in zip(bank.state_dict().items(), source.state_dict().values()):
-            assert torch.equal(a, b), key
-    assert [r["sha256"] for r in meta["fine_stage_runs"]] == [context.metadata["sha256"], last.metadata["sha256"]]
-    assert "calibration" not in chained.metadata and meta["validation"]["n"] == 24 * len(BLOBS)
-    for image, truth in held_out:
-        result = chained.localize(image)
-        for lm in result.landmarks:
-            assert lm.found and np.linalg.norm(lm.position[:2] - truth[lm.name]) < SPACING
-    with pytest.raises(SystemExit, match="no fine stage"):
-        recipe.chain([root / "fine", root / "model"])
-
-
-def test_a_model_file_with_the_earlier_single_fine_stage_format_still_loads(trained, fine, tmp_path):
-    """Files written before fine stages could be chained: ``fine_stage`` (one) and weights ``fine_net.*``."""
-    root, _, _, held_out = trained
-    tensors, meta = load_model(root / "fine", kind="fcn")
-    old_tensors = {k.replace("fine_nets.0.", "fine_net.", 1): v for k, v in tensors.items()}
-    old_meta = {k: v for k, v in meta.items() if k not in ("fine_stages", "sha256", "weights", "format_version")}
-    old_meta["fine_stage"] = meta["fine_stages"][0]
-    save_model(tmp_path / "old", old_tensors, old_meta)
-    new, old = (Localizer.from_file(p, "cpu") for p in (root / "fine.safetensors", tmp_path / "old.safetensors"))
-    assert len(old.stages) == 2
-    image, _ = held_out[1]
-    for a, b in zip(new.localize(image).landmarks, old.localize(image).landmarks):
-        assert np.array_equal(a.position, b.position)
-
-
 def test_a_local_ensemble_stacked_from_separately_trained_members_averages_them(trained, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
     root, _, base, held_out = trained
     cfg = train_config("compact", 2, iterations=600, validate_every=300, intensity="ct", local_overrides=TINY_LOCAL,
                        init_from=str(root / "model"), train_stage="local", seed=1,
                        augment=AugmentConfig(rotation_deg=5, scale=0.05))
     train_fcn(load_dataset(root / "train"), tmp_path / "member", cfg, quiet=True)
-    _recipe("local_ensemble").main(str(tmp_path / "ensemble"), str(root / "model"), [str(tmp_path / "member")])
+    recipe = Path(__file__).resolve().parents[1] / "models" / "recipes" / "local_ensemble.py"
+    spec = importlib.util.spec_from_file_location("local_ensemble", recipe)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(str(tmp_path / "ensemble"), str(root / "model"), [str(tmp_path / "member")])
     member = Localizer.from_file(tmp_path / "member.safetensors", "cpu")
     ensemble = Localizer.from_file(tmp_path / "ensemble.safetensors", "cpu")
     assert ensemble.network.local_members == 2

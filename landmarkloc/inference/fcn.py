@@ -505,7 +505,8 @@ def build_network(metadata: dict) -> GlobalToLocal:
         global_cfg = FCNConfig.from_dict(metadata["global_architecture"])
         local = metadata.get("local_architecture")
         local_cfg = FCNConfig.from_dict(local) if local else None
-        fine_cfgs = [FCNConfig.from_dict(fine["architecture"]) for fine in fine_stages(metadata)]
+        fine = metadata.get("fine_stage")
+        fine_cfg = FCNConfig.from_dict(fine["architecture"]) if fine else None
     except (KeyError, TypeError) as exc:
         raise ModelError(f"model metadata lacks a valid architecture: {exc}") from None
     names = metadata.get("landmark_names")
@@ -513,40 +514,22 @@ def build_network(metadata: dict) -> GlobalToLocal:
         raise ModelError("model metadata: landmark_names does not match the network's number of landmarks")
     if metadata.get("ndim") != global_cfg.ndim:
         raise ModelError("model metadata: ndim does not match the network architecture")
-    return GlobalToLocal(global_cfg, local_cfg, fine_cfgs)
-
-
-def fine_stages(metadata: dict) -> list:
-    """The model's fine stages in order ({spacing, sub_image_size, architecture} each)."""
-    return list(metadata.get("fine_stages") or [])
-
-
-def load_fcn_model(path) -> tuple:
-    """(weights, metadata) of an FCN model file, its fine stages as a list (``fine_stages``, ``fine_nets.N.*``).
-
-    Files written before fine stages could be chained held at most one, as
-    ``fine_stage`` with weights ``fine_net.*``; they read as a list of one.
-    """
-    tensors, metadata = load_model(path, kind=MODEL_KIND)
-    if "fine_stage" in metadata:
-        single = metadata.pop("fine_stage")
-        metadata["fine_stages"] = [single] if single else []
-        tensors = {"fine_nets.0." + k[len("fine_net."):] if k.startswith("fine_net.") else k: v
-                   for k, v in tensors.items()}
-    return tensors, metadata
+    return GlobalToLocal(global_cfg, local_cfg, fine_cfg)
 
 
 def local_stages(network: GlobalToLocal, metadata: dict) -> list:
-    """The model's local refinement stages in order: the local bank, then its fine banks.
+    """The model's local refinement stages in order: the local bank, then the fine bank if it has one.
 
-    The local stage works on the model grid; each fine stage on its own (``fine_stages``).
+    The local stage works on the model grid; the fine stage on its own (``fine_stage``).
     """
     if network.local_net is None:
         return []
     stages = [LocalStage(network.local_net, np.asarray(metadata["spacing"], dtype=np.float64),
                          int(metadata["sub_image_size"]))]
-    for bank, fine in zip(network.fine_nets, fine_stages(metadata)):
-        stages.append(LocalStage(bank, np.asarray(fine["spacing"], dtype=np.float64), int(fine["sub_image_size"])))
+    fine = metadata.get("fine_stage")
+    if fine and network.fine_net is not None:
+        stages.append(LocalStage(network.fine_net, np.asarray(fine["spacing"], dtype=np.float64),
+                                 int(fine["sub_image_size"])))
     return stages
 
 
@@ -597,7 +580,7 @@ class Localizer:
 
     @classmethod
     def from_file(cls, path, device="auto", amp: bool = True, channels_last: bool = True) -> Localizer:
-        tensors, metadata = load_fcn_model(path)
+        tensors, metadata = load_model(path, kind=MODEL_KIND)
         network = build_network(model_metadata_checked(metadata))
         try:
             network.load_state_dict(tensors, strict=True)

@@ -212,31 +212,29 @@ def bank_members(bank: FCN, num_landmarks: int) -> int:
 
 
 class GlobalToLocal(nn.Module):
-    """The global network, the bank of local networks and optional fine banks, saved together.
+    """The global network, the bank of local networks and an optional fine bank, saved together.
 
     The local bank may hold several members per landmark (an ensemble: ``local_members``
     independently trained local networks each): its ``num_landmarks`` is then
     members x landmarks, row ``m * L + l`` being member ``m`` of landmark ``l``,
     still one grouped forward pass. Their disagreement is an uncertainty signal.
-    Fine banks (beyond the paper) refine the local estimate further on finer
-    grids, each from the estimate before it: ``fine_nets[0]`` first. A run of
-    ``train-fcn --train-stage fine`` trains one; models with several are chained
-    from separately trained ones (``models/recipes/chain_fine_stages.py``).
+    The fine bank (beyond the paper) refines the local estimate once more on a
+    finer grid, with smaller sub-images.
     """
 
-    def __init__(self, global_cfg: FCNConfig, local_cfg: FCNConfig | None = None, fine_cfgs=()):
+    def __init__(self, global_cfg: FCNConfig, local_cfg: FCNConfig | None = None,
+                 fine_cfg: FCNConfig | None = None):
         super().__init__()
-        fine_cfgs = list(fine_cfgs)
-        for cfg in (local_cfg, *fine_cfgs):
+        for cfg in (local_cfg, fine_cfg):
             if cfg is not None and (cfg.ndim != global_cfg.ndim or cfg.num_landmarks % global_cfg.num_landmarks
                                     or not cfg.per_landmark):
                 raise ModelError("the local networks must be a per-landmark bank (one or more members per "
                                  "landmark) for the global network's landmarks")
-        if fine_cfgs and local_cfg is None:
+        if fine_cfg is not None and local_cfg is None:
             raise ModelError("a fine stage needs a local stage before it")
         self.global_net = FCN(global_cfg)
         self.local_net = FCN(local_cfg) if local_cfg is not None else None
-        self.fine_nets = nn.ModuleList(FCN(cfg) for cfg in fine_cfgs)
+        self.fine_net = FCN(fine_cfg) if fine_cfg is not None else None
 
     @property
     def local_members(self) -> int:
@@ -245,10 +243,10 @@ class GlobalToLocal(nn.Module):
 
     def forward(self, global_x: torch.Tensor | None, local_x: torch.Tensor | None = None,
                 fine_x: torch.Tensor | None = None):
-        """(global, local, fine) outputs of the inputs given (None for the others); fine: the last fine bank."""
+        """(global, local, fine) outputs of the inputs given (None for the others)."""
         out_global = self.global_net(global_x) if global_x is not None else None
         out_local = self.local_net(local_x) if local_x is not None and self.local_net is not None else None
-        out_fine = self.fine_nets[-1](fine_x) if fine_x is not None and len(self.fine_nets) else None
+        out_fine = self.fine_net(fine_x) if fine_x is not None and self.fine_net is not None else None
         return out_global, out_local, out_fine
 
 

@@ -246,8 +246,9 @@ def validate(model: GlobalToLocal, cases, cfg: FCNTrainConfig, device, stage_cas
     errors, missed = [], 0
     was_training = model.training
     model.eval()
-    banks = [model.local_net, *model.fine_nets] if model.local_net is not None else []
-    stages = [LocalStage(bank, np.asarray(spacing), size) for bank, (spacing, size, _) in zip(banks, stage_cases)]
+    banks = [model.local_net, model.fine_net]
+    stages = [LocalStage(bank, np.asarray(spacing), size)
+              for bank, (spacing, size, _) in zip(banks, stage_cases) if bank is not None]
     with torch.inference_mode():
         for i, case in enumerate(cases):
             summary = run_global(model.global_net, case.array, variant, case.spacing, device)
@@ -292,8 +293,8 @@ def model_metadata(cfg: FCNTrainConfig, names, global_cfg: FCNConfig, local_cfg,
         "patch_size": global_cfg.patch_size, "sub_image_size": cfg.sub_image_size,
         "local_patch_size": local_cfg.patch_size if local_cfg else None,
         "local_members": cfg.local_members if local_cfg else 0,
-        "fine_stages": [{"spacing": [float(s) for s in cfg.fine_spacing], "sub_image_size": cfg.fine_sub_image_size,
-                         "architecture": fine_cfg.to_dict()}] if fine_cfg else [],
+        "fine_stage": {"spacing": [float(s) for s in cfg.fine_spacing], "sub_image_size": cfg.fine_sub_image_size,
+                       "architecture": fine_cfg.to_dict()} if fine_cfg else None,
         "global_architecture": global_cfg.to_dict(),
         "local_architecture": local_cfg.to_dict() if local_cfg else None,
         "training_data": dataset_summary, "intensity_profile": profile,
@@ -478,8 +479,7 @@ def _build_model(cfg: FCNTrainConfig, configs: tuple, init_weights: dict | None,
     With a model to start from (``init_weights``), its global network and, for
     a fine stage, its local stage are kept.
     """
-    global_cfg, local_cfg, fine_cfg = configs
-    model = GlobalToLocal(global_cfg, local_cfg, [fine_cfg] if fine_cfg else []).to(device)
+    model = GlobalToLocal(*configs).to(device)
     frozen = frozen_parts(model, cfg)
     if init_weights is not None:
         kept = ("global_net.", "local_net.") if cfg.train_stage == "fine" else ("global_net.",)

@@ -17,11 +17,11 @@ import sys
 
 import torch
 
-from landmarkloc.inference.fcn import load_fcn_model
-from landmarkloc.io.modelfile import save_model
+from landmarkloc.inference.fcn import MODEL_KIND
+from landmarkloc.io.modelfile import load_model, save_model
 from landmarkloc.networks.fcn import stack_banks
 
-PREFIX = {"local": "local_net.", "fine": "fine_nets.0."}
+PREFIX = {"local": "local_net.", "fine": "fine_net."}
 
 
 def _bank(tensors: dict, prefix: str) -> dict:
@@ -30,12 +30,12 @@ def _bank(tensors: dict, prefix: str) -> dict:
 
 def main(output: str, first: str, members: list, stage: str = "local") -> None:
     prefix = PREFIX[stage]
-    tensors, meta = load_fcn_model(first)
+    tensors, meta = load_model(first, kind=MODEL_KIND)
     banks, runs = [_bank(tensors, prefix)], []
     if not banks[0]:
         sys.exit(f"{first} has no {stage} stage")
     for path in members:
-        member, member_meta = load_fcn_model(path)
+        member, member_meta = load_model(path, kind=MODEL_KIND)
         shared = all(k in member and torch.equal(member[k], v) for k, v in tensors.items()
                      if not k.startswith(prefix))
         if not shared:
@@ -51,11 +51,9 @@ def main(output: str, first: str, members: list, stage: str = "local") -> None:
                                       "num_landmarks": len(meta["landmark_names"]) * len(banks)}
         meta["local_members"] = len(banks)
     else:
-        if len(meta["fine_stages"]) != 1:
-            sys.exit(f"{first}: stacks the fine stage of models with one (it has {len(meta['fine_stages'])})")
-        fine = dict(meta["fine_stages"][0])
+        fine = dict(meta["fine_stage"])
         fine["architecture"] = {**fine["architecture"], "num_landmarks": len(meta["landmark_names"]) * len(banks)}
-        meta["fine_stages"] = [{**fine, "members": len(banks)}]
+        meta["fine_stage"] = {**fine, "members": len(banks)}
     meta[f"{stage}_member_runs"] = runs
     save_model(output, stacked, meta)
     print(f"{output}: {stage} ensemble of {len(banks)} members (the first is {first}'s)")
