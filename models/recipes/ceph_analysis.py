@@ -2,8 +2,8 @@
 
 Reproduces train-fcn's split of the training description (seed and fraction from
 the model's metadata), then localizes every held-out image and records per
-landmark: the global stage's error, the local stage's, each fine stage's but the last,
-the final error, the local stages' error when started
+landmark: the global stage's error, the local stage's, the final error (after
+the fine stage of a model that has one), the local stages' error when started
 at the reference point (their own accuracy, free of global errors), a second
 pass of the last stage from the final output, and the global confidence.
 Optionally the same on some training images (fit vs generalization). Used by
@@ -60,8 +60,6 @@ def analyse_cases(loc: Localizer, grids: dict) -> dict:
                             loc.device)[-1]
         out[case.name] = {"global": _errors(glob.estimate, case.geometry, truth_mm),
                           "local": _errors(stages[0].summary.estimate, stages[0].geometry, truth_mm),
-                          **{f"fine_{i}": _errors(s.summary.estimate, s.geometry, truth_mm)
-                             for i, s in enumerate(stages[1:-1], start=1)},  # fine stages before the last
                           "final": _errors(last.summary.estimate, last.geometry, truth_mm),
                           "local_twice": _errors(again.summary.estimate, again.geometry, truth_mm),
                           "local_from_truth": _errors(oracle.summary.estimate, oracle.geometry, truth_mm),
@@ -78,9 +76,7 @@ def summary(cases: dict, names: list) -> dict:
         return {"median": float(np.median(e)), "mean": float(np.mean(e)), "sdr2": float(np.mean(e < 2.0)),
                 "over4": int(np.sum(e > TAIL_MM))}
 
-    first = next(iter(cases.values()))
-    keys = ("global", "local", *sorted(k for k in first if k.startswith("fine_")), "final", "local_twice",
-            "local_from_truth")
+    keys = ("global", "local", "final", "local_twice", "local_from_truth")
     per_landmark = {n: {k: stats(k, [i]) for k in keys} for i, n in enumerate(names)}
     tail = []
     for name, c in cases.items():
@@ -109,7 +105,7 @@ def analyse(model, dataset_path, spacing=None, train_images: int = 0) -> dict:
                 for key, sp in spacings.items()}
 
     val_grids = grids(val_idx)
-    result = {"model": str(model), "fine_stages": len(loc.stages) - 1,
+    result = {"model": str(model), "fine_stage": len(loc.stages) > 1,
               "validation_images": [c.name for c in val_grids[grid_key(loc.spacing)]],
               "validation": summary(analyse_cases(loc, val_grids), loc.names)}
     if train_images:

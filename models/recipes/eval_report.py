@@ -211,13 +211,9 @@ def _oneshot_report(one: dict) -> list:
 def _ceph_analysis_section(a: dict) -> list:
     """The error analysis of ceph-isbi19 on its validation images (numbers from ceph_analysis.py)."""
     v = a["validation"]
-    fine = int(a.get("fine_stages", a.get("fine_stage", 1)))  # fine stages after the local one
-    labels = {"global": "global stage alone",
-              "local": "global + local stage" + (" (before the fine stages)" if fine > 1 else
-                                                 " (before the fine stage)" if fine else ""),
-              **{f"fine_{i}": f"+ fine stage {i} of {fine}" for i in range(1, fine)},
-              "final": "global-to-local" + (f" + {fine} fine stages" if fine > 1 else " + fine stage" if fine else "")
-              + " (the model's output)",
+    fine = a.get("fine_stage", True)  # analyses of models with a fine stage have a "local" row before it
+    labels = {"global": "global stage alone", "local": "global + local stage (before the fine stage)",
+              "final": "global-to-local" + (" + fine stage" if fine else "") + " (the model's output)",
               "local_twice": "a second pass of the last stage from the first",
               "local_from_truth": "local stage" + ("s" if fine else "") + " started at the reference point "
               "(their own accuracy)"}
