@@ -1,15 +1,17 @@
 """Error analysis of a cephalometric FCN model on the images train-fcn held out for validation.
 
-Reproduces train-fcn's split of the training description (seed and fraction from
-the model's metadata), then localizes every held-out image and records per
-landmark: the global stage's error, the local stage's, the final error (after
-the fine stage of a model that has one), the local stages' error when started
-at the reference point (their own accuracy, free of global errors), a second
-pass of the last stage from the final output, and the global confidence.
+Takes the validation images the model was trained with (``--val``, or train-fcn's
+split of the training description: seed and fraction from the model's metadata),
+then localizes every one and records per landmark: the global stage's error, the
+local stage's, the final error (after the fine stage of a model that has one), the
+local stages' error when started at the reference point (their own accuracy, free
+of global errors), a second pass of the last stage from the final output, and the
+global confidence.
 Optionally the same on some training images (fit vs generalization). Used by
 evaluate.py (``--only ceph-analysis``); never touches Test1.
 
     python models/recipes/ceph_analysis.py MODEL runs/ceph/train.csv [--spacing 0.1] [--train-images 15]
+    python models/recipes/ceph_analysis.py MODEL runs/ceph/heldout_train.csv --val runs/ceph/heldout_val.csv
 """
 
 from __future__ import annotations
@@ -93,24 +95,29 @@ def summary(cases: dict, names: list) -> dict:
             "local_better_1mm": int(np.sum(g - f > 1.0)), "local_worse_1mm": int(np.sum(f - g > 1.0))}
 
 
-def analyse(model, dataset_path, spacing=None, train_images: int = 0) -> dict:
+def analyse(model, dataset_path, spacing=None, train_images: int = 0, val_path=None) -> dict:
+    """The analysis on the validation images: those of ``val_path`` (a model trained with ``--val``; the
+    training images are then ``dataset_path``'s), else those train-fcn held out of ``dataset_path``."""
     meta = read_metadata(model)
     loc = Localizer.from_file(model, device="cpu")
     dataset = load_dataset(dataset_path)
-    train_idx, val_idx = validation_split(dataset, meta.get("train_config", {}))
+    if val_path is None:
+        train_idx, val_idx = validation_split(dataset, meta.get("train_config", {}))
+        val_set = dataset.subset(val_idx)
+    else:
+        train_idx, val_set = list(range(len(dataset.cases))), load_dataset(val_path)
     spacings = {grid_key(sp): sp for sp in [loc.spacing] + [st.spacing for st in loc.stages]}
 
-    def grids(indices):
-        return {key: prepare_cases(dataset.subset(indices), sp, meta["intensity"], spacing)
-                for key, sp in spacings.items()}
+    def grids(images):
+        return {key: prepare_cases(images, sp, meta["intensity"], spacing) for key, sp in spacings.items()}
 
-    val_grids = grids(val_idx)
+    val_grids = grids(val_set)
     result = {"model": str(model), "fine_stage": len(loc.stages) > 1,
               "validation_images": [c.name for c in val_grids[grid_key(loc.spacing)]],
               "validation": summary(analyse_cases(loc, val_grids), loc.names)}
     if train_images:
         chosen = train_idx[:: max(1, len(train_idx) // train_images)][:train_images]
-        result["training"] = summary(analyse_cases(loc, grids(chosen)), loc.names)
+        result["training"] = summary(analyse_cases(loc, grids(dataset.subset(chosen))), loc.names)
     return result
 
 
@@ -120,9 +127,10 @@ def main() -> None:
     parser.add_argument("dataset")
     parser.add_argument("--spacing", type=float)
     parser.add_argument("--train-images", type=int, default=0)
+    parser.add_argument("--val", help="the validation images of a model trained with train-fcn --val")
     parser.add_argument("-o", "--output")
     args = parser.parse_args()
-    result = analyse(args.model, args.dataset, args.spacing, args.train_images)
+    result = analyse(args.model, args.dataset, args.spacing, args.train_images, args.val)
     text = json.dumps(result, indent=1)
     if args.output:
         with open(args.output, "w") as f:

@@ -159,8 +159,9 @@ def oneshot(split: str = "test") -> None:
 def ceph_analysis() -> None:
     from ceph_analysis import analyse
 
-    _save("ceph_analysis", analyse(MODELS / "ceph-isbi19.safetensors", RUNS / "ceph" / "train.csv", spacing=0.1,
-                                   train_images=15))
+    # the 15 images train-fcn holds out with seed 0 (prepare_ceph.py), with which every ceph stage was selected
+    _save("ceph_analysis", analyse(MODELS / "ceph-isbi19.safetensors", RUNS / "ceph" / "heldout_train.csv",
+                                   spacing=0.1, train_images=15, val_path=RUNS / "ceph" / "heldout_val.csv"))
 
 
 def ceph() -> None:
