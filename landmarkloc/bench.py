@@ -52,13 +52,16 @@ class ImageSpec:
     size: tuple
     spacing: float
     direction: tuple | None = None
+    # "uint8" as radiographs come (JPEG, 8-bit DICOM): integer inputs take other paths (e.g. the label-map check)
+    pixel_type: str = "float32"
 
     @property
     def voxels(self) -> int:
         return int(np.prod(self.size))
 
     def describe(self) -> str:
-        return f"{' x '.join(map(str, self.size))} at {self.spacing:g} mm"
+        pixels = " (8-bit)" if self.pixel_type == "uint8" else ""
+        return f"{' x '.join(map(str, self.size))} at {self.spacing:g} mm{pixels}"
 
 
 @dataclass(frozen=True)
@@ -88,14 +91,14 @@ PRESETS = {
         name="full",
         brain=ImageSpec((120, 120, 90), 2.0, SAGITTAL_DIRECTION),
         ct=ImageSpec((512, 512, 300), 0.8),
-        ceph=ImageSpec((1935, 2400), 0.1),
+        ceph=ImageSpec((1935, 2400), 0.1, pixel_type="uint8"),
         scaling=(ImageSpec((128, 128, 75), 0.8), ImageSpec((256, 256, 150), 0.8),
                  ImageSpec((384, 384, 225), 0.8), ImageSpec((512, 512, 300), 0.8))),
     "quick": BenchConfig(
         name="quick",
         brain=ImageSpec((40, 40, 32), 2.0, SAGITTAL_DIRECTION),
         ct=ImageSpec((80, 80, 50), 0.8),
-        ceph=ImageSpec((200, 240), 0.4),
+        ceph=ImageSpec((200, 240), 0.4, pixel_type="uint8"),
         scaling=(ImageSpec((32, 32, 24), 2.0), ImageSpec((64, 64, 48), 2.0)),
         repeat=2, baseline_repeat=1, ncc_timed_points=2, startup_runs=1, timeout_s=300.0),
 }
@@ -349,7 +352,8 @@ def run_bench(config: BenchConfig, models_dir=None, device: str = "auto", output
         base = {"device": device, "repeat": config.repeat, "threads": threads}
 
         def image(spec: ImageSpec) -> dict:
-            return {"size": list(spec.size), "spacing": spec.spacing, "direction": spec.direction}
+            return {"size": list(spec.size), "spacing": spec.spacing, "direction": spec.direction,
+                    "pixel_type": spec.pixel_type}
 
         # the shipped configuration: coarse agent + anchor map + NCC search (the fine model is not used with it)
         rpr = {"coarse": models["rpr_coarse"].path, "fine": None, "refine": "ncc", "runs": config.runs}
@@ -483,7 +487,8 @@ def to_markdown(report: dict) -> str:
             note = (f"model grid {' x '.join(map(str, d['model_grid']))}; load {_fmt_s(d['load_s'])}; first call "
                     f"{_fmt_s(d['first_s'])}; preprocessing {_fmt_s(d['prepare_median_s'])}; "
                     f"{d['landmarks']} landmarks")
-        lines.append(row(label, ImageSpec(tuple(spec["size"]), spec["spacing"]).describe(), d, note))
+        lines.append(row(label, ImageSpec(tuple(spec["size"]), spec["spacing"],
+                                          pixel_type=spec.get("pixel_type", "float32")).describe(), d, note))
     brain = ImageSpec(tuple(c["brain"]["size"]), c["brain"]["spacing"]).describe()
     d = s.get("rpr_boxes", {})
     note = ""

@@ -14,6 +14,7 @@ import sys
 import time
 
 import numpy as np
+import SimpleITK as sitk
 
 
 def peak_rss_mb() -> float:
@@ -41,7 +42,10 @@ def _timed(fn, repeat: int, synchronize, warmup: bool = True) -> dict:
 def _image(spec: dict, seed: int = 0, shift: float = 0.0):
     from landmarkloc.bench import phantom
 
-    return phantom(tuple(spec["size"]), spec["spacing"], spec.get("direction"), shift=shift, seed=seed)
+    image, organs = phantom(tuple(spec["size"]), spec["spacing"], spec.get("direction"), shift=shift, seed=seed)
+    if spec.get("pixel_type", "float32") == "uint8":
+        image = sitk.Cast(sitk.Clamp(image, lowerBound=0.0, upperBound=255.0), sitk.sitkUInt8)
+    return image, organs
 
 
 def run_fcn(spec: dict, device, synchronize) -> dict:
