@@ -40,6 +40,7 @@ def trained(tmp_path_factory):
 def test_localizes_held_out_images_within_one_voxel(trained):
     _, meta, loc, held_out = trained
     assert meta["landmark_names"] == [b[0] for b in BLOBS]
+    assert meta["training_data"]["validation_held_out"] is True  # no --val: held out of the training images
     for image, truth in held_out:
         result = loc.localize(image)
         for lm in result.landmarks:

@@ -233,3 +233,17 @@ def test_slicer_points_keep_the_calibrated_flag_whatever_the_confidence_slider(t
     rows = mrml.result_rows(node, uncertain_below=0.5)
     assert [r.uncertain for r in rows] == [False, True, True]
     assert "p_large_error=0.7" in node.GetNthControlPointDescription(1)
+
+
+def test_calibrate_held_out_refuses_a_model_validated_on_images_given_apart(model, capsys):
+    """--held-out recomputes train-fcn's split from the seed; for a model trained with --val those would be
+    other images, some of them trained on: refused before any image is read, the model file untouched."""
+    _, meta_path = model_paths(model)
+    meta = json.loads(meta_path.read_text())
+    meta.setdefault("training_data", {})["validation_held_out"] = False
+    meta["train_config"] = {"seed": 0, "val_fraction": 0.1}
+    meta_path.write_text(json.dumps(meta))
+    before = meta_path.read_text()
+    assert main(["calibrate", str(model), "--val", "missing.csv", "--held-out", "--radius", "3"]) == 2
+    assert "given apart at training" in capsys.readouterr().err
+    assert meta_path.read_text() == before

@@ -84,15 +84,24 @@ def register(sub) -> None:
 # ----------------------------------------------------------------------------------------- collection
 
 
-def validation_cases(dataset, meta: dict, held_out: bool) -> list:
-    if not held_out:
+def held_out_split(meta: dict) -> tuple:
+    """(fraction, seed) with which train-fcn held validation images out of the training images."""
+    cfg = meta.get("train_config") or {}
+    if (meta.get("training_data") or {}).get("validation_held_out") is False:
+        raise InputError("--held-out: this model was validated on images given apart at training (train-fcn "
+                         "--val); give those images as --val, without --held-out")
+    if "seed" not in cfg or "val_fraction" not in cfg:
+        raise InputError("--held-out needs the model's train_config (seed, val_fraction); give --val instead")
+    return float(cfg["val_fraction"]), int(cfg["seed"])
+
+
+def validation_cases(dataset, split: tuple | None) -> list:
+    """All of ``dataset``, or the images train-fcn held out of it (``split``: fraction, seed)."""
+    if split is None:
         return list(dataset.cases)
     from ..training.fcn import held_out_indices
 
-    cfg = meta.get("train_config") or {}
-    if "seed" not in cfg or "val_fraction" not in cfg:
-        raise InputError("--held-out needs the model's train_config (seed, val_fraction); give --val instead")
-    return [dataset.cases[i] for i in held_out_indices(len(dataset.cases), cfg["val_fraction"], cfg["seed"])]
+    return [dataset.cases[i] for i in held_out_indices(len(dataset.cases), *split)]
 
 
 def collect(model_path, cases, names, spacing=None, masked_copies=False, device="cpu", quiet=False) -> list:
@@ -218,6 +227,7 @@ def run(args) -> int:
     if not radius:
         raise InputError("give --radius (mm): the error above which a point counts as wrong")
     spacing = parse_floats(args.spacing, "--spacing") if args.spacing else None
+    split = held_out_split(meta) if args.held_out else None  # refused before any image is read
     fixed = [s.strip() for s in args.signals.split(",")] if args.signals else None
     for s in fixed or []:
         if s not in SIGNALS:
@@ -235,7 +245,7 @@ def run(args) -> int:
         if list(dataset.names) != list(meta["landmark_names"]) and not set(meta["landmark_names"]) <= set(
                 dataset.names):
             raise InputError("the validation dataset lacks some of the model's landmarks")
-        cases = validation_cases(dataset, meta, args.held_out)
+        cases = validation_cases(dataset, split)
         records = collect(args.model, cases, meta["landmark_names"], spacing, args.masked_copies, args.device,
                           args.quiet)
         if records_path:

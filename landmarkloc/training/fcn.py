@@ -424,6 +424,7 @@ class _TrainingData:
 
     def __init__(self, dataset: LandmarkDataset, val_dataset: LandmarkDataset | None, cfg: FCNTrainConfig,
                  input_spacing, ctx, quiet: bool):
+        self.held_out = val_dataset is None  # validation images held out of the training images (seed, fraction)
         if val_dataset is None:
             train_idx, val_idx = _split(len(dataset.cases), cfg.val_fraction, np.random.default_rng(cfg.seed))
             self.train, self.val = dataset.subset(train_idx), dataset.subset(val_idx)
@@ -454,7 +455,9 @@ class _TrainingData:
     def summary(self, names) -> dict:
         """The training data as the model's metadata describes it."""
         return {"images": len(self.train.cases), "validation_images": len(self.val.cases),
-                "landmarks": names, "annotations": self.train.summary()["annotations_per_landmark"],
+                # False: given apart (--val), so a held-out split recomputed from the seed would be other images
+                "validation_held_out": self.held_out, "landmarks": names,
+                "annotations": self.train.summary()["annotations_per_landmark"],
                 # what the images look like to the network, to warn about inputs unlike them
                 "intensity_profile": intensity_profile([c.array for c in self.cases])}
 

@@ -102,6 +102,8 @@ def analyse(model, dataset_path, spacing=None, train_images: int = 0, val_path=N
     loc = Localizer.from_file(model, device="cpu")
     dataset = load_dataset(dataset_path)
     if val_path is None:
+        if (meta.get("training_data") or {}).get("validation_held_out") is False:
+            raise SystemExit(f"{model} was validated on images given apart at training: give them with --val")
         train_idx, val_idx = validation_split(dataset, meta.get("train_config", {}))
         val_set = dataset.subset(val_idx)
     else:
