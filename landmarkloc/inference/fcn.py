@@ -594,16 +594,15 @@ class Localizer:
     def has_local_stage(self) -> bool:
         return self.network.local_net is not None
 
-    def _prepare(self, image: sitk.Image, spacing=None) -> tuple:
-        """(image, normalized array, grid geometry, intensity map) on the model's grid (or one of ``spacing``)."""
+    def _prepare(self, image: sitk.Image) -> tuple:
+        """(image, normalized array, grid geometry, intensity map) on the model's grid (the local stage's too)."""
         if image.GetDimension() == 3 and self.ndim == 2:
             image = squeeze_single_slice(image)
         if image.GetDimension() != self.ndim:
             raise InputError(f"this model localizes in {self.ndim}D images, got a {image.GetDimension()}D image")
         check_image(image)
         check_not_constant(image)
-        array, geometry, normalize = preprocess(image, self.spacing if spacing is None else spacing, self.intensity,
-                                                with_normalizer=True)
+        array, geometry, normalize = preprocess(image, self.spacing, self.intensity, with_normalizer=True)
         return image, array, geometry, normalize
 
     def _grids(self, image: sitk.Image, array: np.ndarray, geometry: ImageGeometry, normalize):
@@ -732,7 +731,7 @@ class Localizer:
         if not self.has_local_stage:
             raise ModelError("this model has no local stage (trained as 'global only')")
         n = self._name_index(name)
-        image, first_array, first_geometry, normalize = self._prepare(image, self.stages[0].spacing)
+        image, first_array, first_geometry, normalize = self._prepare(image)
         start = first_geometry.physical_to_index(from_point3(np.asarray(position_lps, dtype=np.float64), self.ndim))
         centres = np.zeros((len(self.names), self.ndim))
         centres[n] = start

@@ -528,6 +528,7 @@ class _Trainer:
         self.alpha_global = cfg.alpha if cfg.alpha is not None else float(len(names))
         self.alpha_local = cfg.alpha if cfg.alpha is not None else 1.0
         self.summary = data.summary(names)
+        self.init_summary = init_summary(cfg.init_from) if cfg.init_from else None  # read once, not per checkpoint
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" \
             else contextlib.nullcontext()
 
@@ -619,8 +620,8 @@ class _Trainer:
                 self.best = metrics
                 training = {"iterations": iteration, "seconds": round(elapsed, 1), "world_size": ctx.world_size,
                             "device": ctx.device.type, "torch": torch.__version__}
-                if cfg.init_from:
-                    training["init_from"] = init_summary(cfg.init_from)
+                if self.init_summary is not None:
+                    training["init_from"] = self.init_summary
                 global_cfg, local_cfg, fine_cfg = self.configs
                 meta = model_metadata(cfg, self.names, global_cfg, local_cfg, cfg.spacing, self.summary, metrics,
                                       training, fine_cfg)
