@@ -150,6 +150,24 @@ def test_logistic_fit_auc_and_threshold():
     assert op["met"] and op["caught"] >= 0.7 and op["flagged"] <= 0.9
 
 
+def test_logistic_fit_converges_when_a_landmark_never_errs():
+    # as on brain validation points: landmark_rate takes three values and the commonest (landmarks without
+    # any large error) holds only small errors, which made plain Newton steps diverge (intercept -3e11)
+    rng = np.random.default_rng(0)
+    rate = np.r_[np.full(520, -5.5), np.full(80, -2.8), np.full(40, -0.4)]
+    y = np.r_[np.zeros(520), np.ones(3), np.zeros(77), np.ones(14), np.zeros(26)].astype(bool)
+    spread = rng.normal(size=640) + y
+    x = np.stack([rate, spread], axis=1)
+    x = (x - x.mean(0)) / x.std(0)
+    coef, intercept = fit_logistic(x, y, l2=1.0)
+    w = np.r_[intercept, coef]
+    design = np.hstack([np.ones((640, 1)), x])
+    p = 1 / (1 + np.exp(-design @ w))
+    gradient = design.T @ (p - y) + np.r_[0.0, coef]  # of the penalized loss: zero at its minimum
+    assert np.all(np.isfinite(w)) and np.abs(gradient).max() < 1e-6
+    assert auc(p, y) > 0.9 and 0.0 < p.min() and p.max() < 1.0
+
+
 def test_mirror_partners_pair_left_and_right_names():
     names = ["3rdVentricle", "Amygdala_R", "Amygdala_L", "Putamen_L", "Putamen_R"]
     assert mirror_partners(names) == [0, 2, 1, 4, 3]

@@ -174,13 +174,20 @@ def logistic_probability(part: dict, signals: dict) -> np.ndarray:
     z = np.full(np.shape(signals[part["signals"][0]]), float(part["intercept"]))
     for name, mean, scale, coef in zip(part["signals"], part["mean"], part["scale"], part["coefficients"]):
         z = z + coef * (transform(name, signals[name]) - mean) / scale
-    return 1.0 / (1.0 + np.exp(-z))
+    return _sigmoid(z)
+
+
+def _sigmoid(z) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -500.0, 500.0)))
 
 
 def fit_logistic(features: np.ndarray, labels: np.ndarray, l2: float = 1.0, iterations: int = 100) -> tuple:
     """(coefficients, intercept) of an L2-regularized logistic regression by Newton's method (numpy only).
 
-    ``features`` (N, K) standardized; the intercept is not regularized.
+    ``features`` (N, K) standardized; the intercept is not regularized. Each
+    Newton step is halved until the penalized loss decreases: with nearly
+    separable data (a landmark without any large error, a signal that only
+    takes a few values) plain Newton steps overshoot and diverge.
     """
     x = np.hstack([np.ones((len(features), 1)), features])
     y = labels.astype(np.float64)
@@ -188,13 +195,23 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, l2: float = 1.0, iter
     w[0] = math.log((y.mean() + 1e-3) / (1 - y.mean() + 1e-3))
     reg = np.full(x.shape[1], l2)
     reg[0] = 0.0
+
+    def loss(v):
+        z = x @ v
+        return float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * np.sum(reg * v * v))
+
+    current = loss(w)
     for _ in range(iterations):
-        p = 1.0 / (1.0 + np.exp(-x @ w))
+        p = _sigmoid(x @ w)
         grad = x.T @ (p - y) + reg * w
         hess = (x * (p * (1 - p))[:, None]).T @ x + np.diag(reg) + 1e-9 * np.eye(len(w))
         step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.max(np.abs(step)) < 1e-8:
+        t = 1.0
+        while loss(w - t * step) > current - 1e-4 * t * float(grad @ step) and t > 1e-8:
+            t /= 2.0
+        w = w - t * step
+        current = loss(w)
+        if np.max(np.abs(t * step)) < 1e-8:
             break
     return w[1:], float(w[0])
 
