@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from eval_common import IXI8, MODELS, ONESHOT_DEFAULT, REPO, _load
-from eval_findings import BRAIN_FLAG_FINDINGS, CEPH_FINDINGS, CEPH_PUBLISHED, DISCUSSION
+from eval_findings import BRAIN_FINDINGS, CEPH_FINDINGS, CEPH_PUBLISHED, DISCUSSION
 from eval_robustness import _robust_report
 
 from landmarkloc.metrics import summarize_errors
@@ -296,7 +296,7 @@ def report() -> None:
         md += _uncertainty_section("brain-t1-ixi16", {"original images": g2l,
                                                       **({"skull-stripped": stripped} if stripped else {})},
                                    "brain", "IXI test split")
-        md += BRAIN_FLAG_FINDINGS + [""]
+        md += BRAIN_FINDINGS + [""]
     ones = [_load(name) for name in ("oneshot", "oneshot_val")]
     if not any(one and one.get("configs") for one in ones):
         md += kept.get("## One-shot", [])
