@@ -183,7 +183,8 @@ def main() -> None:
                         "2-core machine)")
     parser.add_argument("--reuse-registration", action="store_true",
                         help="oneshot-robust: take affine registration's scores from the cached run (they do not "
-                        "depend on the one-shot models) and rerun only the one-shot rows")
+                        "depend on the one-shot models; on the MNI152 row only if brain-t1-ixi16, whose points are "
+                        "the reference there, is the same) and rerun only the one-shot rows")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
