@@ -206,11 +206,11 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, l2: float = 1.0, iter
         grad = x.T @ (p - y) + reg * w
         hess = (x * (p * (1 - p))[:, None]).T @ x + np.diag(reg) + 1e-9 * np.eye(len(w))
         step = np.linalg.solve(hess, grad)
-        t = 1.0
-        while loss(w - t * step) > current - 1e-4 * t * float(grad @ step) and t > 1e-8:
+        t, trial = 1.0, loss(w - step)
+        while trial > current - 1e-4 * t * float(grad @ step) and t > 1e-8:
             t /= 2.0
-        w = w - t * step
-        current = loss(w)
+            trial = loss(w - t * step)
+        w, current = w - t * step, trial
         if np.max(np.abs(t * step)) < 1e-8:
             break
     return w[1:], float(w[0])

@@ -31,11 +31,5 @@ landmarkloc train-fcn runs/ixi/train.csv --val runs/ixi/val.csv -o runs/fcn/brai
     --init-from runs/fcn/brain-t1-ixi16 --train-stage local --masked-copies --seed 0 \
     --local-arch '{"stage_channels": [16, 32, 64], "stage_blocks": [1, 1, 1], "pool_before": [false, true, true], "head_channels": 64}' \
     --iterations 6000 --validate-every 500 --max-minutes "${MAX_MINUTES:-55}" --device cpu
-cp runs/fcn/brain-local3.safetensors models/brain-t1-ixi16.safetensors
-python - <<'PY'
-import json, pathlib
-meta = json.loads(pathlib.Path("runs/fcn/brain-local3.json").read_text())
-meta["weights"] = "brain-t1-ixi16.safetensors"
-pathlib.Path("models/brain-t1-ixi16.json").write_text(json.dumps(meta, indent=2) + "\n")
-PY
+python models/recipes/ship_model.py runs/fcn/brain-local3 brain-t1-ixi16
 echo "now calibrate: bash models/recipes/calibrate.sh brain"

@@ -39,11 +39,5 @@ landmarkloc train-fcn runs/ceph/heldout_train.csv --val runs/ceph/heldout_val.cs
     --init-from runs/fcn/ceph-isbi19 --train-stage fine --fine-spacing 0.2 --fine-sub-image-size 32 \
     --fine-arch '{"stage_channels": [16, 32, 64], "stage_blocks": [1, 1, 1], "pool_before": [false, true, true], "head_channels": 64}' \
     --iterations 12000 --validate-every 1000 --seed 2 --device cpu --max-minutes 60
-cp runs/fcn/ceph-fine.safetensors models/ceph-isbi19.safetensors
-python - <<'PY'
-import json, pathlib
-meta = json.loads(pathlib.Path("runs/fcn/ceph-fine.json").read_text())
-meta["weights"] = "ceph-isbi19.safetensors"
-pathlib.Path("models/ceph-isbi19.json").write_text(json.dumps(meta, indent=2) + "\n")
-PY
+python models/recipes/ship_model.py runs/fcn/ceph-fine ceph-isbi19
 echo "now calibrate: bash models/recipes/calibrate.sh ceph"
