@@ -43,7 +43,9 @@ def test_evaluate_folders(tmp_path):
                  "--plot", "--thresholds", "1.5,2.5"]) == 0
     summary = json.loads((tmp_path / "report.json").read_text())
     assert summary["points"]["per_landmark"]["A"]["median"] == pytest.approx(1.0)
-    assert summary["points"]["overall"]["sdr"] == {"1.5": 0.5, "2.5": 1.0}
+    # 4 of 6 reference landmarks predicted (C missing in both cases): the misses count against the SDR
+    assert summary["points"]["overall"]["sdr"] == pytest.approx({"1.5": 2 / 6, "2.5": 4 / 6})
+    assert summary["points"]["per_landmark"]["C"] == {"n": 0, "missing": 2, "sdr": {"1.5": 0.0, "2.5": 0.0}}
     assert ["c1", "C"] in summary["missing"]
     assert summary["boxes"]["overall"]["iou_mean"] == pytest.approx(1 / 3)
     assert (tmp_path / "report_sdr.png").stat().st_size > 1000

@@ -7,6 +7,7 @@ not even a temporary file or an empty output folder.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -44,7 +45,9 @@ def models(tmp_path_factory):
 
 
 def listing(folder: Path) -> list:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+    """Every file and folder under ``folder`` with its content's digest: an input rewritten in place shows."""
+    return sorted((str(p.relative_to(folder)), hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "/")
+                  for p in folder.rglob("*"))
 
 
 def run_refused(argv, folder: Path, capsys) -> str:
@@ -368,7 +371,7 @@ ONESHOT_ROWS = [
      "constant"),
     ("query NaN (ncc)", lambda m, t: _oneshot(m, t, query=_array("n.nrrd", _with_value(np.nan))(t), method="ncc"),
      "NaN"),
-    ("2D query on 3D models", lambda m, t: _oneshot(m, t, query=_png(t), extra=["--pixel-spacing", "0.5"]),
+    ("2D query on 3D models", lambda m, t: _oneshot(m, t, query=_png(t), extra=["--spacing", "0.5"]),
      "the RPR models are 3D"),
     ("support points outside the support", _outside_points, "outside the support image: far"),
     ("support points outside the support (ncc)", lambda m, t: _outside_points(m, t)[:-4] + [
@@ -736,3 +739,144 @@ def test_outputs_that_break_the_rule_are_refused(models, tmp_path, capsys, what,
     if argv[0] in ("localize", "oneshot"):
         argv += ["-q", "--device", "cpu"]
     assert message in run_refused(argv, tmp_path, capsys)
+
+
+# --------------------------------------------------------------------------- no output may be an input (issue 22)
+
+
+def _model_here(m, t, key="coarse", stem=None):
+    """A copy of a tiny model in the test folder (as ``stem``), so that the listing shows whether it was overwritten."""
+    weights, meta = model_paths(t / (stem or m[key].name))
+    source_weights, source_meta = model_paths(m[key])
+    weights.write_bytes(source_weights.read_bytes())
+    meta.write_text(source_meta.read_text())
+    return weights
+
+
+def _oneshot_local_model(m, t, extra):
+    argv = _oneshot(m, t, extra=extra(t))
+    argv[argv.index("--model") + 1] = str(_model_here(m, t))
+    return argv
+
+
+def _with_labels(t):
+    return ["--support-labels", str(t / "support_seg.nrrd"), "--labels", "1"]
+
+
+def _case_folders(t, preds, refs):
+    for folder, cases in (("pred", preds), ("ref", refs)):
+        (t / folder).mkdir()
+        for case in cases:
+            _points(t / folder, f"{case}.mrk.json", NAMES)
+    return ["evaluate", "--pred", str(t / "pred"), "--ref", str(t / "ref"), "-o", str(t / "report")]
+
+
+OUTPUT_IS_INPUT_ROWS = [
+    ("oneshot -o the support markups", lambda m, t: _oneshot(m, t, method="ncc")[:-1] + [str(t / "support.mrk.json")],
+     "support.mrk.json is also the input --support-markups"),
+    ("oneshot --save-template over the coarse model", lambda m, t: _oneshot_local_model(
+        m, t, lambda t: ["--save-template", str(t / m["coarse"].name)]), "is also the input --model"),
+    ("oneshot --save-template a shipped model's name", lambda m, t: _oneshot(
+        m, t, extra=["--save-template", "brain-t1-rpr-coarse"]), "is the name of a shipped model"),
+    ("oneshot -o and --rois one file", lambda m, t: _oneshot(m, t, method="ncc", support_args=_with_labels(t),
+                                                             extra=["--rois", str(t / "q.mrk.json")]),
+     "-o and --rois are the same file"),
+    ("evaluate -o the prediction", lambda m, t: ["evaluate", "--pred", str(_points(t, "p.csv", NAMES)), "--ref",
+                                                 str(_points(t, "r.mrk.json", NAMES)), "-o", str(t / "p.csv")],
+     "p.csv is also the input --pred"),
+    ("localize -o the model's metadata", lambda m, t: [
+        "localize", str(good(t)), "--model", str(_model_here(m, t, "fcn", "fcn.mrk")), "-o", str(t / "fcn.mrk.json")],
+     "fcn.mrk.json is also the input --model"),
+    ("derive: a folder output next to its input", lambda m, t: [
+        "derive", str(_labelmap_where_image(t)), "--labels", "1", "-o", str(t / "seg.nrrd")],
+     "does not end with .mrk.json"),
+]
+
+
+@pytest.mark.parametrize("what, make, message", OUTPUT_IS_INPUT_ROWS, ids=[r[0] for r in OUTPUT_IS_INPUT_ROWS])
+def test_no_output_may_be_an_input_of_the_same_run(models, tmp_path, capsys, monkeypatch, what, make, message):
+    monkeypatch.delenv("LANDMARKLOC_MODELS", raising=False)
+    argv = make(models, tmp_path)
+    if argv[0] in ("localize", "oneshot"):
+        argv += ["-q", "--device", "cpu"]
+    assert message in run_refused(argv, tmp_path, capsys)
+
+
+# --------------------------------------------------------------------------- options that were misread (issue 22)
+
+
+MISREAD_OPTION_ROWS = [
+    ("localize --spacing for a volume with its own", lambda m, t: [
+        "localize", str(good(t)), "--spacing", "0.5", "--model", str(m["fcn"]), "-o", str(t / "r.mrk.json")],
+     "good.nrrd stores its own voxel spacing; --spacing is only for 2D pictures"),
+    ("derive --spacing for a label map with its own", lambda m, t: [
+        "derive", str(_labelmap_where_image(t)), "--labels", "1", "--spacing", "3", "-o", str(t / "p.mrk.json")],
+     "seg.nrrd stores its own voxel spacing"),
+    ("oneshot --spacing for volumes", lambda m, t: _oneshot(m, t, method="ncc", extra=["--spacing", "1"]),
+     "stores its own voxel spacing"),
+    ("oneshot --template with --support-markups", lambda m, t: _oneshot(
+        m, t, extra=["--template", str(t / "tpl.safetensors")]), "give either --template or a support"),
+    ("evaluate folders with unmatched cases", lambda m, t: _case_folders(t, ["c1"], ["c1", "c2", "c3"]),
+     "cases do not match (in {t}/ref without a prediction: c2, c3)"),
+    ("evaluate folders, extra predictions", lambda m, t: _case_folders(t, ["c1", "c9"], ["c1"]),
+     "without a reference: c9"),
+]
+
+
+@pytest.mark.parametrize("what, make, message", MISREAD_OPTION_ROWS, ids=[r[0] for r in MISREAD_OPTION_ROWS])
+def test_misread_options_are_refused(models, tmp_path, capsys, what, make, message):
+    argv = make(models, tmp_path)
+    if argv[0] in ("localize", "oneshot"):
+        argv += ["-q", "--device", "cpu"]
+    assert message.format(t=tmp_path) in run_refused(argv, tmp_path, capsys)
+
+
+TRAILING_SLASH_ROWS = [
+    # (description, command line with -o a folder that does not exist yet, named with a trailing slash)
+    ("localize", lambda m, t: ["localize", str(good(t)), "--model", str(m["fcn"]), "-o", f"{t}/new/", "-q",
+                               "--device", "cpu"], ["good.mrk.json"]),
+    ("oneshot", lambda m, t: _oneshot(m, t, method="ncc")[:-1] + [f"{t}/new/", "-q"], ["good.mrk.json"]),
+    ("derive", lambda m, t: ["derive", str(_labelmap_where_image(t)), "--labels", "1", "-o", f"{t}/new/"],
+     ["seg.mrk.json"]),
+]
+
+
+@pytest.mark.parametrize("what, make, expected", TRAILING_SLASH_ROWS, ids=[r[0] for r in TRAILING_SLASH_ROWS])
+def test_a_name_ending_with_a_slash_is_a_folder_for_one_input(models, tmp_path, capsys, what, make, expected):
+    assert main(make(models, tmp_path)) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == expected
+
+
+def test_deprecated_pixel_spacing_still_works_with_a_warning(tmp_path, capsys):
+    """oneshot --pixel-spacing is the old name of --spacing (one name for a 2D picture's pixel size)."""
+    from landmarkloc.io.markups import read_points
+
+    png = _png(tmp_path, rgb=False)
+    write_points(tmp_path / "s.mrk.json", [ControlPoint("a", [8.0, 6.0, 0.0])])
+    results = {}
+    for option in ("--spacing", "--pixel-spacing"):
+        out = tmp_path / f"{option.strip('-')}.mrk.json"
+        capsys.readouterr()
+        assert main(["oneshot", "--method", "ncc", "--query", str(png), "--support", str(png), "--support-markups",
+                     str(tmp_path / "s.mrk.json"), option, "0.5", "-o", str(out), "-q"]) == 0
+        results[option] = read_points(out)[0].position
+        about_spacing = [ln for ln in capsys.readouterr().err.splitlines() if "--pixel-spacing" in ln]
+        expected = ["landmarkloc oneshot: warning: --pixel-spacing is deprecated; use --spacing"]
+        assert about_spacing == (expected if option == "--pixel-spacing" else [])
+    np.testing.assert_allclose(results["--spacing"], [8.0, 6.0, 0.0], atol=1.5)  # found in the picture itself
+    np.testing.assert_allclose(results["--pixel-spacing"], results["--spacing"])
+
+
+def test_evaluate_counts_missing_landmarks_as_misses_and_lists_them(tmp_path, capsys):
+    """16 reference landmarks, 6 predicted exactly, 10 missing (some only differ in case): SDR 6/16, not 100 %."""
+    names = [f"L{n}" for n in range(16)]
+    _points(tmp_path, "ref.mrk.json", names)
+    write_points(tmp_path / "pred.mrk.json", [ControlPoint(n.lower() if n in ("L6", "L7") else n, [float(i), 0, 0])
+                                              for i, n in enumerate(names[:8])])
+    assert main(["evaluate", "--pred", str(tmp_path / "pred.mrk.json"), "--ref", str(tmp_path / "ref.mrk.json"),
+                 "-o", str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "report.json").read_text())
+    assert summary["points"]["overall"]["sdr"]["2"] == pytest.approx(6 / 16)
+    assert summary["points"]["overall"]["missing"] == 10
+    assert "missing predictions: 10, counted as misses in the SDR: ref: L6, ref: L7" in out

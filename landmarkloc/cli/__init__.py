@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import signal
 import sys
+import threading
 import warnings
 
 from .. import __version__
@@ -39,6 +41,19 @@ def model_help(what: str, kinds) -> str:
 
     names = ", ".join(shipped_model_names(kinds)) or "none found"
     return f"{what}: a .safetensors/.json path, or the name of a shipped model ({names}); an existing path wins"
+
+
+SPACING_HELP = ("pixel size in mm of 2D picture inputs (PNG, JPEG, BMP, TIFF), one value or one per axis, e.g. 0.1; "
+                "refused for images that store their own spacing")
+
+
+def add_spacing_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--spacing", help=SPACING_HELP)
+
+
+def parse_spacing(text):
+    """``--spacing`` as a list of mm, or None when not given."""
+    return parse_floats(text, "--spacing") if text else None
 
 
 def parse_floats(text: str, what: str) -> list:
@@ -93,10 +108,32 @@ def _print_input_warnings(command: str):
     return show
 
 
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's time limit, ``kill``), raised like Ctrl-C so that every ``finally`` runs and no
+    temporary file is left behind."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _terminate_cleanly():
+    """SIGTERM unwinds the command as SIGINT does (main thread only; the previous handler is restored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _terminate_cleanly():
         warnings.simplefilter("always", InputWarning)  # every input's warning, not only the first
         warnings.showwarning = _print_input_warnings(args.command)
         try:
@@ -107,6 +144,9 @@ def main(argv=None) -> int:
         except KeyboardInterrupt:
             print(f"landmarkloc {args.command}: interrupted", file=sys.stderr)
             return 130
+        except Terminated:
+            print(f"landmarkloc {args.command}: terminated", file=sys.stderr)
+            return 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,10 +7,10 @@ import argparse
 from ..errors import InputError
 from ..geometry.labels import label_boxes, label_centroids, label_extreme_points
 from ..io.atomic import check_writable
-from ..io.image import check_image_file, read_image
+from ..io.image import check_image_file, check_spacing_applies, read_image
 from ..io.markups import write_boxes, write_points
-from . import add_series_argument
-from .outputs import output_paths
+from . import add_series_argument, add_spacing_argument, parse_spacing
+from .outputs import check_outputs_are_not_inputs, output_paths
 
 EXAMPLE = """example:
   landmarkloc derive seg/IXI002.nii.gz --labels 35,47,48 --names BrainStem,Hippocampus_R,Hippocampus_L \\
@@ -32,7 +32,7 @@ def register(sub) -> None:
                    "box: one ROI per label (default: centroid)")
     p.add_argument("--coordinate-system", choices=("LPS", "RAS"), default="LPS",
                    help="coordinate system written to the file (default: LPS, Slicer's default)")
-    p.add_argument("--spacing", type=float, help="pixel size in mm, needed for 2D picture formats")
+    add_spacing_argument(p)
     p.add_argument("-o", "--output", required=True, help="output .mrk.json, .fcsv or .csv (boxes: .mrk.json), or a "
                    "folder: LABELMAP.mrk.json (boxes: LABELMAP_rois.mrk.json)")
     add_series_argument(p)
@@ -53,11 +53,14 @@ def run(args) -> int:
     labels = parse_labels(args.labels)
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     check_image_file(args.labelmap, args.series)
+    spacing = parse_spacing(args.spacing)
+    check_spacing_applies([args.labelmap], spacing)
     boxes = args.kind == "box"
     output = output_paths([args.labelmap], args.output, "_rois.mrk.json" if boxes else ".mrk.json",
                           (".mrk.json",) if boxes else (".mrk.json", ".fcsv", ".csv"))[0]
+    check_outputs_are_not_inputs([("label map", args.labelmap)], [("-o", output)])
     check_writable(output)
-    labelmap = read_image(args.labelmap, spacing=args.spacing, series=args.series)
+    labelmap = read_image(args.labelmap, spacing=spacing, series=args.series)
     if boxes:
         boxes = label_boxes(labelmap, labels, names)
         write_boxes(output, boxes, args.coordinate_system)

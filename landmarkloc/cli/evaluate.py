@@ -8,9 +8,9 @@ from pathlib import Path
 from ..errors import InputError
 from ..io.atomic import check_writable
 from ..metrics.landmarks import DEFAULT_THRESHOLDS
-from ..metrics.report import Evaluation, format_table, pair_files, write_reports
+from ..metrics.report import REPORT_SUFFIXES, Evaluation, format_table, pair_files, write_reports
 from . import parse_floats
-from .outputs import output_paths
+from .outputs import check_outputs_are_not_inputs, output_paths
 
 EXAMPLE = """example:
   landmarkloc evaluate --pred out/ --ref reference/ --thresholds 1,2,2.5,3,4 -o report --plot
@@ -43,8 +43,13 @@ def run(args) -> int:
         if stem.name.lower().endswith(suffix) and not Path(args.output).is_dir():
             stem = stem.with_name(stem.name[: -len(suffix)])
     check_writable(stem.with_name(stem.name + ".json"))
+    pairs = pair_files(args.pred, args.ref)
+    reports = [stem.with_name(stem.name + suffix) for suffix in REPORT_SUFFIXES[: None if args.plot else 2]]
+    check_outputs_are_not_inputs([(option, path) for _, pred, ref in pairs
+                                  for option, path in (("--pred", pred), ("--ref", ref))],
+                                 [("-o", path) for path in reports])
     evaluation = Evaluation(thresholds=thresholds)
-    for case, pred, ref in pair_files(args.pred, args.ref):
+    for case, pred, ref in pairs:
         evaluation.add_case(case, pred, ref)
     summary = evaluation.summary()
     print(format_table(summary))

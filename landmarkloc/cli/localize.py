@@ -11,14 +11,26 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from ..io.atomic import check_writable, write_text_atomic
-from ..io.image import check_image_file, read_image, write_image
+from ..io.image import check_image_file, check_spacing_applies, read_image, write_image
 from ..io.markups import write_points
+from ..io.modelfile import read_metadata
+from ..memory import check_fits_in_memory
 from ..runtime import progress
-from . import about, add_device_argument, add_quiet_argument, add_series_argument, model_help, parse_floats
-from .outputs import output_paths
+from . import (
+    about,
+    add_device_argument,
+    add_quiet_argument,
+    add_series_argument,
+    add_spacing_argument,
+    model_help,
+    parse_spacing,
+)
+from .outputs import check_outputs_are_not_inputs, model_files, output_paths
 
 FORMATS = {"mrk.json": ".mrk.json", "fcsv": ".fcsv", "csv": ".csv"}
+EVIDENCE_LIMIT_GB = 2.0
 
 EXAMPLE = """examples:
   landmarkloc localize IXI002.nii.gz --model brain-t1-ixi16 -o IXI002.mrk.json
@@ -37,12 +49,15 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help=model_help("FCN model", ("fcn",)))
     p.add_argument("-o", "--output", required=True,
                    help="output file (one input), or a folder: one file per input, named after it")
-    p.add_argument("--spacing", help="pixel size in mm of 2D picture inputs (PNG/JPEG/...), e.g. 0.1")
+    add_spacing_argument(p)
     p.add_argument("--format", choices=list(FORMATS), default=None,
                    help="output format (default: from the output file name, else mrk.json)")
     p.add_argument("--evidence", action="store_true",
                    help="also write each landmark's classification posterior (NRRD on the input grid) "
-                   "and its votes (CSV: LPS x, y, z, weight)")
+                   "and its votes (CSV: LPS x, y, z, weight); the size is announced before any work")
+    p.add_argument("--evidence-limit-gb", type=float, default=EVIDENCE_LIMIT_GB,
+                   help=f"refuse --evidence when its posteriors would exceed this many GB, uncompressed "
+                   f"(default {EVIDENCE_LIMIT_GB:g}; a 0.5 mm head volume with 16 landmarks takes about 4 GB)")
     p.add_argument("--global-only", action="store_true", help="skip the local refinement stage")
     add_series_argument(p)
     add_device_argument(p)
@@ -70,17 +85,38 @@ def _write_votes(path: Path, positions: np.ndarray, weights: np.ndarray) -> None
     write_text_atomic(path, out.getvalue())
 
 
+def _check_evidence_size(sizes, landmarks: int, args) -> None:
+    """--evidence writes one float32 posterior per landmark on each input's grid and holds one image's at once:
+    announce the size, refuse it above --evidence-limit-gb, and refuse what would not fit in memory."""
+    voxels = [float(np.prod(size)) for size in sizes]
+    total = 4.0 * landmarks * sum(voxels)
+    check_fits_in_memory(4.0 * landmarks * max(voxels), f"--evidence ({landmarks} posterior images of the largest "
+                         "input)")
+    if total > args.evidence_limit_gb * 1e9:
+        raise InputError(f"--evidence would write about {total / 1e9:.1f} GB ({landmarks} posterior images per "
+                         f"input, uncompressed), more than --evidence-limit-gb {args.evidence_limit_gb:g}; raise "
+                         "it to write them, or leave out --evidence")
+    if not args.quiet:
+        print(f"--evidence: {landmarks} posterior images per input, up to {total / 1e9:.2f} GB in all "
+              "(uncompressed)")
+
+
 def run(args) -> int:
     from ..inference.fcn import Localizer
 
-    output = Path(args.output)
-    outputs = _output_paths(args.images, output, args.format)
-    spacing = parse_floats(args.spacing, "--spacing") if args.spacing else None
+    outputs = _output_paths(args.images, args.output, args.format)
+    spacing = parse_spacing(args.spacing)
+    check_outputs_are_not_inputs([("image", p) for p in args.images] + model_files("--model", args.model),
+                                 [("-o", p) for p in outputs])
     # Everything checkable without the voxels is checked first, so a bad input or output path is
     # reported before any work and before any file is written.
+    sizes = []
     for image_path, out_path in zip(args.images, outputs):
-        check_image_file(image_path, args.series)
+        sizes.append(check_image_file(image_path, args.series))
         check_writable(out_path)
+    check_spacing_applies(args.images, spacing)
+    if args.evidence:
+        _check_evidence_size(sizes, len(read_metadata(args.model).get("landmark_names", [])), args)
     t0 = time.perf_counter()
     localizer = Localizer.from_file(args.model, args.device)
     print(f"model loaded in {time.perf_counter() - t0:.2f} s ({len(localizer.names)} landmarks, "

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, InputWarning
 from ..io.atomic import check_writable
-from ..io.image import check_image_file, is_plain_2d, read_image
+from ..io.image import check_image_file, check_spacing_applies, read_image
 from ..io.markups import read_points, write_boxes, write_points
-from . import about, add_device_argument, add_quiet_argument, add_series_argument, model_help
-from .outputs import output_paths
+from ..io.modelfile import model_paths, shipped_model_names
+from . import (
+    about,
+    add_device_argument,
+    add_quiet_argument,
+    add_series_argument,
+    add_spacing_argument,
+    model_help,
+    parse_spacing,
+)
+from .outputs import check_outputs_are_not_inputs, model_files, output_paths
 
 EXAMPLE = """examples:
   landmarkloc oneshot --query q.nii.gz --support s.nii.gz --support-labels s_seg.nii.gz --labels 35,47,48 \\
@@ -59,7 +69,8 @@ def register(sub) -> None:
     p.add_argument("--ncc-stride", type=int, default=0,
                    help="ncc: sliding-window stride (the paper's 2); 0 (default) = FFT at every voxel")
     p.add_argument("--bspline", action="store_true", help="registration: add a B-spline stage after affine")
-    p.add_argument("--pixel-spacing", type=float, help="pixel size in mm for 2D picture formats")
+    add_spacing_argument(p)
+    p.add_argument("--pixel-spacing", help="deprecated name of --spacing")
     p.add_argument("--coordinate-system", choices=("LPS", "RAS"), default="LPS")
     p.add_argument("-o", "--output", required=True,
                    help="points file (one query), or a folder: QUERY.mrk.json per query")
@@ -70,9 +81,18 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _spacing(args):
+    """--spacing, or its deprecated name --pixel-spacing (with a warning)."""
+    if args.pixel_spacing is None:
+        return parse_spacing(args.spacing)
+    if args.spacing is not None:
+        raise InputError("give --spacing only (--pixel-spacing is its deprecated name)")
+    warnings.warn("--pixel-spacing is deprecated; use --spacing", InputWarning, stacklevel=2)
+    return parse_spacing(args.pixel_spacing)
+
+
 def _read(path, args):
-    """--pixel-spacing gives the pixel size of 2D pictures only; volumes keep the spacing in their header."""
-    return read_image(path, spacing=args.pixel_spacing if is_plain_2d(path) else None, series=args.series)
+    return read_image(path, spacing=args.spacing_mm, series=args.series)
 
 
 def _support_points(args, support_image):
@@ -102,22 +122,57 @@ def _output_paths(queries, args) -> list:
     return list(zip(points, rois or [None] * len(points)))
 
 
+def _inputs(queries, args) -> list:
+    """Every file this run reads, as ``(option, path)``: images, the support annotation, template and models."""
+    files = [("--query", q) for q in queries]
+    files += [(option, value) for option, value in (("--support", args.support),
+                                                    ("--support-markups", args.support_markups),
+                                                    ("--support-labels", args.support_labels)) if value]
+    for option, model in (("--template", args.template), ("--model", args.model), ("--fine-model", args.fine_model)):
+        if model:
+            files += model_files(option, model)
+    return files
+
+
+def _outputs(outputs, args) -> list:
+    files = [("-o", points) for points, _ in outputs] + [("--rois", rois) for _, rois in outputs if rois]
+    if args.save_template:
+        files += [("--save-template", path) for path in model_paths(args.save_template)]
+    return files
+
+
+def _check_template_name(name) -> None:
+    """A bare name that is a shipped model's would hide that model in this folder (an existing path wins)."""
+    if len(Path(name).parts) == 1 and name in shipped_model_names():
+        raise InputError(f"--save-template {name} is the name of a shipped model; a template saved under it would "
+                         "be loaded instead of that model from this folder; choose another name")
+
+
 def run(args) -> int:
     from ..runtime import progress
 
     queries = [Path(q) for q in args.query]
     several = len(queries) > 1
+    args.spacing_mm = _spacing(args)
     outputs = _output_paths(queries, args)
+    if args.template and (args.support or args.support_markups or args.support_labels):
+        raise InputError("give either --template or a support (--support with --support-markups or "
+                         "--support-labels), not both")
+    check_outputs_are_not_inputs(_inputs(queries, args), _outputs(outputs, args))
     # Check every input file's header and every output path before any work or any file written.
-    for path in queries + [Path(p) for p in (args.support, args.support_labels) if p]:
+    images = queries + [Path(p) for p in (args.support, args.support_labels) if p]
+    for path in images:
         check_image_file(path, args.series)
+    check_spacing_applies(images, args.spacing_mm)
     if args.support_markups and not Path(args.support_markups).is_file():
         raise InputError(f"support markups not found: {args.support_markups}")
     for out in (path for pair in outputs for path in pair):
         if out is not None:
             check_writable(out)
     if args.save_template:
-        check_writable(args.save_template)
+        _check_template_name(args.save_template)
+        for path in model_paths(args.save_template):
+            check_writable(path)
     if args.method == "rpr":
         locate = _rpr(args)
     else:
@@ -152,8 +207,6 @@ def _rpr(args):
         raise InputError("--method rpr needs --model (the coarse RPR model)")
     locator = OneShotLocator.from_files(args.model, args.fine_model, args.device, args.fine_steps)
     if args.template:
-        if args.support:
-            raise InputError("give either --template or --support, not both")
         template = Template.load(args.template)
     else:
         if not args.support:

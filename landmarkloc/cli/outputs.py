@@ -11,6 +11,8 @@
   name without one is taken as a folder and created.
 * Two inputs of the same name are refused: their outputs would overwrite each
   other.
+* No output may be an input of the same run, and no two outputs may be one
+  file (:func:`check_outputs_are_not_inputs`).
 
 ``demo`` and ``bench`` write several files per run and always take a folder.
 """
@@ -43,8 +45,8 @@ def _ends_with(name: str, suffixes) -> bool:
 def output_paths(inputs, output, suffix: str, file_suffixes=(), option: str = "-o") -> list:
     """One output path per input under the rule above; ``suffix`` names the files in a folder."""
     inputs = [Path(p) for p in inputs]
+    folder = str(output).endswith(("/", os.sep)) or Path(output).is_dir()  # before Path() drops the slash
     output = Path(output)
-    folder = output.is_dir() or str(output).endswith(("/", os.sep))
     if not folder and len(inputs) > 1:
         if file_suffixes and _ends_with(output.name, file_suffixes):
             raise InputError(f"{option} {output}: {len(inputs)} inputs need a folder (one output per input, named "
@@ -59,3 +61,34 @@ def output_paths(inputs, output, suffix: str, file_suffixes=(), option: str = "-
         raise InputError(f"{option} {output.name} does not end with {' or '.join(file_suffixes)}; give such a "
                          "file name, or a folder")
     return [output]
+
+
+def _same_file_key(path) -> str:
+    return os.path.normcase(os.path.realpath(os.path.abspath(path)))
+
+
+def check_outputs_are_not_inputs(inputs, outputs) -> None:
+    """Refuse a run whose output is one of its inputs (a support annotation, a model, a prediction), or whose
+    two outputs are one file: writing would destroy the input, or one result would replace the other.
+
+    ``inputs`` and ``outputs`` are ``(option, path)`` pairs; paths are compared after resolving links."""
+    by_key = {}
+    for option, path in inputs:
+        by_key.setdefault(_same_file_key(path), (option, path, "input"))
+    for option, path in outputs:
+        key = _same_file_key(path)
+        if key in by_key:
+            other, other_path, role = by_key[key]
+            if role == "input":
+                raise InputError(f"{option} {path} is also the input {other} {other_path}: writing it would "
+                                 "overwrite that input; choose another output")
+            raise InputError(f"{other} and {option} are the same file {path}: one output would overwrite the "
+                             "other; choose different names")
+        by_key[key] = (option, path, "output")
+
+
+def model_files(option: str, model) -> list:
+    """``(option, path)`` for both files of a model given by path or by a shipped model's name."""
+    from ..io.modelfile import find_model, model_paths
+
+    return [(option, path) for path in model_paths(find_model(model))]

@@ -36,13 +36,14 @@ def is_plain_2d(path) -> bool:
     return _suffix(Path(path)) in PLAIN_2D_SUFFIXES
 
 
-def _dicom_stack(folder: Path, series: str = None) -> dicom.StackGeometry:
-    """The DICOM series of ``folder`` (or ``series``), header and slice positions checked."""
+def _dicom_stack(folder: Path, series: str = None) -> tuple:
+    """(slice geometry, voxel size) of the DICOM series of ``folder`` (or ``series``), header and slice positions
+    checked."""
     files = dicom.series_files(folder, series)
     if len(files) < 2:
         raise InputError(f"DICOM series in {folder} has a single slice; a volume is needed")
-    _check_header(_read_header(Path(files[0])), folder.name, slices=len(files))
-    return dicom.stack_geometry(files, folder.name)
+    size = _check_header(_read_header(Path(files[0])), folder.name, slices=len(files))
+    return dicom.stack_geometry(files, folder.name), size
 
 
 def _read_header(path: Path) -> sitk.ImageFileReader:
@@ -56,8 +57,9 @@ def _read_header(path: Path) -> sitk.ImageFileReader:
     return reader
 
 
-def _check_header(header: sitk.ImageFileReader, name: str, slices: int = 1) -> None:
-    """Refuse what the header already tells is unusable: 4D series, bad spacing, too large for memory."""
+def _check_header(header: sitk.ImageFileReader, name: str, slices: int = 1) -> tuple:
+    """The image's size in voxels; refuses what the header already tells is unusable: 4D series, bad spacing,
+    too large for memory."""
     size = list(header.GetSize())
     if slices > 1:  # a DICOM series: one file's header, times the number of slices
         size = size[:2] + [slices * (size[2] if len(size) > 2 else 1)]
@@ -76,6 +78,7 @@ def _check_header(header: sitk.ImageFileReader, name: str, slices: int = 1) -> N
     components = max(1, header.GetNumberOfComponents())
     check_fits_in_memory(voxels * components * pixel_bytes * COPIES_IN_MEMORY,
                          f"{name} ({sizes_text(size)} voxels)")
+    return tuple(int(v) for v in size)
 
 
 def _first_line(exc: Exception) -> str:
@@ -98,35 +101,45 @@ def _to_grey(image: sitk.Image) -> sitk.Image:
     return out
 
 
-def check_image_file(path, series: str = None) -> None:
+def check_spacing_applies(paths, spacing) -> None:
+    """Refuse a ``spacing`` that would apply to none of ``paths``: it is for pictures without a pixel size and
+    never replaces a stored one, so given for volumes only it is a mistake (a header's spacing is kept)."""
+    paths = [Path(p) for p in paths]
+    if spacing is not None and paths and not any(is_plain_2d(p) for p in paths):
+        raise InputError(f"{paths[0].name} stores its own voxel spacing; --spacing is only for 2D pictures (PNG, "
+                         "JPEG, BMP, TIFF), which do not")
+
+
+def check_image_file(path, series: str = None) -> tuple:
     """What can be checked without reading the voxels: the file exists, is not empty, its header is
     readable, describes a 2D/3D image with positive spacing and fits in memory, and the file holds all the
     data its header promises (io.completeness). A DICOM folder: its one series (or ``series``, a
-    SeriesInstanceUID) and where its slices are (io.dicom)."""
+    SeriesInstanceUID) and where its slices are (io.dicom). Returns the image's size in voxels (from the
+    header)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"image not found: {path}")
     if path.is_dir():
-        _dicom_stack(path, series)
-        return
+        return _dicom_stack(path, series)[1]
     if path.stat().st_size == 0:
         raise InputError(f"image file is empty: {path}")
-    _check_header(_read_header(path), path.name)
+    size = _check_header(_read_header(path), path.name)
     check_data_complete(path)
+    return size
 
 
 def read_image(path, spacing=None, allow_single_slice: bool = True, series: str = None) -> sitk.Image:
     """Read an image file or DICOM folder as a float32 scalar image with validated geometry.
 
     ``spacing`` (a number or one value per axis, in mm) sets the pixel size of
-    2D picture formats (PNG, JPEG, BMP, TIFF), which is required for them, and
-    overrides the stored spacing of other formats. ``series`` chooses a series of a DICOM
+    2D picture formats (PNG, JPEG, BMP, TIFF), which is required for them; other
+    formats keep the spacing they store (see :func:`check_spacing_applies`). ``series`` chooses a series of a DICOM
     folder by its SeriesInstanceUID; a series with missing slices, uneven spacing or a gantry
     tilt is resampled onto a regular grid with an :class:`InputWarning` (io.dicom).
     """
     path = Path(path)
     if path.is_dir():
-        image = dicom.read_series(_dicom_stack(path, series), path.name)
+        image = dicom.read_series(_dicom_stack(path, series)[0], path.name)
     else:
         check_image_file(path)
         try:
@@ -149,7 +162,7 @@ def read_image(path, spacing=None, allow_single_slice: bool = True, series: str 
         image = image[:, :, 0]
         dim = 2
     image = sitk.Cast(image, sitk.sitkFloat32)
-    if spacing is not None:
+    if spacing is not None and is_plain_2d(path):
         values = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
         if values.size == 1:
             values = np.repeat(values, dim)

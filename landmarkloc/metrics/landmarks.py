@@ -20,14 +20,18 @@ def sdr(errors, thresholds=DEFAULT_THRESHOLDS) -> dict:
     return {float(t): float(np.mean(e < t)) if e.size else float("nan") for t in thresholds}
 
 
-def summarize_errors(errors, thresholds=DEFAULT_THRESHOLDS) -> dict:
-    """Median (IQR), mean +- SD, max and SDRs of a set of radial errors."""
+def summarize_errors(errors, thresholds=DEFAULT_THRESHOLDS, missing: int = 0) -> dict:
+    """Median (IQR), mean +- SD, max of a set of radial errors, and SDRs in which ``missing`` landmarks (in the
+    reference, not predicted) count as misses: leaving a landmark out must not raise the success rate."""
     e = np.asarray(errors, dtype=np.float64)
+    rates = {f"{t:g}": float(np.sum(e < t) / (e.size + missing)) if e.size + missing else float("nan")
+             for t in thresholds}
     if e.size == 0:
-        return {"n": 0}
+        return {"n": 0, "missing": int(missing), "sdr": rates} if missing else {"n": 0}
     q1, med, q3 = np.percentile(e, [25, 50, 75])
     return {
         "n": int(e.size),
+        "missing": int(missing),
         "median": float(med),
         "iqr": float(q3 - q1),
         "q1": float(q1),
@@ -35,5 +39,5 @@ def summarize_errors(errors, thresholds=DEFAULT_THRESHOLDS) -> dict:
         "mean": float(e.mean()),
         "sd": float(e.std(ddof=1)) if e.size > 1 else 0.0,
         "max": float(e.max()),
-        "sdr": {f"{t:g}": v for t, v in sdr(e, thresholds).items()},
+        "sdr": rates,
     }

@@ -17,6 +17,7 @@ from .boxes import box_iou, box_wall_distance
 from .landmarks import DEFAULT_THRESHOLDS, radial_errors, summarize_errors
 
 MARKUP_SUFFIXES = (".mrk.json", ".json", ".fcsv", ".csv")
+REPORT_SUFFIXES = (".json", ".csv", "_sdr.png", "_errors.png")  # summary, every error, plots (--plot)
 
 
 def case_name(path: Path) -> str:
@@ -45,8 +46,18 @@ def pair_files(pred, ref) -> list:
         common = sorted(set(preds) & set(refs))
         if not common:
             raise InputError(f"no file names in common between {pred} and {ref}")
+        unmatched = [f"{what}: {_listed(sorted(names))}" for what, names in (
+            (f"in {ref} without a prediction", set(refs) - set(preds)),
+            (f"in {pred} without a reference", set(preds) - set(refs))) if names]
+        if unmatched:  # a case left out would silently raise the success rates
+            raise InputError(f"cases do not match ({'; '.join(unmatched)}); give folders with the same cases")
         return [(name, preds[name], refs[name]) for name in common]
     raise InputError("--pred and --ref must both be files or both be folders")
+
+
+def _listed(names, most: int = 10) -> str:
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 def _is_roi_file(path: Path) -> bool:
@@ -74,6 +85,7 @@ class Evaluation:
     point_rows: list = field(default_factory=list)  # (case, landmark, error_mm)
     box_rows: list = field(default_factory=list)  # (case, structure, iou, awd_mm)
     missing: list = field(default_factory=list)  # (case, name) in the reference but not predicted
+    missing_points: list = field(default_factory=list)  # the landmarks among them: misses in the SDR
 
     def add_case(self, case: str, pred: Path, ref: Path) -> None:
         if _is_roi_file(ref):
@@ -93,18 +105,19 @@ class Evaluation:
         for label, point in reference.items():
             if label not in predicted:
                 self.missing.append((case, label))
+                self.missing_points.append((case, label))
                 continue
             self.point_rows.append((case, label, float(radial_errors(predicted[label].position, point.position))))
 
     def summary(self) -> dict:
         out = {"thresholds_mm": list(self.thresholds), "missing": [list(m) for m in self.missing]}
-        if self.point_rows:
+        if self.point_rows or self.missing_points:
             errors = np.array([r[2] for r in self.point_rows])
-            names = list(dict.fromkeys(r[1] for r in self.point_rows))
+            names = list(dict.fromkeys([r[1] for r in self.point_rows] + [m[1] for m in self.missing_points]))
             out["points"] = {
-                "overall": summarize_errors(errors, self.thresholds),
-                "per_landmark": {n: summarize_errors([r[2] for r in self.point_rows if r[1] == n], self.thresholds)
-                                 for n in names},
+                "overall": summarize_errors(errors, self.thresholds, len(self.missing_points)),
+                "per_landmark": {n: summarize_errors([r[2] for r in self.point_rows if r[1] == n], self.thresholds,
+                                                     sum(m[1] == n for m in self.missing_points)) for n in names},
             }
         if self.box_rows:
             names = list(dict.fromkeys(r[1] for r in self.box_rows))
@@ -138,13 +151,15 @@ def format_table(summary: dict) -> str:
     pts = summary.get("points")
     if pts:
         ts = [f"{t:g}" for t in summary["thresholds_mm"]]
-        header = f"{'landmark':<24}{'n':>5}{'median':>9}{'IQR':>8}{'mean':>8}{'SD':>8}" + "".join(
+        header = f"{'landmark':<24}{'n':>5}{'miss':>5}{'median':>9}{'IQR':>8}{'mean':>8}{'SD':>8}" + "".join(
             f"{'SDR' + t:>9}" for t in ts)
         lines += [header, "-" * len(header)]
         rows = list(pts["per_landmark"].items()) + [("ALL", pts["overall"])]
         for name, s in rows:
-            lines.append(f"{name[:23]:<24}{s['n']:>5}{s['median']:>9.2f}{s['iqr']:>8.2f}{s['mean']:>8.2f}"
-                         f"{s['sd']:>8.2f}" + "".join(f"{100 * s['sdr'][t]:>8.1f}%" for t in ts))
+            errors = (f"{s['median']:>9.2f}{s['iqr']:>8.2f}{s['mean']:>8.2f}{s['sd']:>8.2f}" if s["n"]
+                      else f"{'-':>9}{'-':>8}{'-':>8}{'-':>8}")
+            lines.append(f"{name[:23]:<24}{s['n']:>5}{s.get('missing', 0):>5}{errors}"
+                         + "".join(f"{100 * s['sdr'][t]:>8.1f}%" for t in ts))
     boxes = summary.get("boxes")
     if boxes:
         header = f"{'structure':<24}{'n':>5}{'IoU':>8}{'AWD mm':>9}"
@@ -152,14 +167,15 @@ def format_table(summary: dict) -> str:
         for name, s in list(boxes["per_structure"].items()) + [("ALL", boxes["overall"])]:
             lines.append(f"{name[:23]:<24}{s['n']:>5}{s['iou_mean']:>8.3f}{s['awd_mean']:>9.2f}")
     if summary.get("missing"):
-        lines.append(f"missing predictions: {len(summary['missing'])} (listed in the JSON report)")
+        missing = [f"{case}: {name}" for case, name in summary["missing"]]
+        lines.append(f"missing predictions: {len(missing)}, counted as misses in the SDR: {_listed(missing)}")
     return "\n".join(line for line in lines if line is not None)
 
 
 def write_reports(evaluation: Evaluation, out_stem: Path, plot: bool = False) -> list:
     """Write ``<stem>.json`` (summary) and ``<stem>.csv`` (every error), plus PNG plots on request."""
     summary = evaluation.summary()
-    written = [out_stem.with_name(out_stem.name + ".json"), out_stem.with_name(out_stem.name + ".csv")]
+    written = [out_stem.with_name(out_stem.name + suffix) for suffix in REPORT_SUFFIXES[:2]]
     write_text_atomic(written[0], json.dumps(summary, indent=2) + "\n")
     write_text_atomic(written[1], evaluation.rows_csv())
     if plot and evaluation.point_rows:
@@ -176,7 +192,7 @@ def plot_point_errors(evaluation: Evaluation, out_stem: Path) -> list:
 
     errors = np.array([r[2] for r in evaluation.point_rows])
     names = list(dict.fromkeys(r[1] for r in evaluation.point_rows))
-    curve = out_stem.with_name(out_stem.name + "_sdr.png")
+    curve = out_stem.with_name(out_stem.name + REPORT_SUFFIXES[2])
     fig, ax = plt.subplots(figsize=(5, 4))
     t = np.linspace(0, max(10.0, float(np.percentile(errors, 95))), 200)
     ax.plot(t, [100 * np.mean(errors < x) for x in t])
@@ -188,7 +204,7 @@ def plot_point_errors(evaluation: Evaluation, out_stem: Path) -> list:
     with atomic_path(curve) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    box = out_stem.with_name(out_stem.name + "_errors.png")
+    box = out_stem.with_name(out_stem.name + REPORT_SUFFIXES[3])
     fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(names) + 2), 4))
     ax.boxplot([[r[2] for r in evaluation.point_rows if r[1] == n] for n in names], showfliers=True)
     ax.set_xticks(range(1, len(names) + 1), names, rotation=60, ha="right", fontsize=8)
