@@ -880,3 +880,49 @@ def test_evaluate_counts_missing_landmarks_as_misses_and_lists_them(tmp_path, ca
     assert summary["points"]["overall"]["sdr"]["2"] == pytest.approx(6 / 16)
     assert summary["points"]["overall"]["missing"] == 10
     assert "missing predictions: 10, counted as misses in the SDR: ref: L6, ref: L7" in out
+
+
+# --------------------------------------------------------------------------- large and interrupted outputs (issue 22)
+
+
+def test_evidence_above_its_limit_is_refused_before_any_work(models, tmp_path, capsys):
+    """2 landmarks x 24 x 22 x 20 float32 posteriors = 84 kB: above a 50 kB limit, nothing is written."""
+    argv = ["localize", str(good(tmp_path)), "--model", str(models["fcn"]), "-o", f"{tmp_path}/out/",
+            "--evidence", "--evidence-limit-gb", "0.00005", "-q", "--device", "cpu"]
+    line = run_refused(argv, tmp_path, capsys)
+    assert "--evidence would write about 0.1 MB (2 posterior images per input, uncompressed), more than " \
+           "--evidence-limit-gb 5e-05; raise it" in line
+
+
+def test_evidence_size_is_announced_before_the_work(models, tmp_path, capsys):
+    assert main(["localize", str(good(tmp_path)), "--model", str(models["fcn"]), "-o", f"{tmp_path}/out/",
+                 "--evidence", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    announced = [n for n, line in enumerate(out) if line.startswith("--evidence: 2 posterior images per input, up "
+                                                                    "to 0.1 MB in all")]
+    assert announced and announced[0] < next(n for n, line in enumerate(out) if "landmarks in" in line)
+    assert len(list((tmp_path / "out").glob("*_posterior.nrrd"))) == 2
+
+
+def test_sigterm_while_writing_evidence_leaves_no_temporary_file(models, tmp_path, capsys, monkeypatch):
+    """SIGTERM (a scheduler's time limit) in the middle of writing a posterior: the command ends with 143 and its
+    temporary file is removed, as on Ctrl-C; the points file, written before, is whole."""
+    import signal
+
+    import landmarkloc.io.image as image_io
+    from landmarkloc.io.markups import read_points
+
+    def write_then_get_killed(img, path, compress=False):
+        Path(path).write_bytes(b"\0" * 4096)  # half a file in the temporary path
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    path = good(tmp_path)
+    monkeypatch.setattr(image_io.sitk, "WriteImage", write_then_get_killed)
+    capsys.readouterr()
+    code = main(["localize", str(path), "--model", str(models["fcn"]), "-o", f"{tmp_path}/out/", "--evidence",
+                 "-q", "--device", "cpu"])
+    assert code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip() == "landmarkloc localize: terminated"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.mrk.json"]
+    assert len(read_points(tmp_path / "out" / "good.mrk.json")) == 2
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the command's only

@@ -92,13 +92,13 @@ def _check_evidence_size(sizes, landmarks: int, args) -> None:
     total = 4.0 * landmarks * sum(voxels)
     check_fits_in_memory(4.0 * landmarks * max(voxels), f"--evidence ({landmarks} posterior images of the largest "
                          "input)")
+    size = f"{total / 1e9:.1f} GB" if total >= 1e8 else f"{total / 1e6:.1f} MB"
     if total > args.evidence_limit_gb * 1e9:
-        raise InputError(f"--evidence would write about {total / 1e9:.1f} GB ({landmarks} posterior images per "
-                         f"input, uncompressed), more than --evidence-limit-gb {args.evidence_limit_gb:g}; raise "
-                         "it to write them, or leave out --evidence")
+        raise InputError(f"--evidence would write about {size} ({landmarks} posterior images per input, "
+                         f"uncompressed), more than --evidence-limit-gb {args.evidence_limit_gb:g}; raise it to "
+                         "write them, or leave out --evidence")
     if not args.quiet:
-        print(f"--evidence: {landmarks} posterior images per input, up to {total / 1e9:.2f} GB in all "
-              "(uncompressed)")
+        print(f"--evidence: {landmarks} posterior images per input, up to {size} in all (uncompressed)")
 
 
 def run(args) -> int:
