@@ -152,3 +152,73 @@ def test_we_read_what_mrml_writes(tmp_path, mrml_scene):
     box = read_boxes(tmp_path / "roi.mrk.json")[0]
     np.testing.assert_allclose(box.center, [-5.0, -6.0, 7.0], atol=1e-4)
     np.testing.assert_allclose(box.size, [10.0, 20.0, 30.0], atol=1e-4)
+
+
+def _legacy_fcsv(path, version_line):
+    path.write_text(version_line + "# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID\n"
+                    "vtkMRMLMarkupsFiducialNode_0,10.5,-20,30,0,0,0,1,1,1,0,F-1,,\n"
+                    "vtkMRMLMarkupsFiducialNode_1,-4,7.25,-1,0,0,0,1,1,1,0,F-2,,\n")
+    return path
+
+
+NUMBERS = np.array([[10.5, -20.0, 30.0], [-4.0, 7.25, -1.0]])
+
+
+@pytest.mark.parametrize("version_line, system", [("# Markups fiducial file version = 4.4\n", "RAS"),
+                                                  ("", "RAS"),
+                                                  ("# Markups fiducial file version = 5.6\n", "LPS")])
+def test_fcsv_without_a_coordinate_system_is_read_as_its_writer_meant(tmp_path, version_line, system):
+    """Slicer before 4.11 wrote RAS numbers only (and some tools no CoordinateSystem line): a 4.4 file read as LPS
+    is mirrored, 50 mm off. A newer file without the line is LPS, as Slicer 5 reads it. Either way: one warning."""
+    path = _legacy_fcsv(tmp_path / "legacy.fcsv", version_line)
+    with pytest.warns(UserWarning, match=f"legacy.fcsv has no CoordinateSystem line; read as {system}"):
+        points = read_points(path)
+    expected = lps_to_ras(NUMBERS) if system == "RAS" else NUMBERS
+    np.testing.assert_allclose([p.position for p in points], expected, atol=1e-9)
+
+
+def test_slicer_5_reads_a_versioned_fcsv_without_coordinate_system_as_lps_like_us(tmp_path, mrml_scene):
+    import slicer
+
+    path = _legacy_fcsv(tmp_path / "new.fcsv", "# Markups fiducial file version = 5.6\n")
+    node = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    storage = slicer.vtkMRMLMarkupsFiducialStorageNode()
+    mrml_scene.AddNode(storage)
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node) == 1
+    ras = np.array([node.GetNthControlPointPosition(i) for i in range(node.GetNumberOfControlPoints())])
+    with pytest.warns(UserWarning):
+        np.testing.assert_allclose([p.position for p in read_points(path)], lps_to_ras(ras), atol=1e-9)
+
+
+def _json(tmp_path, markups):
+    path = tmp_path / "m.mrk.json"
+    path.write_text(json.dumps({"markups": markups}))
+    return path
+
+
+def test_only_point_lists_give_landmarks(tmp_path):
+    curve = {"type": "Curve", "coordinateSystem": "LPS", "controlPoints": [{"label": "c", "position": [1, 2, 3]}]}
+    points = {"type": "Fiducial", "coordinateSystem": "LPS", "controlPoints": [{"label": "p", "position": [4, 5, 6]}]}
+    assert [p.label for p in read_points(_json(tmp_path, [curve, points]))] == ["p"]
+    with pytest.raises(InputError, match="holds no point list, only Curve markups"):
+        read_points(_json(tmp_path, [curve]))
+
+
+def test_a_point_with_two_coordinates_is_refused_not_put_at_z_0(tmp_path):
+    two = {"type": "Fiducial", "coordinateSystem": "LPS", "controlPoints": [{"label": "p", "position": [4, 5]}]}
+    with pytest.raises(InputError, match=r"position must be 3 finite numbers \(x, y, z\), got 2"):
+        read_points(_json(tmp_path, [two]))
+
+
+@pytest.mark.parametrize("name", ["p.mrk.json", "p.csv"])
+def test_a_label_with_a_line_break_round_trips_where_the_format_can_hold_it(tmp_path, name):
+    write_points(tmp_path / name, [ControlPoint("upper\nlower", [1.0, 2.0, 3.0], description="two\nlines")])
+    back = read_points(tmp_path / name)[0]
+    assert (back.label, back.description) == ("upper\nlower", "two\nlines")
+
+
+def test_a_label_with_a_line_break_is_refused_for_fcsv_and_nothing_is_written(tmp_path):
+    with pytest.raises(InputError, match="holds a line break, which .fcsv cannot store; write .mrk.json or .csv"):
+        write_points(tmp_path / "p.fcsv", [ControlPoint("upper\nlower", [1.0, 2.0, 3.0])])
+    assert list(tmp_path.iterdir()) == []

@@ -926,3 +926,74 @@ def test_sigterm_while_writing_evidence_leaves_no_temporary_file(models, tmp_pat
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.mrk.json"]
     assert len(read_points(tmp_path / "out" / "good.mrk.json")) == 2
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the command's only
+
+
+# ------------------------------------------------------------------------- support markups misread (issue 22)
+
+
+def _support_markups(t, markups):
+    """The oneshot ncc command line with its support points replaced by ``markups`` (a .mrk.json's list)."""
+    argv = _oneshot(None, t, method="ncc")
+    (t / "support.mrk.json").write_text(json.dumps({"markups": markups}))
+    return argv
+
+
+def _fiducials(*points):
+    return {"type": "Fiducial", "coordinateSystem": "LPS",
+            "controlPoints": [{"label": label, "position": position} for label, position in points]}
+
+
+def _line_break_label(t):
+    argv = _oneshot(None, t, method="ncc")
+    sup = sitk.ReadImage(str(t / "support.nrrd"))
+    write_points(t / "support.mrk.json", [ControlPoint("upper\nlower", sup.TransformIndexToPhysicalPoint((10, 10, 8)))])
+    return argv[:-1] + [str(t / "q.fcsv")]
+
+
+SUPPORT_MARKUPS_ROWS = [
+    ("a point with 2 coordinates", lambda t: _support_markups(t, [_fiducials(("a", [-2.0, 0.0]))]),
+     "position must be 3 finite numbers (x, y, z), got 2"),
+    ("a curve only", lambda t: _support_markups(t, [{**_fiducials(("a", [-2.0, 0.0, -4.0])), "type": "Curve"}]),
+     "support.mrk.json holds no point list, only Curve markups"),
+    ("a label with a line break into .fcsv", _line_break_label, "holds a line break, which .fcsv cannot store"),
+]
+
+
+@pytest.mark.parametrize("what, make, message", SUPPORT_MARKUPS_ROWS, ids=[r[0] for r in SUPPORT_MARKUPS_ROWS])
+def test_support_markups_that_cannot_be_read_right_are_refused(tmp_path, capsys, what, make, message):
+    assert message in run_refused(make(tmp_path) + ["-q"], tmp_path, capsys)
+
+
+def test_a_curve_beside_the_point_list_gives_no_support_points(tmp_path, capsys):
+    from landmarkloc.io.markups import read_points
+
+    argv = _oneshot(None, tmp_path, method="ncc")
+    points = json.loads((tmp_path / "support.mrk.json").read_text())["markups"]
+    curve = {**_fiducials(("c0", [-2.0, 0.0, -4.0]), ("c1", [0.0, -2.0, -4.0])), "type": "Curve"}
+    (tmp_path / "support.mrk.json").write_text(json.dumps({"markups": points + [curve]}))
+    assert main(argv + ["-q"]) == 0, capsys.readouterr().err
+    assert [p.label for p in read_points(tmp_path / "q.mrk.json")] == ["a", "b"]
+
+
+def test_a_legacy_fcsv_support_is_ras_and_found_where_it_is(tmp_path, capsys):
+    """Slicer 4.4 wrote RAS without a CoordinateSystem line: read as LPS the support would be mirrored (here out of
+    the image). The query is the support itself, so the points must come back where they are."""
+    from landmarkloc.geometry.frames import lps_to_ras
+    from landmarkloc.io.markups import read_points
+
+    argv = _oneshot(None, tmp_path, method="ncc")
+    truth = read_points(tmp_path / "support.mrk.json")
+    rows = "".join(f"vtkMRMLMarkupsFiducialNode_{n},{','.join(repr(float(v)) for v in lps_to_ras(p.position))},"
+                   f"0,0,0,1,1,1,0,{p.label},,\n" for n, p in enumerate(truth))
+    (tmp_path / "support.fcsv").write_text("# Markups fiducial file version = 4.4\n# columns = id,x,y,z,ow,ox,oy,oz,"
+                                           "vis,sel,lock,label,desc,associatedNodeID\n" + rows)
+    argv[argv.index("--support-markups") + 1] = str(tmp_path / "support.fcsv")
+    argv[argv.index("--query") + 1] = str(tmp_path / "support.nrrd")
+    capsys.readouterr()
+    assert main(argv + ["-q"]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert lines == ["landmarkloc oneshot: warning: support.fcsv has no CoordinateSystem line; read as RAS (written "
+                     "by Slicer 4.4)"]
+    found = read_points(tmp_path / "q.mrk.json")
+    for point, expected in zip(found, truth):
+        assert np.linalg.norm(point.position - expected.position) < 2.0, (point.label, point.position)

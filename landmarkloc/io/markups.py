@@ -12,11 +12,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, InputWarning
 from ..geometry.frames import lps_to_ras, lps_to_ras_matrix, ras_to_lps
 from ..points import Box, ControlPoint
 from .atomic import write_text_atomic
@@ -26,6 +27,7 @@ MARKUPS_SCHEMA = (
     "Schema/markups-schema-v1.0.3.json#"
 )
 COORDINATE_SYSTEMS = ("LPS", "RAS")
+POINT_LIST_TYPES = ("Fiducial", "PointList")  # markups types whose control points are landmarks
 _PROPERTY_SEPARATOR = "; "
 _CSV_COLUMNS = ("label", "x", "y", "z", "coordinate_system", "selected", "description")
 
@@ -84,13 +86,15 @@ def _file_format(path: Path) -> str:
 
 
 def _finite_position(values, where: str) -> np.ndarray:
+    """Three finite numbers: markups are 3D (points of 2D images have z = 0), so 2 numbers are a damaged point,
+    not a point at z = 0."""
     try:
         p = np.asarray([float(v) for v in values], dtype=np.float64)
     except (TypeError, ValueError):
         raise InputError(f"{where}: position is not a list of numbers") from None
-    if p.size not in (2, 3) or not np.all(np.isfinite(p)):
-        raise InputError(f"{where}: position must be 2 or 3 finite numbers")
-    return p if p.size == 3 else np.append(p, 0.0)
+    if p.size != 3 or not np.all(np.isfinite(p)):
+        raise InputError(f"{where}: position must be 3 finite numbers (x, y, z), got {p.size}")
+    return p
 
 
 # --------------------------------------------------------------------------- writing
@@ -146,8 +150,18 @@ def boxes_to_json(boxes, coordinate_system: str = "LPS") -> str:
     return json.dumps({"@schema": MARKUPS_SCHEMA, "markups": markups}, indent=4)
 
 
+def _check_one_line(points) -> None:
+    """.fcsv is read line by line (by Slicer too): a label or description with a line break cannot come back."""
+    for p in points:
+        for what, text in (("label", p.label), ("description", describe(p))):
+            if "\n" in text or "\r" in text:
+                raise InputError(f"point {what} {text!r} holds a line break, which .fcsv cannot store; write "
+                                 ".mrk.json or .csv")
+
+
 def points_to_fcsv(points, coordinate_system: str = "LPS") -> str:
     cs = _check_system(coordinate_system)
+    _check_one_line(points)
     out = io.StringIO()
     out.write("# Markups fiducial file version = 4.11\n")
     out.write(f"# CoordinateSystem = {cs}\n")
@@ -239,9 +253,13 @@ def _point_from_json(cp, cs: str, where: str) -> ControlPoint:
 
 
 def _read_json_points(path: Path) -> list:
-    points = []
-    for m, markup in enumerate(_load_json(path)):
+    """The control points of the file's point lists; curves, lines, angles, planes and ROIs are not landmarks."""
+    points, others, markups = [], [], _load_json(path)
+    for m, markup in enumerate(markups):
         where = f"{path.name} markup {m}"
+        if str(markup.get("type", "Fiducial")) not in POINT_LIST_TYPES:
+            others.append(str(markup.get("type")))
+            continue
         cs = _markup_system(markup, where)
         cps = markup.get("controlPoints", [])
         if not isinstance(cps, list):
@@ -250,24 +268,50 @@ def _read_json_points(path: Path) -> list:
             if isinstance(cp, dict) and cp.get("positionStatus", "defined") != "defined":
                 continue  # placeholders Slicer keeps for points not placed yet
             points.append(_point_from_json(cp, cs, where))
+    if others and len(others) == len(markups):
+        raise InputError(f"{path.name} holds no point list, only {', '.join(dict.fromkeys(others))} markups; "
+                         "landmarks are read from point lists (Slicer's Point List, type Fiducial)")
     return points
 
 
-def _read_fcsv(path: Path) -> list:
-    cs, columns, points = "LPS", None, []
-    text = _read_text(path)
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if line.startswith("#"):
-            key, _, value = line[1:].partition("=")
-            key, value = key.strip().lower(), value.strip()
-            if key == "coordinatesystem":
-                cs = {"0": "RAS", "1": "LPS", "RAS": "RAS", "LPS": "LPS"}.get(value.upper())
-                if cs is None:
-                    raise InputError(f"{path.name}: unsupported coordinate system {value!r}")
-            elif key == "columns":
-                columns = [c.strip() for c in value.split(",")]
+def _fcsv_header(lines, name: str) -> tuple:
+    """(coordinate system, columns) from the ``#`` lines. Without a CoordinateSystem line the numbers are RAS
+    when the file says it was written before Slicer 4.11 (which wrote only RAS) or says no version, else LPS (as
+    Slicer 5 reads such files); either way a warning says which."""
+    cs, columns, version = None, None, None
+    for line in lines:
+        if not line.startswith("#"):
             continue
-        if not line.strip():
+        key, _, value = line[1:].partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if key == "coordinatesystem":
+            cs = {"0": "RAS", "1": "LPS", "RAS": "RAS", "LPS": "LPS"}.get(value.upper())
+            if cs is None:
+                raise InputError(f"{name}: unsupported coordinate system {value!r}")
+        elif key == "columns":
+            columns = [c.strip() for c in value.split(",")]
+        elif key == "markups fiducial file version":
+            version = value
+    if cs is None:
+        cs = "RAS" if _before_4_11(version) else "LPS"
+        written = f"written by Slicer {version}" if version else "without a version"
+        warnings.warn(f"{name} has no CoordinateSystem line; read as {cs} ({written})", InputWarning, stacklevel=3)
+    return cs, columns
+
+
+def _before_4_11(version) -> bool:
+    try:
+        return tuple(int(v) for v in str(version).split(".")[:2]) < (4, 11)
+    except ValueError:
+        return True  # no readable version: a file from before the versioned format, RAS
+
+
+def _read_fcsv(path: Path) -> list:
+    lines = _read_text(path).splitlines()
+    cs, columns = _fcsv_header(lines, path.name)
+    points = []
+    for lineno, line in enumerate(lines, start=1):
+        if line.startswith("#") or not line.strip():
             continue
         row = next(csv.reader([line]))
         cols = columns or ["id", "x", "y", "z", "ow", "ox", "oy", "oz", "vis", "sel", "lock", "label", "desc"]
