@@ -170,3 +170,26 @@ def error_against_truth(img: sitk.Image, acquired=None) -> float:
     points = np.asarray(img.GetOrigin()) + (index * np.asarray(img.GetSpacing())) @ direction.T
     inside = acquired(points) if acquired is not None else np.ones(len(points), bool)
     return float(np.abs(arr - blobs_at(points))[inside].max())
+
+
+def nifti_with_forms(path, array: np.ndarray, spacing=SPACING, sform=None, qoffset=None) -> Path:
+    """A NIfTI file (``.nii`` or ``.nii.gz``) of ``array`` whose header is then edited as other tools write it:
+    ``sform`` (3 x 4, voxel -> RAS, sform_code 1) and the qform's offset ``qoffset`` (RAS mm)."""
+    import gzip
+    import struct
+
+    path = Path(path)
+    plain = path.with_name(path.name[: -len(".gz")]) if path.name.endswith(".gz") else path
+    sitk.WriteImage(image(array, spacing), str(plain))
+    data = bytearray(plain.read_bytes())
+    if sform is not None:
+        data[254:256] = struct.pack("<h", 1)
+        data[280:328] = struct.pack("<12f", *np.asarray(sform, dtype=float).ravel())
+    if qoffset is not None:
+        data[268:280] = struct.pack("<3f", *qoffset)
+    if plain != path:
+        plain.unlink()
+        path.write_bytes(gzip.compress(bytes(data)))
+    else:
+        path.write_bytes(bytes(data))
+    return path

@@ -24,6 +24,7 @@ from reliability_inputs import (
     dicom_series,
     image,
     metaimage_header,
+    nifti_with_forms,
     stack_origins,
     tiny_fcn,
     write,
@@ -134,6 +135,8 @@ def _labelmap_where_image(tmp):
     return write(image(labels), tmp / "seg.nrrd")
 
 
+SHEARED_SFORM = [[-2.0, 0.6, 0.0, 0.0], [0.0, -2.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0]]  # RAS; 0.6 mm x per j
+
 IMAGE_ROWS = [
     ("missing file", lambda tmp: tmp / "nope.nii.gz", "image not found"),
     ("empty file", _bytes("empty.nii.gz", b""), "is empty"),
@@ -158,6 +161,14 @@ IMAGE_ROWS = [
     ("one-voxel image", _array("one.nrrd", np.ones((1, 1, 1), np.float32)), "too small"),
     ("NaN voxels", _array("nan.nrrd", _with_value(np.nan)), "NaN or infinite"),
     ("Inf voxels", _array("inf.nrrd", _with_value(np.inf)), "NaN or infinite"),
+    ("NaN voxels in .nii.gz (ITK alone reads 0)", lambda tmp: nifti_with_forms(tmp / "nan.nii.gz", _with_value(np.nan)),
+     "nan.nii.gz contains NaN or infinite voxel values"),
+    ("Inf voxels in .nii (ITK alone reads 0)", lambda tmp: nifti_with_forms(tmp / "inf.nii", _with_value(-np.inf)),
+     "inf.nii contains NaN or infinite voxel values"),
+    ("sheared NIfTI sform (ITK alone takes the qform)", lambda tmp: nifti_with_forms(
+        tmp / "shear.nii.gz", body_volume(), sform=SHEARED_SFORM),
+     "shear.nii.gz has a sheared NIfTI sform (its axes are not perpendicular), which an image grid of origin, "
+     "spacing and direction cannot hold; its qform, which ITK would use instead, is up to 12.6 mm away"),
     ("constant image", _array("const.nrrd", np.full((20, 22, 24), 7.0, np.float32)), "constant"),
     ("zero spacing", _header("zero_spacing.mha", spacing="0 2 2"), "invalid voxel spacing"),
     ("negative spacing", _header("neg_spacing.mha", spacing="-2 2 2"), "invalid voxel spacing"),
@@ -997,3 +1008,53 @@ def test_a_legacy_fcsv_support_is_ras_and_found_where_it_is(tmp_path, capsys):
     found = read_points(tmp_path / "q.mrk.json")
     for point, expected in zip(found, truth):
         assert np.linalg.norm(point.position - expected.position) < 2.0, (point.label, point.position)
+
+
+# ------------------------------------------------------------------ NIfTI geometry, ITK output (issue 22)
+
+
+def _labels_nifti(t, name="seg.nii", **forms):
+    labels = np.zeros((20, 22, 24), np.uint8)
+    labels[5:9, 6:10, 7:12] = 1
+    return nifti_with_forms(t / name, labels, **forms)
+
+
+DISAGREEING_SFORM = [[-2.0, 0.0, 0.0, 44.0], [0.0, -2.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0]]  # the qform's RAS + 44 mm x
+
+
+def test_qform_and_sform_that_disagree_warn_and_the_sform_is_used(tmp_path, capfd):
+    """The label's centroid comes back where the sform puts it (LPS x 44 mm lower than the qform's), with one
+    warning line of our own and nothing from ITK."""
+    from landmarkloc.io.markups import read_points
+
+    agreeing = _labels_nifti(tmp_path, "same.nii")
+    disagreeing = _labels_nifti(tmp_path, "seg.nii", sform=DISAGREEING_SFORM)
+    centroids = {}
+    for path in (agreeing, disagreeing):
+        capfd.readouterr()
+        assert main(["derive", str(path), "--labels", "1", "-o", str(tmp_path / f"{path.stem}.mrk.json")]) == 0
+        centroids[path.name] = read_points(tmp_path / f"{path.stem}.mrk.json")[0].position
+        err = [ln for ln in capfd.readouterr().err.splitlines() if ln.strip()]
+        assert err == ([] if path == agreeing else [
+            "landmarkloc derive: warning: seg.nii: its NIfTI qform and sform disagree by up to 44.0 mm; the sform is "
+            "used"])
+    np.testing.assert_allclose(centroids["seg.nii"] - centroids["same.nii"], [-44.0, 0.0, 0.0], atol=1e-4)
+
+
+NO_RAW_ITK_OUTPUT_ROWS = [
+    # (description, command line from the test folder); what ITK would print on its own is in the comment
+    ("folder without DICOM", lambda t: ["derive", str((t / "notes").mkdir() or t / "notes"), "--labels", "1",
+                                        "-o", str(t / "p.mrk.json")]),  # GDCMSeriesFileNames: No Series were found
+    ("sheared sform", lambda t: ["derive", str(_labels_nifti(t, sform=SHEARED_SFORM)), "--labels", "1",
+                                 "-o", str(t / "p.mrk.json")]),  # NiftiImageIO: unexpected scales in sform (x4)
+]
+
+
+@pytest.mark.parametrize("what, make", NO_RAW_ITK_OUTPUT_ROWS, ids=[r[0] for r in NO_RAW_ITK_OUTPUT_ROWS])
+def test_no_raw_itk_output_reaches_the_user(tmp_path, capfd, what, make):
+    """Read at the file descriptor: ITK writes its warnings from C++, past Python's sys.stderr."""
+    argv = make(tmp_path)
+    capfd.readouterr()
+    assert main(argv) == 2
+    lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("landmarkloc derive: error: "), lines

@@ -19,7 +19,6 @@ their readers, which refuse truncated data themselves.
 
 from __future__ import annotations
 
-import gzip
 import re
 import struct
 import zlib
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from . import nifti
 
 _CHUNK = 1 << 22
 _NIFTI_BYTES = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8,
@@ -86,37 +86,15 @@ def _check_gzip(path: Path, name: str, offset: int, promised: int) -> None:
 
 
 def _check_nifti(path: Path, name: str, compressed: bool) -> None:
-    opener = gzip.open if compressed else open
-    try:
-        with opener(path, "rb") as f:
-            head = f.read(540)
-    except (OSError, EOFError):
-        return  # not gzip at all: the reader's own error is clearer
-    if len(head) < 348:
-        return
-    for endian in "<>":
-        size = struct.unpack(endian + "i", head[:4])[0]
-        if size == 348:
-            dims = struct.unpack(endian + "8h", head[40:56])
-            datatype = struct.unpack(endian + "h", head[70:72])[0]
-            offset = int(struct.unpack(endian + "f", head[108:112])[0])
-            break
-        if size == 540 and len(head) >= 540:
-            datatype = struct.unpack(endian + "h", head[12:14])[0]
-            dims = struct.unpack(endian + "8q", head[16:80])
-            offset = struct.unpack(endian + "q", head[168:176])[0]
-            break
-    else:
-        return
-    ndim = dims[0]
-    if not 1 <= ndim <= 7 or datatype not in _NIFTI_BYTES or offset < 348:
+    header = nifti.read_header(path)
+    if header is None or header.datatype not in _NIFTI_BYTES or header.vox_offset < 348:
         return  # a header the reader will refuse, or an .hdr/.img pair
-    voxels = int(np.prod([max(int(d), 1) for d in dims[1: ndim + 1]], dtype=np.float64))
-    promised = offset + voxels * _NIFTI_BYTES[datatype]
+    voxels = int(np.prod([max(d, 1) for d in header.dims], dtype=np.float64))
+    promised = header.vox_offset + voxels * _NIFTI_BYTES[header.datatype]
     if compressed:
         _check_gzip(path, name, 0, promised)
     elif path.stat().st_size < promised:
-        raise _truncated(name, promised - offset, max(0, path.stat().st_size - offset))
+        raise _truncated(name, promised - header.vox_offset, max(0, path.stat().st_size - header.vox_offset))
 
 
 def _text_header(path: Path, end_marker: re.Pattern, limit: int = 1 << 16) -> tuple:

@@ -8,6 +8,7 @@ every millimetre we report wrong.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import SimpleITK as sitk
 from ..errors import InputError
 from ..geometry.frames import ImageGeometry
 from ..memory import COPIES_IN_MEMORY, check_fits_in_memory, sizes_text
-from . import dicom
+from . import dicom, nifti
 from .atomic import atomic_path
 from .completeness import check_data_complete
 
@@ -110,6 +111,19 @@ def check_spacing_applies(paths, spacing) -> None:
                          "JPEG, BMP, TIFF), which do not")
 
 
+@contextlib.contextmanager
+def _without_itk_warnings():
+    """ITK prints its warnings (source file, line number, object address) straight to stderr; what they are about
+    is checked here and said in one line of our own."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+@_without_itk_warnings()
 def check_image_file(path, series: str = None) -> tuple:
     """What can be checked without reading the voxels: the file exists, is not empty, its header is
     readable, describes a 2D/3D image with positive spacing and fits in memory, and the file holds all the
@@ -125,9 +139,17 @@ def check_image_file(path, series: str = None) -> tuple:
         raise InputError(f"image file is empty: {path}")
     size = _check_header(_read_header(path), path.name)
     check_data_complete(path)
+    header = _nifti_header(path)
+    if header is not None:
+        nifti.check_not_sheared(path, header)
     return size
 
 
+def _nifti_header(path: Path):
+    return nifti.read_header(path) if _suffix(path) in (".nii", ".nii.gz") else None
+
+
+@_without_itk_warnings()
 def read_image(path, spacing=None, allow_single_slice: bool = True, series: str = None) -> sitk.Image:
     """Read an image file or DICOM folder as a float32 scalar image with validated geometry.
 
@@ -142,10 +164,15 @@ def read_image(path, spacing=None, allow_single_slice: bool = True, series: str 
         image = dicom.read_series(_dicom_stack(path, series)[0], path.name)
     else:
         check_image_file(path)
+        header = _nifti_header(path)
+        if header is not None:
+            nifti.check_finite_voxels(path, header)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
             raise InputError(f"cannot read {path.name} as an image: {_first_line(exc)}") from None
+        if header is not None:
+            nifti.warn_if_forms_disagree(path, header, image)
     dim = image.GetDimension()
     if dim == 4 and image.GetSize()[3] == 1:
         image = image[:, :, :, 0]
@@ -224,6 +251,7 @@ def squeeze_single_slice(image: sitk.Image) -> sitk.Image:
     return out
 
 
+@_without_itk_warnings()
 def write_image(image: sitk.Image, path) -> None:
     """Write an image atomically; the format follows the file name's suffix."""
     with atomic_path(path) as tmp:
