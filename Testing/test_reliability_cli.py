@@ -1058,3 +1058,41 @@ def test_no_raw_itk_output_reaches_the_user(tmp_path, capfd, what, make):
     assert main(argv) == 2
     lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("landmarkloc derive: error: "), lines
+
+
+# ------------------------------------------------------------------- calibrate, few large errors (issue 22)
+
+
+def _records(t, images, large):
+    """calibrate --records: ``images`` x 2 landmarks; the first ``large`` points err by 5 mm, the others by 1 mm."""
+    rng = np.random.default_rng(0)
+    records = []
+    for n in range(images * 2):
+        error = 5.0 if n < large else 1.0
+        signals = {"local_spread_mm": error * float(rng.uniform(0.5, 1.5)), "local_confidence": float(rng.uniform()),
+                   "global_confidence": 1.0, "confidence": 0.5, "global_spread_mm": 2.0,
+                   "global_local_mm": float(rng.uniform(0, 3)), "global_peak": 0.9}
+        records.append({"image": f"s{n // 2}", "subject": f"s{n // 2}", "landmark": NAMES[n % 2], "found": True,
+                        "error_mm": error, "signals": signals})
+    (t / "records.json").write_text(json.dumps({"records": records}))
+    return t / "records.json"
+
+
+CALIBRATE_ROWS = [
+    # (description, images, points with a large error, expected warning or None)
+    ("6 images, 3 large errors", 6, 3, "the calibration rests on only 3 validation points with an error above 3 mm "
+     "(of 12 found): its catch rate is uncertain by about +-26% (one standard error at the 70% target)"),
+    ("30 images, 12 large errors", 30, 12, None),
+]
+
+
+@pytest.mark.parametrize("what, images, large, warning", CALIBRATE_ROWS, ids=[r[0] for r in CALIBRATE_ROWS])
+def test_calibrate_says_when_it_rests_on_too_few_large_errors(models, tmp_path, capsys, what, images, large,
+                                                              warning):
+    model = _model_here(models, tmp_path, "fcn")
+    capsys.readouterr()
+    assert main(["calibrate", str(model), "--val", "unused.csv", "--records", str(_records(tmp_path, images, large)),
+                 "--radius", "3", "--max-flagged", "0.6", "--dry-run"]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert lines == ([f"landmarkloc calibrate: warning: {warning}; use more validation images or a smaller --radius "
+                      "(10 or more such errors advised)"] if warning else [])

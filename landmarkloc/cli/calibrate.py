@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError
+from ..errors import InputError, InputWarning
 from ..geometry.frames import to_point3
 from ..inference.fcn_uncertainty import (
     LOCAL_ONLY,
@@ -102,6 +103,22 @@ def validation_cases(dataset, split: tuple | None) -> list:
     from ..training.fcn import held_out_indices
 
     return [dataset.cases[i] for i in held_out_indices(len(dataset.cases), *split)]
+
+
+FEW_LARGE_ERRORS = 10  # below this many errors above the radius, a calibration's AUC and catch rate mean little
+
+
+def warn_if_few_large_errors(records: list, radius: float, catch: float) -> None:
+    """A calibration on a handful of large errors reports a fine AUC and 'targets met' by chance: say how many it
+    rests on and how uncertain its catch rate is (one binomial standard error at the target)."""
+    found = [r for r in records if r["found"]]
+    large = sum(r["error_mm"] > radius for r in found)
+    if 0 < large < FEW_LARGE_ERRORS:
+        spread = np.sqrt(catch * (1.0 - catch) / large)
+        warnings.warn(f"the calibration rests on only {large} validation points with an error above {radius:g} mm "
+                      f"(of {len(found)} found): its catch rate is uncertain by about +-{spread:.0%} (one standard "
+                      f"error at the {catch:.0%} target); use more validation images or a smaller --radius "
+                      f"({FEW_LARGE_ERRORS} or more such errors advised)", InputWarning, stacklevel=2)
 
 
 def collect(model_path, cases, names, spacing=None, masked_copies=False, device="cpu", quiet=False) -> list:
@@ -251,6 +268,7 @@ def run(args) -> int:
         if records_path:
             write_text_atomic(records_path, json.dumps({"model": str(args.model), "sha256": meta["sha256"],
                                                         "records": records}) + "\n")
+    warn_if_few_large_errors(records, radius, args.catch)
     measured = [n for n in SIGNALS if n != "landmark_rate" and all(n in r["signals"] for r in records)]
     candidates = [n for n in measured
                   if (args.tta or n not in TTA_SIGNALS or n in (fixed or []))] + ["landmark_rate"]
