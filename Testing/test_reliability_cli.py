@@ -917,11 +917,11 @@ def test_evidence_size_is_announced_before_the_work(models, tmp_path, capsys):
 
 def test_sigterm_while_writing_evidence_leaves_no_temporary_file(models, tmp_path, capsys, monkeypatch):
     """SIGTERM (a scheduler's time limit) in the middle of writing a posterior: the command ends with 143 and its
-    temporary file is removed, as on Ctrl-C; the points file, written before, is whole."""
+    temporary file is removed, as on Ctrl-C. The points file is written last, so none exists for the unfinished
+    image and a rerun with --skip-existing does it again."""
     import signal
 
     import landmarkloc.io.image as image_io
-    from landmarkloc.io.markups import read_points
 
     def write_then_get_killed(img, path, compress=False):
         Path(path).write_bytes(b"\0" * 4096)  # half a file in the temporary path
@@ -930,13 +930,16 @@ def test_sigterm_while_writing_evidence_leaves_no_temporary_file(models, tmp_pat
     path = good(tmp_path)
     monkeypatch.setattr(image_io.sitk, "WriteImage", write_then_get_killed)
     capsys.readouterr()
-    code = main(["localize", str(path), "--model", str(models["fcn"]), "-o", f"{tmp_path}/out/", "--evidence",
-                 "-q", "--device", "cpu"])
-    assert code == 128 + signal.SIGTERM
+    argv = ["localize", str(path), "--model", str(models["fcn"]), "-o", f"{tmp_path}/out/", "--evidence", "-q",
+            "--device", "cpu"]
+    assert main(argv) == 128 + signal.SIGTERM
     assert capsys.readouterr().err.strip() == "landmarkloc localize: terminated"
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.mrk.json"]
-    assert len(read_points(tmp_path / "out" / "good.mrk.json")) == 2
+    assert list((tmp_path / "out").iterdir()) == []
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the command's only
+    monkeypatch.undo()
+    assert main(argv + ["--skip-existing"]) == 0
+    assert "skipped" not in capsys.readouterr().out
+    assert len(list((tmp_path / "out").iterdir())) == 1 + 2 * 2  # points, and a posterior and votes per landmark
 
 
 # ------------------------------------------------------------------------- support markups misread (issue 22)
