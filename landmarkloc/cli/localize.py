@@ -38,7 +38,7 @@ EXIT_SOME_FAILED = 1  # with --summary: the run went on past inputs that failed,
 EXAMPLE = """examples:
   landmarkloc localize IXI002.nii.gz --model brain-t1-ixi16 -o IXI002.mrk.json
   landmarkloc localize ceph/images/15*.jpg --spacing 0.1 --model ceph.json -o out/ --format csv --evidence
-  landmarkloc localize --input-list cohort.txt --model brain-t1-ixi16 -o results/ --shard 3/50 \
+  landmarkloc localize --input-list cohort.txt --model brain-t1-ixi16 -o results/ --shard 3/50 \\
       --skip-existing --summary results/summary_3.csv     (one job of a cluster array: docs/cohorts.md)
   (-o a folder (or several inputs): one file per input named after it; landmarks that are not found,
    e.g. outside the field of view, are left out and reported; uncertain ones are written unselected)
