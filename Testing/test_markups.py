@@ -222,3 +222,16 @@ def test_a_label_with_a_line_break_is_refused_for_fcsv_and_nothing_is_written(tm
     with pytest.raises(InputError, match="holds a line break, which .fcsv cannot store; write .mrk.json or .csv"):
         write_points(tmp_path / "p.fcsv", [ControlPoint("upper\nlower", [1.0, 2.0, 3.0])])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_slicer_export_refuses_a_line_break_for_fcsv_with_the_same_message(tmp_path, mrml_scene):
+    """The Slicer modules export through the same writer: the same refusal, nothing written."""
+    from LandmarkLocalizerLib.mrml import export_points
+
+    node = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    node.AddControlPointWorld([1.0, 2.0, 3.0], "upper\nlower")
+    with pytest.raises(InputError, match="holds a line break, which .fcsv cannot store; write .mrk.json or .csv"):
+        export_points(node, tmp_path / "p.fcsv")
+    assert list(tmp_path.iterdir()) == []
+    export_points(node, tmp_path / "p.mrk.json")
+    assert read_points(tmp_path / "p.mrk.json")[0].label == "upper\nlower"
