@@ -44,7 +44,7 @@ def model_help(what: str, kinds) -> str:
 
 
 SPACING_HELP = ("pixel size in mm of 2D picture inputs (PNG, JPEG, BMP, TIFF), one value or one per axis, e.g. 0.1; "
-                "refused for images that store their own spacing")
+                "never replaces the spacing an image stores (refused when no input is a 2D picture)")
 
 
 def add_spacing_argument(parser: argparse.ArgumentParser) -> None:

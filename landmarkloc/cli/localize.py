@@ -51,17 +51,6 @@ def register(sub) -> None:
                        "points are written in the input's physical space (LPS) with a confidence per point.",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="*", help="input image files or DICOM folders")
-    p.add_argument("--input-list", metavar="FILE",
-                   help="more inputs: a text file with one path per line, or a .csv file (its --input-column); "
-                   "relative paths are relative to the list's folder")
-    p.add_argument("--input-column", default="image", help="the column of a .csv --input-list (default: image)")
-    p.add_argument("--shard", metavar="I/N", help="do only the I-th of N shares of the inputs (I from 1 to N; every "
-                   "N-th input from the I-th), e.g. one per job of a cluster job array")
-    p.add_argument("--skip-existing", action="store_true",
-                   help="skip inputs whose output file exists (a rerun resumes; written last, it is complete)")
-    p.add_argument("--summary", metavar="FILE.csv",
-                   help="one CSV for the run: each input's landmarks (LPS position, flags) or its error. With it, "
-                   "an input that fails is recorded there and the others are done (exit code 1 at the end)")
     p.add_argument("--model", required=True, help=model_help("FCN model", ("fcn",)))
     p.add_argument("-o", "--output", required=True,
                    help="output file (one input), or a folder: one file per input, named after it")
@@ -73,15 +62,26 @@ def register(sub) -> None:
                    "and its votes (CSV: LPS x, y, z, weight); the size is announced before any work")
     p.add_argument("--evidence-limit-gb", type=float, default=EVIDENCE_LIMIT_GB,
                    help=f"refuse --evidence when its posteriors would exceed this many GB, uncompressed "
-                   f"(default {EVIDENCE_LIMIT_GB:g}; a 0.5 mm head volume with 16 landmarks takes about 4 GB)")
+                   f"(default {EVIDENCE_LIMIT_GB:g}; 16 landmarks on a 0.5 mm head volume take several GB)")
     p.add_argument("--global-only", action="store_true", help="skip the local refinement stage")
+    p.add_argument("--input-list", metavar="FILE",
+                   help="more inputs: a text file with one path per line, or a .csv file (its --input-column); "
+                   "relative paths are relative to the list's folder")
+    p.add_argument("--input-column", default="image", help="the column of a .csv --input-list (default: image)")
+    p.add_argument("--shard", metavar="I/N", help="do only the I-th of N shares of the inputs (I from 1 to N; every "
+                   "N-th input from the I-th), e.g. one per job of a cluster job array")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="skip inputs whose output file exists (a rerun resumes; written last, it is complete)")
+    p.add_argument("--summary", metavar="FILE.csv",
+                   help="one CSV for the run: each input's landmarks (LPS position, flags) or its error. With it, "
+                   "an input that fails is recorded there and the others are done (exit code 1 at the end)")
     add_series_argument(p)
     add_device_argument(p)
     add_quiet_argument(p)
     p.set_defaults(func=run)
 
 
-def _output_paths(images, output: Path, fmt) -> list:
+def _output_paths(images, output, fmt) -> list:
     suffixes = (FORMATS[fmt],) if fmt else tuple(FORMATS.values())
     return output_paths(images, output, FORMATS[fmt or "mrk.json"], suffixes)
 
