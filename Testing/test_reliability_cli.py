@@ -891,6 +891,7 @@ def test_evaluate_counts_missing_landmarks_as_misses_and_lists_them(tmp_path, ca
     assert summary["points"]["overall"]["sdr"]["2"] == pytest.approx(6 / 16)
     assert summary["points"]["overall"]["missing"] == 10
     assert "missing predictions: 10, counted as misses in the SDR: ref: L6, ref: L7" in out
+    assert "names are matched exactly; these differ only in case: L6 (predicted l6), L7 (predicted l7)" in out
 
 
 # --------------------------------------------------------------------------- large and interrupted outputs (issue 22)

@@ -86,6 +86,7 @@ class Evaluation:
     box_rows: list = field(default_factory=list)  # (case, structure, iou, awd_mm)
     missing: list = field(default_factory=list)  # (case, name) in the reference but not predicted
     missing_points: list = field(default_factory=list)  # the landmarks among them: misses in the SDR
+    case_only: dict = field(default_factory=dict)  # reference name -> predicted name differing only in case
 
     def add_case(self, case: str, pred: Path, ref: Path) -> None:
         if _is_roi_file(ref):
@@ -102,15 +103,20 @@ class Evaluation:
         predicted = points_by_label(read_points(pred))
         reference = points_by_label(read_points(ref))
         _check_names_overlap(case, list(predicted), list(reference))
+        lowered = {name.lower(): name for name in predicted}
         for label, point in reference.items():
             if label not in predicted:
                 self.missing.append((case, label))
                 self.missing_points.append((case, label))
+                if label.lower() in lowered:
+                    self.case_only[label] = lowered[label.lower()]
                 continue
             self.point_rows.append((case, label, float(radial_errors(predicted[label].position, point.position))))
 
     def summary(self) -> dict:
         out = {"thresholds_mm": list(self.thresholds), "missing": [list(m) for m in self.missing]}
+        if self.case_only:
+            out["names_differing_only_in_case"] = dict(self.case_only)
         if self.point_rows or self.missing_points:
             errors = np.array([r[2] for r in self.point_rows])
             names = list(dict.fromkeys([r[1] for r in self.point_rows] + [m[1] for m in self.missing_points]))
@@ -169,6 +175,9 @@ def format_table(summary: dict) -> str:
     if summary.get("missing"):
         missing = [f"{case}: {name}" for case, name in summary["missing"]]
         lines.append(f"missing predictions: {len(missing)}, counted as misses in the SDR: {_listed(missing)}")
+    if summary.get("names_differing_only_in_case"):
+        pairs = [f"{ref} (predicted {pred})" for ref, pred in summary["names_differing_only_in_case"].items()]
+        lines.append(f"names are matched exactly; these differ only in case: {_listed(pairs)}")
     return "\n".join(line for line in lines if line is not None)
 
 
