@@ -1,9 +1,17 @@
 """Crops and sub-images keep landmarks exactly where the image content is."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from landmarkloc.training.fcn_sampling import AugmentConfig, PreparedCase, global_crop, local_subimages
+from landmarkloc.training.fcn_sampling import (
+    AUGMENT_PRESETS,
+    AugmentConfig,
+    PreparedCase,
+    global_crop,
+    local_subimages,
+)
 
 
 def _blob_case(ndim, spacing):
@@ -39,3 +47,25 @@ def test_augmented_crops_move_landmarks_with_the_content(ndim, spacing):
     for lm in range(2):
         p = np.round(pts[lm]).astype(int)[::-1]
         assert img[0][tuple(p)] > 0.8  # the blob is where the landmark went
+
+
+@pytest.mark.parametrize("ndim,spacing", [(2, (1.0, 1.0)), (3, (1.0, 1.0, 1.5))])
+def test_clinical_augmentation_keeps_landmarks_with_the_content_and_reaches_beyond_the_image(ndim, spacing):
+    """Appearance changes (bias field, blur, thicker slices, noise) leave the blobs where the landmarks went;
+    crops that may reach beyond the image show empty space there."""
+    case, rng = _blob_case(ndim, spacing)
+    aug = replace(AUGMENT_PRESETS["clinical"], rotation_deg=0.0, scale=0.0, noise_std=0.01, outside_view=1.0)
+    crop = [24] * ndim
+    for _ in range(12):
+        img, pts = global_crop(case, crop, aug, rng)
+        assert img.shape == (1, *crop)
+        for lm in range(2):
+            p = np.round(pts[lm]).astype(int)
+            if np.all((p >= 2) & (p < np.array(crop) - 2)):  # the landmark is in this crop
+                window = img[0][tuple(slice(max(0, c - 2), c + 3) for c in p[::-1])]
+                assert float(window.max()) > 0.3 * float(img.max())
+    ones = PreparedCase("ones", np.ones_like(case.array), case.spacing, case.landmarks)
+    geometric = AugmentConfig(rotation_deg=0, scale=0, intensity_scale=0, intensity_shift=0, gamma=0)
+    assert not any(bool((global_crop(ones, crop, geometric, rng)[0] == 0).any()) for _ in range(12))
+    beyond = replace(geometric, outside_view=1.0)
+    assert sum(bool((global_crop(ones, crop, beyond, rng)[0] == 0).any()) for _ in range(12)) >= 6

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from landmarkloc.inference.fcn import Localizer, refine
 from landmarkloc.io.datasets import load_dataset
 from landmarkloc.io.markups import read_points
 from landmarkloc.training.fcn import train_config, train_fcn
-from landmarkloc.training.fcn_sampling import AugmentConfig
+from landmarkloc.training.fcn_sampling import AUGMENT_PRESETS, AugmentConfig
 
 SPACING = 1.5
 SIZE = (48, 48)
@@ -177,3 +178,35 @@ def test_a_local_ensemble_stacked_from_separately_trained_members_averages_them(
         expected = np.linalg.norm(a.position - b.position) / 2  # RMS distance of two members from their mean
         assert c.signals["local_members_mm"] == pytest.approx(expected, abs=1e-3)
         assert np.linalg.norm(c.position[:2] - truth[c.name]) < SPACING
+
+
+def test_finetune_continues_both_networks_with_clinical_augmentation(trained):
+    """--train-stage finetune: the global and the local networks start as the model's (both trained on from
+    there, none frozen), with the clinical augmentation; the result still finds held-out landmarks."""
+    root, meta, base, held_out = trained
+    cfg = train_config("compact", 2, iterations=300, validate_every=150, intensity="ct", learning_rate=3e-4,
+                       init_from=str(root / "model"), train_stage="finetune",
+                       augment=replace(AUGMENT_PRESETS["clinical"], rotation_deg=10.0))
+    tuned_meta = train_fcn(load_dataset(root / "train"), root / "tuned", cfg, quiet=True)
+    assert tuned_meta["training"]["init_from"]["sha256"] == meta["sha256"]
+    assert tuned_meta["train_config"]["augment"]["bias_field"] == AUGMENT_PRESETS["clinical"].bias_field
+    tuned = Localizer.from_file(root / "tuned.safetensors", "cpu")
+    for part in ("global_net", "local_net"):  # trained on: changed, yet close to where they started
+        before = torch.cat([p.flatten() for p in getattr(base.network, part).parameters()])
+        after = torch.cat([p.flatten() for p in getattr(tuned.network, part).parameters()])
+        assert not torch.equal(before, after), part
+        assert torch.norm(after - before) < 0.5 * torch.norm(before), part
+    for image, truth in held_out:
+        for lm in tuned.localize(image).landmarks:
+            assert lm.found and np.linalg.norm(lm.position[:2] - truth[lm.name]) < 2 * SPACING
+
+
+def test_finetune_refuses_a_model_with_a_fine_stage(trained, tmp_path):
+    root, _, _, _ = trained
+    fine = root / "fine.safetensors"
+    if not fine.exists():
+        pytest.skip("the fine-stage model of the earlier test is not there")
+    cfg = train_config("compact", 2, iterations=10, intensity="ct", init_from=str(root / "fine"),
+                       train_stage="finetune")
+    with pytest.raises(InputError, match="no fine stage"):
+        train_fcn(load_dataset(root / "train"), tmp_path / "x", cfg, quiet=True)

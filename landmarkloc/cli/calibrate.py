@@ -22,12 +22,17 @@ import SimpleITK as sitk
 
 from ..errors import InputError, InputWarning
 from ..geometry.frames import to_point3
+from ..geometry.shifts import BRAIN_SHIFTS, CEPH_SHIFTS, SHIFTS, get_shift
+from ..inference.fcn_shape import ShapeModel
 from ..inference.fcn_uncertainty import (
     LOCAL_ONLY,
     SIGNALS,
     TTA_SIGNALS,
     auc,
+    beyond_guards,
+    choose_guards,
     choose_threshold,
+    conformal_quantile,
     fit_part,
     landmark_rates,
     logistic_probability,
@@ -64,6 +69,12 @@ def register(sub) -> None:
     p.add_argument("--spacing", help="pixel size in mm of 2D picture inputs (PNG/JPEG/...), e.g. 0.1")
     p.add_argument("--masked-copies", action="store_true",
                    help="also localize each image with its mask applied (CSV 'mask' column), e.g. skull-stripped")
+    p.add_argument("--shifts", help="also localize each image changed as clinical images differ (comma-separated "
+                   f"names of landmarkloc.geometry.shifts, or 'brain' / 'ceph' for their sets; known: "
+                   f"{', '.join(SHIFTS)}), so that the calibration sees the large errors such images cause; "
+                   "--max-flagged counts the unshifted images only")
+    p.add_argument("--coverage", type=float, default=0.9,
+                   help="share of points whose true position the error radius holds (default 0.9)")
     p.add_argument("--radius", type=float, help="error radius in mm that makes a point 'wrong' "
                    "(default: the model's current calibration radius)")
     p.add_argument("--catch", type=float, default=0.7, help="share of errors above the radius to flag (0.7)")
@@ -121,26 +132,41 @@ def warn_if_few_large_errors(records: list, radius: float, catch: float) -> None
                       f"({FEW_LARGE_ERRORS} or more such errors advised)", InputWarning, stacklevel=2)
 
 
-def collect(model_path, cases, names, spacing=None, masked_copies=False, device="cpu", quiet=False) -> list:
-    """One record per (image, landmark) found: image name, landmark, error (mm) and every signal."""
+def collect(model_path, cases, names, spacing=None, masked_copies=False, device="cpu", quiet=False,
+            shifts=()) -> list:
+    """One record per (image, landmark): image name, landmark, error (mm), every signal and what was written.
+
+    ``shifts``: names of :mod:`landmarkloc.geometry.shifts` under which each image is localized too (the
+    same subject, so cross-fitting keeps its copies in one fold); the points keep their positions.
+    """
     from ..inference.fcn import Localizer
 
     loc = Localizer.from_file(model_path, device=device)
+    shift_list = [get_shift(s) for s in shifts]  # unknown names refused before any work
     records = []
-    for case in progress(cases, desc="localize validation images", quiet=quiet):
+    for index, case in enumerate(progress(cases, desc="localize validation images", quiet=quiet)):
         image, truth = case.load(names, spacing)
-        variants = [("", image)]
-        if masked_copies and case.mask_path is not None:
-            mask = sitk.ReadImage(str(case.mask_path))
-            variants.append(("masked", sitk.Mask(image, sitk.Cast(mask > 0, sitk.sitkUInt8))))
-        for tag, im in variants:
-            result = loc.localize(im, tta=True)
+        mask = sitk.ReadImage(str(case.mask_path)) if case.mask_path is not None else None
+        tags = [""] + (["masked"] if masked_copies and mask is not None else []) + [
+            s.name for s in shift_list if s.kind != "mask" or mask is not None]
+        for tag in tags:
+            if tag == "":
+                shown = image
+            elif tag == "masked":
+                shown = sitk.Mask(image, sitk.Cast(mask > 0, sitk.sitkUInt8))
+            else:  # made one at a time: a 600 mm field of view is large
+                shown = get_shift(tag).apply(image, mask, seed=index)
+            result = loc.localize(shown, tta=True)
             for n, lm in enumerate(result.landmarks):
                 if not np.all(np.isfinite(truth[n])):
                     continue
                 error = float(np.linalg.norm(lm.position - to_point3(truth[n])))
                 records.append({"image": case.name + (f"/{tag}" if tag else ""), "subject": case.name,
-                                "landmark": lm.name, "found": bool(lm.found), "error_mm": error,
+                                "shift": tag, "landmark": lm.name, "found": bool(lm.found), "error_mm": error,
+                                "position": [float(v) for v in lm.position],
+                                "reference": [float(v) for v in to_point3(truth[n])],
+                                "uncertain": bool(lm.uncertain), "unlike_training": bool(lm.unlike_training),
+                                "p_large_error": lm.p_large_error, "error_radius_mm": lm.error_radius_mm,
                                 "signals": lm.signals})
     return records
 
@@ -200,9 +226,21 @@ def select_signals(records: list, large: np.ndarray, candidates: list, folds: np
     return chosen, trace
 
 
+UNSHIFTED = ("", "masked")  # the images as given (and their masked copies): the flag budget counts these
+
+
+def unshifted(records: list) -> np.ndarray:
+    return np.array([r.get("shift", "") in UNSHIFTED for r in records])
+
+
 def fit(records: list, radius: float, catch: float, max_flagged: float, candidates: list, most: int,
-        k: int, fixed=None, measured=None) -> dict:
-    """Choose signals among ``candidates``, fit, choose the threshold; discrimination of all ``measured``."""
+        k: int, fixed=None, measured=None, coverage: float | None = None) -> dict:
+    """Choose signals among ``candidates``, fit, choose the threshold; discrimination of all ``measured``.
+
+    With ``coverage`` (the localize part) also the guards and the conformal error radius: guarded points
+    count as flagged when the threshold is chosen, and the radius is fitted per group (flagged or not,
+    out of fold; per landmark for the points not flagged).
+    """
     measured = measured or candidates
     found = [r for r in records if r["found"]]
     errors = np.array([r["error_mm"] for r in found])
@@ -225,15 +263,46 @@ def fit(records: list, radius: float, catch: float, max_flagged: float, candidat
         chosen, trace = select_signals(found, large, candidates, folds, most)
     part = fit_part(table, large, chosen)
     oof = out_of_fold(found, large, chosen, folds)
-    op = choose_threshold(oof, large, catch, max_flagged)
+    counted = unshifted(found)
+    guards = {}
+    if coverage is not None:
+        signals = {n: np.array([r["signals"][n] for r in found]) for n in found[0]["signals"]}
+        guards = choose_guards(signals, counted)
+        guarded = beyond_guards(guards, signals)
+        oof = np.where(guarded, 1.0, oof)
+    op = choose_threshold(oof, large, catch, max_flagged, counted)
     part["threshold"] = round(op["threshold"], 6)
-    in_sample = operating_point(logistic_probability(part, table), large, part["threshold"])
+    in_sample_p = logistic_probability(part, table)
+    if guards:
+        in_sample_p = np.where(guarded, 1.0, in_sample_p)
+    in_sample = operating_point(in_sample_p, large, part["threshold"], counted)
     summary = {"points": len(found), "large_errors": int(large.sum()), "not_found": len(records) - len(found),
                "images": len({r["image"] for r in found}), "subjects": len({r["subject"] for r in found}),
+               "unshifted_points": int(counted.sum()), "large_errors_unshifted": int(large[counted].sum()),
                "signal_discrimination": discrimination, "selection": trace,
                "out_of_fold": {**op, "auc": round(auc(oof, large), 4)},
-               "in_sample": {**in_sample, "auc": round(auc(logistic_probability(part, table), large), 4)}}
-    return {"part": part, "summary": summary, "oof": oof, "large": large, "rates": rates}
+               "in_sample": {**in_sample, "auc": round(auc(in_sample_p, large), 4)}}
+    out = {"part": part, "summary": summary, "oof": oof, "large": large, "rates": rates, "guards": guards}
+    if coverage is not None:
+        out["error_radius"], summary["with_radius"] = error_radius(found, errors, oof >= op["threshold"], radius,
+                                                                    large, counted, coverage)
+    return out
+
+
+def error_radius(found: list, errors: np.ndarray, flagged: np.ndarray, tolerance: float, large: np.ndarray,
+                 counted: np.ndarray, coverage: float) -> tuple:
+    """(the conformal radius part of the calibration, the operating point once radii above ``tolerance`` flag
+    their points too, with each group's size)."""
+    names = np.array([r["landmark"] for r in found])
+    per = {str(n): round(conformal_quantile(errors[~flagged & (names == n)], coverage), 3)
+           for n in np.unique(names)}
+    part = {"coverage": coverage, "flagged_mm": round(conformal_quantile(errors[flagged], coverage), 3),
+            "landmarks_mm": per, "points_flagged": int(flagged.sum()), "points_not_flagged": int((~flagged).sum())}
+    radius = np.where(flagged, part["flagged_mm"], np.array([per[n] for n in names]))
+    final = flagged | (radius > tolerance)
+    op = operating_point(final.astype(float), large, 0.5, counted)
+    op["radius_above_tolerance"] = sorted(n for n, v in per.items() if v > tolerance)
+    return part, op
 
 
 def run(args) -> int:
@@ -249,10 +318,14 @@ def run(args) -> int:
     for s in fixed or []:
         if s not in SIGNALS:
             raise InputError(f"unknown signal {s!r} (known: {', '.join(SIGNALS)})")
+    shifts = shift_names(args.shifts)
     records_path = Path(args.records) if args.records else None
     stored = json.loads(records_path.read_text()) if records_path and records_path.exists() else None
     if stored is not None and stored.get("sha256") not in (None, meta["sha256"]):
         print(f"{records_path} holds the localizations of another model (sha256 differs): localizing again")
+        stored = None
+    if stored is not None and list(stored.get("shifts", [])) != shifts:
+        print(f"{records_path} holds the localizations under other shifts: localizing again")
         stored = None
     if stored is not None:
         records = stored["records"]
@@ -264,28 +337,30 @@ def run(args) -> int:
             raise InputError("the validation dataset lacks some of the model's landmarks")
         cases = validation_cases(dataset, split)
         records = collect(args.model, cases, meta["landmark_names"], spacing, args.masked_copies, args.device,
-                          args.quiet)
+                          args.quiet, shifts)
         if records_path:
             write_text_atomic(records_path, json.dumps({"model": str(args.model), "sha256": meta["sha256"],
-                                                        "records": records}) + "\n")
+                                                        "shifts": shifts, "records": records}) + "\n")
     warn_if_few_large_errors(records, radius, args.catch)
+    shape = add_shape_signal(records, meta["landmark_names"])
     measured = [n for n in SIGNALS if n != "landmark_rate" and all(n in r["signals"] for r in records)]
     candidates = [n for n in measured
                   if (args.tta or n not in TTA_SIGNALS or n in (fixed or []))] + ["landmark_rate"]
     main = fit(records, radius, args.catch, args.max_flagged, candidates, args.max_signals, args.folds, fixed,
-               measured + ["landmark_rate"])
+               measured + ["landmark_rate"], coverage=args.coverage)
     refine_candidates = [n for n in candidates if n in LOCAL_ONLY + REFINE_EXTRA]
     refine = fit(records, radius, args.catch, args.max_flagged, refine_candidates, args.max_signals, args.folds,
                  [s for s in fixed if s in refine_candidates] if fixed else None,
                  [n for n in measured + ["landmark_rate"] if n in LOCAL_ONLY + REFINE_EXTRA])
-    _report(main["summary"], main["part"], radius, "localize")
+    _report(main["summary"], main["part"], radius, "localize", main["guards"], main["error_radius"])
     _report(refine["summary"], refine["part"], radius, "refine (local stage only)")
     calibration = {
         "radius_mm": float(radius), **main["part"],
         "landmark_rates": {k: round(v, 4) for k, v in main["rates"].items()},
+        "guards": main["guards"], "error_radius": main["error_radius"],
         "refine": {**refine["part"], "fit": refine["summary"]},
         "fit": {**main["summary"], "dataset": str(args.val), "held_out": bool(args.held_out),
-                "masked_copies": bool(args.masked_copies), "targets": {"catch": args.catch,
+                "masked_copies": bool(args.masked_copies), "shifts": shifts, "targets": {"catch": args.catch,
                                                                       "max_flagged": args.max_flagged},
                 "date": datetime.date.today().isoformat()},
         "definitions": {n: SIGNALS[n][0] for n in main["part"]["signals"] + refine["part"]["signals"]},
@@ -296,12 +371,56 @@ def run(args) -> int:
     _, meta_path = model_paths(args.model)
     meta = read_metadata(args.model)  # re-read: the weights' sha256 stays as it is
     meta["calibration"] = calibration
+    if shape is not None:
+        meta["shape"] = shape.to_metadata()
     write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
     print(f"wrote the calibration into {meta_path}")
     return 0
 
 
-def _report(summary: dict, part: dict, radius: float, what: str) -> None:
+def shift_names(text: str | None) -> list:
+    """--shifts: names, or 'brain' / 'ceph' for the sets of issue 24's targets; unknown names refused."""
+    names = []
+    for name in (text or "").split(","):
+        name = name.strip()
+        if name:
+            sets = {"brain": BRAIN_SHIFTS, "ceph": CEPH_SHIFTS}
+            names += list(sets[name]) if name in sets else [get_shift(name).name]
+    return names
+
+
+def add_shape_signal(records: list, names) -> ShapeModel | None:
+    """Fit the mean landmark configuration on the reference points of the unshifted images and add each
+    point's ``shape_residual_mm`` to its signals (as ``Localizer`` computes it); None when records lack
+    positions (from an older version) or too few images have every landmark."""
+    if not records or "position" not in records[0]:
+        return None
+    index = {n: i for i, n in enumerate(names)}
+    by_image: dict = {}
+    for r in records:
+        by_image.setdefault(r["image"], []).append(r)
+    ndim = 2 if all(abs(r["reference"][2]) < 1e-9 for r in records) else 3
+
+    def shape_of(rs, key):
+        out = np.full((len(names), ndim), np.nan)
+        for r in rs:
+            if key == "reference" or r["found"]:
+                out[index[r["landmark"]]] = r[key][:ndim]
+        return out
+    try:
+        shape = ShapeModel.fit(names, [shape_of(rs, "reference") for rs in by_image.values()
+                                       if rs[0].get("shift", "") == ""])
+    except ValueError:
+        return None
+    for rs in by_image.values():
+        residual = shape.residuals(shape_of(rs, "position"))
+        for r in rs:
+            value = residual[index[r["landmark"]]]
+            r["signals"]["shape_residual_mm"] = float(value) if np.isfinite(value) else 1e3
+    return shape
+
+
+def _report(summary: dict, part: dict, radius: float, what: str, guards=None, error_radius=None) -> None:
     print(f"\n{what}: {summary['points']} points from {summary['images']} images, "
           f"{summary['large_errors']} with error > {radius:g} mm ({summary['not_found']} not found, left out)")
     print(f"  {'signal':22s} {'AUC':>6s} {'Spearman':>9s}   (AUC of the signal for error > {radius:g} mm; "
@@ -313,4 +432,15 @@ def _report(summary: dict, part: dict, radius: float, what: str) -> None:
     oof, ins = summary["out_of_fold"], summary["in_sample"]
     print(f"  threshold {part['threshold']:.3f}: out-of-fold AUC {oof['auc']:.3f}, flags {oof['flagged']:.1%}, "
           f"catches {oof['caught']:.1%} of errors > {radius:g} mm (targets {'met' if oof['met'] else 'NOT met'}); "
-          f"in-sample flags {ins['flagged']:.1%}, catches {ins['caught']:.1%}")
+          f"in-sample flags {ins['flagged']:.1%}, catches {ins['caught']:.1%}"
+          + (" (flags counted on the unshifted images)" if summary["unshifted_points"] < summary["points"] else ""))
+    if guards:
+        print("  guards (never reliable beyond): " + ", ".join(
+            f"{name} {side} {value:g}" for name, g in guards.items() for side, value in g.items()))
+    if "with_radius" in summary:
+        op, r = summary["with_radius"], error_radius
+        print(f"  error radius ({r['coverage']:.0%}): flagged points {r['flagged_mm']:g} mm, others per landmark "
+              f"{min(r['landmarks_mm'].values()):g}-{max(r['landmarks_mm'].values()):g} mm; with radii above "
+              f"{radius:g} mm flagged too: flags {op['flagged']:.1%}, catches {op['caught']:.1%}"
+              + (f" ({', '.join(op['radius_above_tolerance'])} always uncertain)" if op["radius_above_tolerance"]
+                 else ""))

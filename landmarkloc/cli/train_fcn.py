@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 from ..errors import InputError
 from ..io.atomic import check_writable
@@ -11,6 +12,7 @@ from ..io.datasets import load_dataset
 from ..io.modelfile import model_paths
 from ..networks.fcn_encoding import VARIANTS
 from ..training.fcn import train_config, train_fcn
+from ..training.fcn_sampling import AUGMENT_PRESETS, AugmentConfig
 from . import add_device_argument, add_quiet_argument, parse_floats
 from .outputs import output_paths
 
@@ -22,9 +24,12 @@ EXAMPLE = """examples:
       --local-members 3
   landmarkloc train-fcn ceph/landmarks.csv --spacing 0.1 -o ceph-fine --init-from ceph-isbi19 \
       --train-stage fine --fine-spacing 0.2 --fine-sub-image-size 32
+  landmarkloc train-fcn ixi_train.csv --val ixi_val.csv -o brain-robust --init-from brain-t1-ixi16 \
+      --train-stage finetune --augment clinical --foreground-margin 20
   (--train-stage local: keep the --init-from model's global network, train a new local stage, with
    --local-members networks per landmark (an ensemble); --train-stage fine: keep its global and local
-   stages and train a fine stage on a finer grid that refines the local estimate)
+   stages and train a fine stage on a finer grid that refines the local estimate; --train-stage finetune:
+   train its global and local networks further, e.g. on images changed as clinical ones differ)
   (a dataset is a folder of images with IMG.mrk.json/.fcsv/.csv landmark files, a CSV with columns
    image,landmarks, or a pixel table image,landmark,x_px,y_px; writes model.safetensors + model.json,
    a training log model.log and resume state model.resume.*)
@@ -60,6 +65,14 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
     p.add_argument("--alpha", type=float, help="weight of the classification loss (default: number of landmarks)")
     p.add_argument("--no-augment", action="store_true", help="no intensity or geometric augmentation")
+    p.add_argument("--augment", default="default",
+                   help=f"augmentation preset ({', '.join(AUGMENT_PRESETS)}) or JSON of settings to change, e.g. "
+                   '\'{"rotation_deg": 30}\'; clinical: rotation 30 deg, scale 15 %%, bias field, noise, blur, '
+                   "thicker slices, crops beyond the image")
+    p.add_argument("--foreground-margin", type=float,
+                   help="cut every image to its anatomy plus this margin in mm before normalization, in training "
+                   "and (stored in the model) at every localization: a wider or off-centre field of view then "
+                   "looks like the training images (default: off; a --init-from model's setting)")
     p.add_argument("--masked-copies", action="store_true",
                    help="also train on a copy of each image with its mask applied (CSV list 'mask' column), "
                    "e.g. skull-stripped brains")
@@ -67,7 +80,7 @@ def register(sub) -> None:
     p.add_argument("--local-arch", help="JSON of local network settings to change")
     p.add_argument("--local-members", type=int, help="local networks per landmark, an ensemble (default 1)")
     p.add_argument("--init-from", help="start from this trained FCN model (its global network, grid, intensity)")
-    p.add_argument("--train-stage", choices=["all", "local", "fine"], default="all",
+    p.add_argument("--train-stage", choices=["all", "local", "fine", "finetune"], default="all",
                    help="all (default): global and local together; local / fine (with --init-from): train only "
                    "a new local stage / a fine stage, the earlier stages kept as they are")
     p.add_argument("--fine-spacing", help="grid of the fine stage in mm, e.g. 0.2")
@@ -112,13 +125,16 @@ def run(args) -> int:
                        ("validate_every", args.validate_every), ("val_fraction", args.val_fraction),
                        ("learning_rate", args.lr), ("alpha", args.alpha), ("max_minutes", args.max_minutes),
                        ("local_members", args.local_members), ("init_from", args.init_from),
-                       ("fine_sub_image_size", args.fine_sub_image_size)):
+                       ("fine_sub_image_size", args.fine_sub_image_size),
+                       ("foreground_margin_mm", args.foreground_margin)):
         if value is not None:
             overrides[key] = value
     if args.model_spacing:
         overrides["spacing"] = tuple(parse_floats(args.model_spacing, "--model-spacing"))
     if args.fine_spacing:
         overrides["fine_spacing"] = tuple(parse_floats(args.fine_spacing, "--fine-spacing"))
+    if args.augment != "default":  # the preset's own otherwise (paper: none)
+        overrides["augment"] = _augment(args.augment)
     cfg = train_config(args.preset, image.GetDimension(), **overrides)
     if args.no_augment:
         cfg.augment.enabled = False
@@ -130,3 +146,15 @@ def run(args) -> int:
               f"{v['mean_radial_error_mm']:.2f} mm, median {v['median_radial_error_mm']:.2f} mm -> "
               f"{model_paths(args.output)[0]}")
     return 0
+
+
+def _augment(text: str) -> AugmentConfig:
+    """--augment: a preset name, or JSON of AugmentConfig fields changed from the default."""
+    if text in AUGMENT_PRESETS:
+        return replace(AUGMENT_PRESETS[text])
+    changes = _json_dict(text, "--augment")
+    unknown = set(changes) - set(AugmentConfig.__dataclass_fields__)
+    if unknown:
+        raise InputError(f"--augment: unknown settings {sorted(unknown)} (known: "
+                         f"{', '.join(AugmentConfig.__dataclass_fields__)}; presets: {', '.join(AUGMENT_PRESETS)})")
+    return replace(AugmentConfig(), **changes)

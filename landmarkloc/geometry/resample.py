@@ -112,3 +112,37 @@ def crop_or_pad(image: sitk.Image, start, size, pad_value: float = 0.0) -> sitk.
     cropped = ImageGeometry(origin=geometry.index_to_physical(start), spacing=geometry.spacing,
                             direction=geometry.direction, size=tuple(size))
     return cropped.apply_to(result)
+
+
+def foreground_box(image: sitk.Image, margin_mm: float) -> tuple:
+    """(start, size) in ITK index order of the largest bright object (Otsu threshold, largest connected
+    component) grown by ``margin_mm`` and kept inside the image: the head in a wide field of view.
+
+    The whole image when nothing stands out (a constant or a noise-only image).
+    """
+    geometry = ImageGeometry.from_image(image)
+    full = (np.zeros(geometry.ndim, dtype=int), np.asarray(geometry.size, dtype=int))
+    arr = sitk.GetArrayViewFromImage(image)
+    if arr.size == 0 or float(arr.min()) == float(arr.max()):
+        return full
+    mask = sitk.OtsuThreshold(sitk.Cast(image, sitk.sitkFloat32), 0, 1)
+    largest = sitk.RelabelComponent(sitk.ConnectedComponent(mask), sortByObjectSize=True) == 1
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(largest)
+    if not stats.HasLabel(1):
+        return full
+    box = np.asarray(stats.GetBoundingBox(1), dtype=int)
+    lo, size = box[:geometry.ndim], box[geometry.ndim:]
+    grow = np.ceil(margin_mm / geometry.spacing).astype(int)
+    start = np.maximum(lo - grow, 0)
+    stop = np.minimum(lo + size + grow, np.asarray(geometry.size))
+    return start, stop - start
+
+
+def crop_to_foreground(image: sitk.Image, margin_mm: float) -> sitk.Image:
+    """``image`` cut to :func:`foreground_box` (positions kept): the field of view a network was trained on,
+    whatever empty space a scan adds around the anatomy."""
+    start, size = foreground_box(image, margin_mm)
+    if np.array_equal(size, image.GetSize()):
+        return image
+    return crop_or_pad(image, start, size)

@@ -31,7 +31,13 @@ import torch
 from ..errors import InputError, ModelError
 from ..geometry.frames import ImageGeometry, from_point3, to_point3
 from ..geometry.intensity import get_preset, normalizer, unlike_profile
-from ..geometry.resample import canonical_orientation, resample_to_grid, resampled_geometry, to_model_grid
+from ..geometry.resample import (
+    canonical_orientation,
+    crop_to_foreground,
+    resample_to_grid,
+    resampled_geometry,
+    to_model_grid,
+)
 from ..io.image import check_image, check_not_constant, squeeze_single_slice
 from ..io.labelmap import label_map_warning
 from ..io.modelfile import load_model
@@ -39,6 +45,7 @@ from ..networks.fcn import FCNConfig, GlobalToLocal, bank_members
 from ..networks.fcn_encoding import get_variant
 from ..points import ControlPoint
 from ..runtime import resolve_device
+from .fcn_shape import ShapeModel
 from .fcn_uncertainty import CONTRAST_GAMMA, TTA_KINDS, Calibration, logistic_probability, shift_offsets
 from .fcn_votes import VoteSummary, combine_members, summarize_votes
 
@@ -52,14 +59,20 @@ BORDER_CONFIDENCE = 0.1
 # --------------------------------------------------------------------------- shared with training
 
 
-def preprocess(image: sitk.Image, spacing, intensity, with_normalizer: bool = False) -> tuple:
+def preprocess(image: sitk.Image, spacing, intensity, with_normalizer: bool = False,
+               foreground_margin_mm: float | None = None) -> tuple:
     """(normalized float32 array [k, j, i], geometry) of ``image`` on the model's grid.
 
     The grid has the canonical axis order (see ``to_model_grid``), so a model
     trained on sagittally stored scans also reads axially stored ones. With
-    ``with_normalizer``, the intensity map (fixed to this image's statistics) comes third.
+    ``foreground_margin_mm`` the grid is cut to the anatomy (:func:`crop_to_foreground`) before the
+    intensities are normalized, so a wider or off-centre field of view changes neither what the
+    global network sees nor the intensity map. With ``with_normalizer``, the intensity map (fixed to
+    this image's statistics) comes third.
     """
     resampled = to_model_grid(image, spacing)
+    if foreground_margin_mm is not None:
+        resampled = crop_to_foreground(resampled, foreground_margin_mm)
     geometry = ImageGeometry.from_image(resampled)
     raw = sitk.GetArrayViewFromImage(resampled)
     normalize = normalizer(raw, get_preset(intensity))
@@ -449,6 +462,10 @@ class LandmarkEstimate:
     unlike_training: bool = False  # the image's intensities are unlike the training images'
     p_large_error: float | None = None  # calibrated P(error > radius_mm); None for an uncalibrated model
     radius_mm: float | None = None
+    # the distance from the point within which its true position lies at the calibration's stated rate
+    # (e.g. 90 %; conformal on validation images and shifted copies of them); None: not calibrated
+    error_radius_mm: float | None = None
+    error_radius_coverage: float | None = None  # that rate
     signals: dict = field(default_factory=dict)  # uncertainty signals (see fcn_uncertainty)
 
     def to_control_point(self) -> ControlPoint:
@@ -461,12 +478,17 @@ class LandmarkEstimate:
         if calibrated:
             props["p_large_error"] = round(float(self.p_large_error), 4)
             props["radius_mm"] = float(self.radius_mm)
+            if self.error_radius_mm is not None:
+                props["error_radius_mm"] = round(float(self.error_radius_mm), 2)
         if self.unlike_training:
             props["unlike_training"] = 1
         chance = ""
         if calibrated:
             share = "<1%" if self.p_large_error < 0.005 else f"{self.p_large_error:.0%}"
             chance = f"{share} chance of an error > {self.radius_mm:g} mm"
+            if self.error_radius_mm is not None:
+                chance += (f"; true position within {self.error_radius_mm:.1f} mm "
+                           f"({self.error_radius_coverage:.0%} of such points)")
         if not self.found:
             text = "not found"
         elif self.unlike_training:
@@ -562,6 +584,8 @@ class Localizer:
             self.network = self.network.to(memory_format=_memory_format(self.ndim))
         self.spacing = np.asarray(metadata["spacing"], dtype=np.float64)
         self.intensity = metadata["intensity"]
+        # models trained on images cut to their anatomy see every image so (None: the whole field of view)
+        self.foreground_margin_mm = metadata.get("foreground_margin_mm")
         self.sub_image_size = int(metadata["sub_image_size"])
         # local refinement stages, each on its grid (same intensity preset as the global network's)
         self.stages = local_stages(self.network, metadata)
@@ -569,6 +593,7 @@ class Localizer:
         # test models (untrained networks) report every landmark
         self.always_found = bool(metadata.get("always_found", False))
         self.calibration = Calibration.from_metadata(metadata)
+        self.shape = ShapeModel.from_metadata(metadata, self.names)
         self.partners = mirror_partners(self.names)
         last_size = self.stages[-1].sub_image_size if self.stages else self.sub_image_size
         self.tta_shift = int((self.calibration.fit.get("tta_shift") if self.calibration else None)
@@ -602,7 +627,8 @@ class Localizer:
             raise InputError(f"this model localizes in {self.ndim}D images, got a {image.GetDimension()}D image")
         check_image(image)
         check_not_constant(image)
-        array, geometry, normalize = preprocess(image, self.spacing, self.intensity, with_normalizer=True)
+        array, geometry, normalize = preprocess(image, self.spacing, self.intensity, with_normalizer=True,
+                                                foreground_margin_mm=self.foreground_margin_mm)
         return image, array, geometry, normalize
 
     def _grids(self, image: sitk.Image, array: np.ndarray, geometry: ImageGeometry, normalize):
@@ -664,27 +690,26 @@ class Localizer:
         # votes point outside): a landmark in view but hard to see is found, and uncertain.
         out_of_view = outside_view(final.estimate, final_array.shape) | outside_view(
             glob.estimate, array.shape, glob.votes, glob.confidence, border=self.network.global_net.patch_size)
+        found = self.always_found | ~np.asarray(out_of_view, dtype=bool)
+        positions = np.array([final_geometry.index_to_physical(np.nan_to_num(e)) for e in final.estimate])
+        odd_shape = self._shape_signal(signals, positions, found)
+        unlike = unlike or odd_shape
         p_large = self._p_large_error(signals, local is None)
+        uncertain, error_radius = self._flags(signals, p_large)
         landmarks = []
         for n, name in enumerate(self.names):
-            global_conf = float(glob.confidence[n])
-            conf = float(signals["confidence"][n])
-            est = final.estimate[n]
-            found = self.always_found or not bool(out_of_view[n])
-            if p_large is not None:
-                uncertain = bool(p_large[n] >= self.calibration.threshold)
-            else:
-                uncertain = conf < self.uncertain_below
-            position = to_point3(final_geometry.index_to_physical(np.nan_to_num(est)))
             landmarks.append(LandmarkEstimate(
-                name=name, position=position, confidence=conf, spread_mm=float(final.spread_mm[n]), found=found,
-                uncertain=uncertain or unlike is not None,
+                name=name, position=to_point3(positions[n]), confidence=float(signals["confidence"][n]),
+                spread_mm=float(final.spread_mm[n]), found=bool(found[n]),
+                uncertain=bool(uncertain[n]) or unlike is not None,
                 global_position=to_point3(geometry.index_to_physical(np.nan_to_num(glob.estimate[n]))),
-                global_confidence=global_conf,
+                global_confidence=float(glob.confidence[n]),
                 local_confidence=None if local is None else float(local.confidence[n]),
                 unlike_training=unlike is not None,
                 p_large_error=None if p_large is None else float(p_large[n]),
                 radius_mm=None if p_large is None else self.calibration.radius_mm,
+                error_radius_mm=None if error_radius is None else float(error_radius[n]),
+                error_radius_coverage=None if error_radius is None else self.calibration.error_radius["coverage"],
                 signals={k: float(v[n]) for k, v in signals.items()}))
         label_map = label_map_warning(image)
         result = LocalizationResult(landmarks=landmarks, warnings=[w for w in (label_map, unlike) if w])
@@ -699,6 +724,37 @@ class Localizer:
     def _mirror(self, geometry: ImageGeometry):
         axis = left_right_axis(geometry)
         return None if axis is None or self.partners is None else (axis, self.partners)
+
+    def _shape_signal(self, signals: dict, positions: np.ndarray, found: np.ndarray) -> str | None:
+        """Add ``shape_residual_mm`` (models with a shape model); a warning when most points lie far from where
+        the others put them, which happens on images unlike the training ones (another contrast, mostly empty)."""
+        if self.shape is None:
+            return None
+        points = np.where(found[:, None], positions, np.nan)
+        residual = self.shape.residuals(points)
+        signals["shape_residual_mm"] = np.where(np.isfinite(residual), residual, 1e3)  # unplaceable: far off
+        typical = float(np.median(signals["shape_residual_mm"]))
+        if typical <= self.shape.image_limit_mm:
+            return None
+        return (f"the landmarks do not form the configuration of the training images (median {typical:.0f} mm "
+                f"from where the others put them; usual: {self.shape.typical_mm:.1f} mm): is the image unlike "
+                "them (contrast, field of view, anatomy)? Its points are marked uncertain")
+
+    def _flags(self, signals: dict, p_large) -> tuple:
+        """(uncertain per point, conformal error radius per point or None).
+
+        Uncertain: the calibrated probability reaches its threshold, a guard is crossed (near-zero
+        confidence, votes that disagree) or the point's error radius exceeds the model's tolerance;
+        uncalibrated models: confidence below ``uncertain_below``.
+        """
+        if p_large is None:
+            return np.asarray(signals["confidence"]) < self.uncertain_below, None
+        cal = self.calibration
+        flagged = (p_large >= cal.threshold) | cal.guarded(signals)
+        radius = cal.radius_of(self.names, flagged)
+        if radius is not None:
+            flagged = flagged | (radius > cal.radius_mm)
+        return flagged, radius
 
     def _p_large_error(self, signals: dict, global_only: bool):
         """Calibrated P(error > radius) per landmark, or None (no calibration, or it does not cover this case)."""

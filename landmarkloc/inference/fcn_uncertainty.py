@@ -30,7 +30,17 @@ local passes cost one batched run of the small local networks):
   ``local_mode_mm``: the largest posterior, the posterior sum, and the distance
   from the estimate to the vote of the most confident cell;
 * ``landmark_rate``: how often this landmark's error exceeded the radius on the
-  validation images (a per-landmark prior, stored with the calibration).
+  validation images (a per-landmark prior, stored with the calibration);
+* ``shape_residual_mm``: how far the point lies from where the other landmarks
+  put it (a robust similarity fit of the mean shape, :mod:`.fcn_shape`).
+
+Two more parts make the flag hold on images unlike the validation ones:
+``guards``, limits on single signals beyond which a point is never written as
+reliable whatever the logistic model says (near-zero confidence, votes that
+disagree), and ``error_radius``, a radius per point that holds its true
+position at a stated rate (split-conformal, per landmark for the points not
+flagged and one for the flagged ones); a point whose radius exceeds the
+model's tolerance (``radius_mm``) is uncertain.
 
 The mapping (signals, their transform and standardization, coefficients,
 threshold, radius, and a summary of the validation data it was fitted on) is
@@ -75,6 +85,8 @@ SIGNALS = {
                          "with several local networks per landmark)", "log"),
     "local_fine_mm": ("distance the fine stage moved the local stage's estimate (mm; models with a fine stage)",
                       "log"),
+    "shape_residual_mm": ("distance from where the other landmarks put the point (robust similarity fit of the "
+                          "mean landmark configuration, mm; models with a shape model)", "log"),
 }
 # Which signals need which extra (batched) local passes.
 TTA_SIGNALS = {"local_shift_mm": "shift", "local_recentre_mm": "recentre", "local_contrast_mm": "contrast",
@@ -120,6 +132,8 @@ class Calibration:
     refine: dict | None = None  # the same for refine (local-only signals): keys signals/mean/scale/...
     fit: dict = field(default_factory=dict)  # summary of the data it was fitted on
     landmark_rates: dict = field(default_factory=dict)  # landmark -> smoothed validation rate of large errors
+    guards: dict = field(default_factory=dict)  # signal -> {"below": v} or {"above": v}: never reliable beyond
+    error_radius: dict = field(default_factory=dict)  # {"coverage", "flagged_mm", "landmarks_mm": {name: mm}}
 
     @classmethod
     def from_metadata(cls, meta: dict | None):
@@ -132,8 +146,13 @@ class Calibration:
                       scale=list(data["scale"]), coefficients=list(data["coefficients"]),
                       intercept=float(data["intercept"]), threshold=float(data["threshold"]),
                       refine=data.get("refine"), fit=dict(data.get("fit", {})),
-                      landmark_rates={str(k): float(v) for k, v in (data.get("landmark_rates") or {}).items()})
-        except (KeyError, TypeError, ValueError) as exc:
+                      landmark_rates={str(k): float(v) for k, v in (data.get("landmark_rates") or {}).items()},
+                      guards={str(k): {str(side): float(v) for side, v in g.items()}
+                              for k, g in (data.get("guards") or {}).items()},
+                      error_radius=dict(data.get("error_radius") or {}))
+            if any(k not in SIGNALS or set(g) - {"below", "above"} for k, g in cal.guards.items()):
+                raise ValueError("unknown guard signal or side")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ModelError(f"model metadata: malformed calibration ({exc})") from None
         for part in [data] + ([cal.refine] if cal.refine else []):
             names = part.get("signals", [])
@@ -147,6 +166,7 @@ class Calibration:
         return {"radius_mm": self.radius_mm, "signals": self.signals, "mean": self.mean, "scale": self.scale,
                 "coefficients": self.coefficients, "intercept": self.intercept, "threshold": self.threshold,
                 "refine": self.refine, "fit": self.fit, "landmark_rates": self.landmark_rates,
+                "guards": self.guards, "error_radius": self.error_radius,
                 "definitions": {n: SIGNALS[n][0] for n in self.signals + (self.refine or {}).get("signals", [])}}
 
     def tta_kinds(self, refine: bool = False) -> tuple:
@@ -160,6 +180,58 @@ class Calibration:
 
     def threshold_for(self, refine: bool = False) -> float:
         return float(self.refine["threshold"]) if refine else self.threshold
+
+    def guarded(self, signals: dict) -> np.ndarray:
+        return beyond_guards(self.guards, signals)
+
+    def radius_of(self, names, flagged: np.ndarray) -> np.ndarray | None:
+        """The conformal error radius of each point (None without one): the flagged points' radius for
+        flagged points, else their landmark's (the largest landmark radius for a landmark not calibrated)."""
+        r = self.error_radius
+        if not r:
+            return None
+        per = r.get("landmarks_mm") or {}
+        default = max(per.values()) if per else float(r["flagged_mm"])
+        return np.array([float(r["flagged_mm"]) if f else float(per.get(n, default)) for n, f in zip(names, flagged)])
+
+
+# Guards: a point whose confidence is below, or whose global votes spread more than, all but GUARD_SHARE of the
+# points of the unshifted validation images is never written as reliable (issue 24: a point with near-zero
+# confidence, or with votes that disagree), whatever the logistic model makes of it.
+GUARD_SIGNALS = {"confidence": "below", "global_spread_mm": "above"}
+GUARD_SHARE = 0.005
+
+
+def choose_guards(table: dict, counted: np.ndarray) -> dict:
+    """The guard limits from the signal columns of the unshifted points (``counted``)."""
+    guards = {}
+    for name, side in GUARD_SIGNALS.items():
+        if name in table and np.any(counted):
+            values = np.asarray(table[name], dtype=np.float64)[np.asarray(counted, dtype=bool)]
+            q = GUARD_SHARE if side == "below" else 1.0 - GUARD_SHARE
+            guards[name] = {side: float(f"{float(np.quantile(values, q)):.6g}")}
+    return guards
+
+
+def beyond_guards(guards: dict, signals: dict) -> np.ndarray:
+    """Points beyond a guard; a signal a guard needs but the point lacks counts as beyond."""
+    n = len(next(iter(signals.values())))
+    out = np.zeros(n, dtype=bool)
+    for name, limits in guards.items():
+        values = np.asarray(signals.get(name, np.full(n, np.nan)), dtype=np.float64)
+        if "below" in limits:
+            out |= ~(values >= limits["below"])
+        if "above" in limits:
+            out |= ~(values <= limits["above"])
+    return out
+
+
+def conformal_quantile(errors, coverage: float) -> float:
+    """The split-conformal radius of ``errors``: their ceil((n + 1) coverage)-th smallest (inf if n is too small),
+    which a new point exchangeable with them falls within at least ``coverage`` of the time."""
+    errors = np.sort(np.asarray(errors, dtype=np.float64))
+    k = int(math.ceil((len(errors) + 1) * coverage))
+    return float(errors[k - 1]) if 0 < k <= len(errors) else float("inf")
 
 
 def landmark_rates(landmarks, large, smoothing: float = 5.0) -> dict:
@@ -264,25 +336,27 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def operating_point(prob: np.ndarray, large: np.ndarray, threshold: float) -> dict:
-    """Share of points flagged and share of large errors caught at ``threshold``."""
+def operating_point(prob: np.ndarray, large: np.ndarray, threshold: float, counted=None) -> dict:
+    """Share of points flagged (of the ``counted`` ones: default all) and of large errors caught at ``threshold``."""
     flagged = prob >= threshold
-    return {"threshold": float(threshold), "flagged": float(flagged.mean()) if len(flagged) else float("nan"),
+    share = flagged if counted is None else flagged[np.asarray(counted, dtype=bool)]
+    return {"threshold": float(threshold), "flagged": float(share.mean()) if len(share) else float("nan"),
             "caught": float(flagged[large].mean()) if large.any() else float("nan"),
             "flagged_within_radius": float((flagged & ~large).sum() / max(1, flagged.sum()))}
 
 
-def choose_threshold(prob: np.ndarray, large: np.ndarray, catch: float, max_flagged: float) -> dict:
+def choose_threshold(prob: np.ndarray, large: np.ndarray, catch: float, max_flagged: float, counted=None) -> dict:
     """The flag threshold: in the middle of the range that meets both targets, else at the flag budget.
 
     The thresholds that catch at least ``catch`` of the large errors while
     flagging at most ``max_flagged`` of the points form a range; the one whose
     flagged share is halfway between the range's smallest and the budget is
     taken, which leaves a margin on both targets for new images. When no
-    threshold meets both, the one at the flag budget is taken (``met`` False).
+    threshold meets both, the one at the flag budget is taken (``met`` False). ``counted``: the points
+    whose flagged share the budget limits (the unshifted images'; default all).
     """
     candidates = np.unique(prob)[::-1]  # decreasing: more and more points flagged
-    ops = [operating_point(prob, large, t) for t in candidates]
+    ops = [operating_point(prob, large, t, counted) for t in candidates]
     feasible = [op for op in ops if op["caught"] >= catch and op["flagged"] <= max_flagged]
     if feasible:
         target = (min(op["flagged"] for op in feasible) + max_flagged) / 2.0

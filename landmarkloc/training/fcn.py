@@ -13,7 +13,8 @@ bank on a finer grid with smaller sub-images, as the paper's cephalometric
 local networks that work at the X-ray's full resolution) can refine the local
 estimate. As in the paper, stages can be trained on their own, starting from
 a trained model (``init_from``) whose earlier stages stay frozen:
-``train_stage`` "local" (a new local stage) or "fine" (a fine stage).
+``train_stage`` "local" (a new local stage) or "fine" (a fine stage), or "finetune": every network
+of the model started from trained further (e.g. with stronger augmentation).
 
 Under ``torchrun`` each process trains on its own share of the images with
 DistributedDataParallel (gloo on CPU, nccl on CUDA); rank 0 validates, logs and
@@ -82,10 +83,14 @@ class FCNTrainConfig:
     masked_copies: bool = False
     local_members: int = 1  # local networks per landmark (an ensemble when > 1)
     init_from: str | None = None  # a trained FCN model to start from (its global network, grid and intensity)
-    train_stage: str = "all"  # "all": global and local together; "local" or "fine": only that stage
+    train_stage: str = "all"  # "all": global and local together; "local" or "fine": only that stage;
+    # "finetune": the global and local networks of ``init_from``, trained further together
     fine_spacing: tuple | None = None  # grid of the fine stage in mm (train_stage "fine")
     fine_sub_image_size: int = 32
     fine_overrides: dict = field(default_factory=dict)  # FCNConfig fields of the fine bank (local preset)
+    # cut every image to its anatomy (plus this margin) before normalization (None: the whole field of view);
+    # stored in the model, whose Localizer then cuts every input so
+    foreground_margin_mm: float | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -124,8 +129,8 @@ def _check(cfg: FCNTrainConfig) -> None:
         raise InputError(f"unknown learning-rate schedule {cfg.lr_schedule!r} (constant or cosine)")
     if cfg.local_members < 1:
         raise InputError("local_members must be at least 1")
-    if cfg.train_stage not in ("all", "local", "fine"):
-        raise InputError(f"unknown training stage {cfg.train_stage!r} (all, local or fine)")
+    if cfg.train_stage not in ("all", "local", "fine", "finetune"):
+        raise InputError(f"unknown training stage {cfg.train_stage!r} (all, local, fine or finetune)")
     if cfg.train_stage != "all" and (cfg.init_from is None or not cfg.use_local):
         raise InputError(f"training the {cfg.train_stage} stage only needs a model to start from (--init-from)")
     if cfg.train_stage == "fine" and cfg.fine_spacing is None:
@@ -137,7 +142,11 @@ def network_configs(cfg: FCNTrainConfig, num_landmarks: int, start: dict | None 
     g = FCNConfig.from_dict(start["global_architecture"]) if start else \
         global_config(cfg.preset, cfg.ndim, num_landmarks, **cfg.global_overrides)
     loc, fine = None, None
-    if cfg.train_stage == "fine":
+    if cfg.train_stage == "finetune":
+        if not start.get("local_architecture") or start.get("fine_stage"):
+            raise InputError("finetune continues a model with a global and a local stage and no fine stage")
+        loc = FCNConfig.from_dict(start["local_architecture"])
+    elif cfg.train_stage == "fine":
         if not start.get("local_architecture"):
             raise InputError("a fine stage refines a local stage: the model started from has none")
         loc = FCNConfig.from_dict(start["local_architecture"])
@@ -161,7 +170,7 @@ def apply_mask(image: sitk.Image, mask_path) -> sitk.Image:
 
 
 def prepare_cases(dataset: LandmarkDataset, spacing, intensity, input_spacing=None, quiet=True,
-                  masked_copies: bool = False) -> list:
+                  masked_copies: bool = False, foreground_margin_mm: float | None = None) -> list:
     """Read, resample and normalize every case; landmarks become indices of the model grid.
 
     With ``masked_copies``, each case that has a mask is added a second time with
@@ -176,7 +185,7 @@ def prepare_cases(dataset: LandmarkDataset, spacing, intensity, input_spacing=No
         if masked_copies and case.mask_path is not None:
             variants.append((f"{case.name}#masked", apply_mask(image, case.mask_path)))
         for name, img in variants:
-            array, geometry = preprocess(img, spacing, intensity)
+            array, geometry = preprocess(img, spacing, intensity, foreground_margin_mm=foreground_margin_mm)
             out.append(PreparedCase(name, array, geometry.spacing, geometry.physical_to_index(lms), geometry))
     return out
 
@@ -299,6 +308,7 @@ def model_metadata(cfg: FCNTrainConfig, names, global_cfg: FCNConfig, local_cfg,
         "local_architecture": local_cfg.to_dict() if local_cfg else None,
         "training_data": dataset_summary, "intensity_profile": profile,
         "training": training, "validation": validation,
+        "foreground_margin_mm": cfg.foreground_margin_mm,
         "train_config": cfg.to_dict(),
     }
 
@@ -409,7 +419,9 @@ def _run_config(cfg: FCNTrainConfig, start: dict | None, dataset: LandmarkDatase
     if start is not None:
         cfg = replace(cfg, spacing=tuple(start["spacing"]), intensity=start["intensity"]["name"],
                       variant=start["variant"])
-        if cfg.train_stage == "fine":
+        if cfg.foreground_margin_mm is None:
+            cfg = replace(cfg, foreground_margin_mm=start.get("foreground_margin_mm"))
+        if cfg.train_stage in ("fine", "finetune"):
             cfg = replace(cfg, sub_image_size=int(start["sub_image_size"]), local_members=max(1, _members(start)))
     return replace(cfg, spacing=_per_axis(cfg.spacing or median_spacing(dataset, input_spacing), cfg.ndim),
                    fine_spacing=_per_axis(cfg.fine_spacing, cfg.ndim))
@@ -444,10 +456,11 @@ class _TrainingData:
         if key not in self._grids:
             cfg = self._cfg
             cases = prepare_cases(self.share, spacing, cfg.intensity, self._input_spacing, quiet=self._quiet,
-                                  masked_copies=cfg.masked_copies)
+                                  masked_copies=cfg.masked_copies, foreground_margin_mm=cfg.foreground_margin_mm)
             if any(c.ndim != cfg.ndim for c in cases):
                 raise InputError(f"training images must all be {cfg.ndim}D")
-            val_cases = prepare_cases(self.val, spacing, cfg.intensity, self._input_spacing, quiet=True) \
+            val_cases = prepare_cases(self.val, spacing, cfg.intensity, self._input_spacing, quiet=True,
+                                      foreground_margin_mm=cfg.foreground_margin_mm) \
                 if self._is_main else []
             self._grids[key] = (cases, val_cases)
         return self._grids[key]
@@ -485,7 +498,7 @@ def _build_model(cfg: FCNTrainConfig, configs: tuple, init_weights: dict | None,
     model = GlobalToLocal(*configs).to(device)
     frozen = frozen_parts(model, cfg)
     if init_weights is not None:
-        kept = ("global_net.", "local_net.") if cfg.train_stage == "fine" else ("global_net.",)
+        kept = ("global_net.", "local_net.") if cfg.train_stage in ("fine", "finetune") else ("global_net.",)
         model.load_state_dict({k: v for k, v in init_weights.items() if k.startswith(kept)}, strict=False)
     for part in frozen:
         part.requires_grad_(False)
@@ -545,7 +558,8 @@ class _Trainer:
         global_cfg, local_cfg, fine_cfg = self.configs
         bank = fine_cfg if fine else local_cfg
         return functools.partial(
-            make_batch, self.data.cases, cfg, self.crop, global_cfg.patch_size if cfg.train_stage == "all" else 0,
+            make_batch, self.data.cases, cfg, self.crop,
+            global_cfg.patch_size if cfg.train_stage in ("all", "finetune") else 0,
             bank.patch_size if bank else 0,
             local_cases=self.data.on_grid(cfg.fine_spacing)[0] if fine else self.data.cases,
             sub_image_size=cfg.fine_sub_image_size if fine else cfg.sub_image_size,
@@ -663,7 +677,8 @@ def init_summary(path) -> dict:
 
 def frozen_parts(model: GlobalToLocal, cfg: FCNTrainConfig) -> list:
     """The networks this run keeps as they were trained (the stages before the one it trains)."""
-    return {"all": [], "local": [model.global_net], "fine": [model.global_net, model.local_net]}[cfg.train_stage]
+    return {"all": [], "finetune": [], "local": [model.global_net],
+            "fine": [model.global_net, model.local_net]}[cfg.train_stage]
 
 
 def train_mode(model: GlobalToLocal, cfg: FCNTrainConfig) -> None:

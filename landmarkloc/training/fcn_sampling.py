@@ -24,17 +24,41 @@ import torch.nn.functional as F
 
 @dataclass
 class AugmentConfig:
-    """Random augmentation that keeps landmarks correct."""
+    """Random augmentation that keeps landmarks correct.
+
+    The appearance terms (bias field, noise, blur, lower resolution) are TorchIO
+    transforms on the global crops, as clinical scans differ from a research
+    cohort; ``outside_view`` is the chance that a global crop reaches beyond the
+    image (zeros there), as a wider field of view shows empty space.
+    """
 
     rotation_deg: float = 10.0  # maximum rotation about each rotation axis
     scale: float = 0.1  # isotropic scale factor in [1 - scale, 1 + scale]
     intensity_scale: float = 0.1  # multiply by [1 - s, 1 + s]
     intensity_shift: float = 0.1  # add [-s, s]
     gamma: float = 0.2  # x ** exp(U(-g, g)) on the non-negative part
+    bias_field: float = 0.0  # TorchIO RandomBiasField coefficients (0: off)
+    noise_std: float = 0.0  # TorchIO RandomNoise, at most this standard deviation (normalized intensities)
+    blur_mm: float = 0.0  # TorchIO RandomBlur, at most this standard deviation in mm
+    anisotropy: float = 0.0  # chance of TorchIO RandomAnisotropy (one axis at 1.5-3x the voxel size)
+    outside_view: float = 0.0  # chance that a global crop's centre may lie anywhere in the image
     enabled: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def appearance(self) -> bool:
+        return bool(self.bias_field or self.noise_std or self.blur_mm or self.anisotropy)
+
+
+# Named augmentation settings (train-fcn --augment NAME): the default, and what clinics produce (issue 24:
+# tilted heads, other sizes, coil profiles, noise, thicker slices, empty space around the anatomy).
+AUGMENT_PRESETS = {
+    "default": AugmentConfig(),
+    "clinical": AugmentConfig(rotation_deg=30.0, scale=0.15, intensity_scale=0.15, intensity_shift=0.1, gamma=0.3,
+                              bias_field=0.5, noise_std=0.03, blur_mm=1.0, anisotropy=0.25, outside_view=0.3),
+}
 
 
 @dataclass
@@ -104,6 +128,30 @@ def map_points(points: np.ndarray, matrix: np.ndarray, centre_src: np.ndarray, o
     return (points - centre_src) @ np.linalg.inv(matrix).T + centre_out
 
 
+def augment_appearance(x: torch.Tensor, spacing, augment: AugmentConfig, rng) -> torch.Tensor:
+    """TorchIO's bias field, blur, lower resolution and noise on one crop (array order, 2D or 3D), each drawn
+    from ``rng`` (TorchIO draws from torch's generator, seeded here)."""
+    import torchio as tio
+
+    torch.manual_seed(int(rng.integers(2**31)))
+    volume = x if x.ndim == 3 else x[..., None]  # TorchIO wants (C, W, H, D); a 2D crop is one slice thick
+    ndim = x.ndim
+    sp = tuple(float(v) for v in np.asarray(spacing)[::-1]) + ((1.0,) if ndim == 2 else ())
+    transforms = []
+    if augment.bias_field:
+        transforms.append(tio.RandomBiasField(coefficients=augment.bias_field, order=3, p=0.5))
+    if augment.blur_mm:
+        transforms.append(tio.RandomBlur(std=(0.0, augment.blur_mm), p=0.3))
+    if augment.anisotropy:
+        transforms.append(tio.RandomAnisotropy(axes=tuple(range(ndim)), downsampling=(1.5, 3.0),
+                                               p=augment.anisotropy))
+    if augment.noise_std:
+        transforms.append(tio.RandomNoise(std=(0.0, augment.noise_std), p=0.5))
+    image = tio.ScalarImage(tensor=volume[None].float(), affine=np.diag(sp + (1.0,)))
+    out = tio.Compose(transforms)(image).data[0]
+    return out if ndim == 3 else out[..., 0]
+
+
 def augment_intensity(x: torch.Tensor, augment: AugmentConfig | None, rng) -> torch.Tensor:
     if augment is None or not augment.enabled:
         return x
@@ -131,10 +179,14 @@ def global_crop(case: PreparedCase, crop_size, augment: AugmentConfig | None, rn
     half = (crop - 1) / 2
     lo = np.minimum(half, case.size - 1 - half)
     hi = np.maximum(half, case.size - 1 - half)
+    if augment is not None and augment.enabled and rng.random() < augment.outside_view:
+        lo, hi = np.zeros_like(lo), case.size - 1  # the crop may reach beyond the image: empty space
     centre_src = rng.uniform(lo, hi)
     matrix = random_affine(case.ndim, case.spacing, augment, rng)
     centre_src = _snap(centre_src, crop, matrix)
     image = sample_affine(case.array, matrix, centre_src, crop)
+    if augment is not None and augment.enabled and augment.appearance:
+        image = augment_appearance(image, case.spacing, augment, rng)
     image = augment_intensity(image, augment, rng)
     return image[None], map_points(case.landmarks, matrix, centre_src, crop)
 
