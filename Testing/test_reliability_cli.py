@@ -477,6 +477,8 @@ TRAIN_FCN_ROWS = [
     ("validation landmarks differ", lambda t: [str(_dataset(t)), "--val", str(_dataset(t, "val", ["x", "y"]))],
      "same landmark names"),
     ("output under a file", lambda t: [str(_dataset(t)), "-o", str(_file_in_the_way(t))], "is a file"),
+    ("--spacing for volumes with their own", lambda t: [str(_dataset(t)), "--spacing", "0.5"],
+     "case0.nrrd stores its own voxel spacing; --spacing is only for 2D pictures"),
     ("one stage without a model to start from", lambda t: [str(_dataset(t)), "--train-stage", "local"],
      "needs a model to start from"),
     ("fine stage without its grid", lambda t: [str(_dataset(t)), "--train-stage", "fine", "--init-from",

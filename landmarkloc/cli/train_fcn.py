@@ -9,11 +9,12 @@ from dataclasses import replace
 from ..errors import InputError
 from ..io.atomic import check_writable
 from ..io.datasets import load_dataset
+from ..io.image import check_spacing_applies
 from ..io.modelfile import model_paths
 from ..networks.fcn_encoding import VARIANTS
 from ..training.fcn import train_config, train_fcn
 from ..training.fcn_sampling import AUGMENT_PRESETS, AugmentConfig
-from . import add_device_argument, add_quiet_argument, parse_floats
+from . import add_device_argument, add_quiet_argument, add_spacing_argument, parse_floats, parse_spacing
 from .outputs import output_paths
 
 EXAMPLE = """examples:
@@ -48,7 +49,7 @@ def register(sub) -> None:
     p.add_argument("--landmarks-dir", help="folder with the landmark files of a folder dataset")
     p.add_argument("--preset", default="compact", choices=["compact", "paper"],
                    help="architecture and schedule (default: compact, CPU-trainable)")
-    p.add_argument("--spacing", help="pixel size in mm of 2D picture inputs (PNG/JPEG/...), e.g. 0.1")
+    add_spacing_argument(p)
     p.add_argument("--model-spacing", help="grid spacing of the model in mm, one value or one per axis "
                    "(default: the median spacing of the training images)")
     p.add_argument("--intensity", default="mr",
@@ -111,7 +112,8 @@ def run(args) -> int:
     check_writable(model_paths(args.output)[0])  # before any reading or training
     dataset = load_dataset(args.dataset, landmarks_dir=args.landmarks_dir)
     val = load_dataset(args.val, landmarks_dir=args.landmarks_dir) if args.val else None
-    input_spacing = parse_floats(args.spacing, "--spacing") if args.spacing else None
+    input_spacing = parse_spacing(args.spacing)
+    check_spacing_applies([c.image_path for c in dataset.cases], input_spacing)
     image, _ = dataset.cases[0].load(dataset.names, spacing=input_spacing)
     overrides = {
         "intensity": args.intensity, "variant": args.variant, "use_local": not args.global_only, "seed": args.seed,
