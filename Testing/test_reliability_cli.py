@@ -791,6 +791,8 @@ OUTPUT_IS_INPUT_ROWS = [
         m, t, lambda t: ["--save-template", str(t / m["coarse"].name)]), "is also the input --model"),
     ("oneshot --save-template a shipped model's name", lambda m, t: _oneshot(
         m, t, extra=["--save-template", "brain-t1-rpr-coarse"]), "is the name of a shipped model"),
+    ("oneshot --save-template a shipped model's file name", lambda m, t: _oneshot(
+        m, t, extra=["--save-template", "brain-t1-rpr-fine.safetensors"]), "is the name of a shipped model"),
     ("oneshot -o and --rois one file", lambda m, t: _oneshot(m, t, method="ncc", support_args=_with_labels(t),
                                                              extra=["--rois", str(t / "q.mrk.json")]),
      "-o and --rois are the same file"),

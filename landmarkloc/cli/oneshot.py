@@ -143,7 +143,8 @@ def _outputs(outputs, args) -> list:
 
 def _check_template_name(name) -> None:
     """A bare name that is a shipped model's would hide that model in this folder (an existing path wins)."""
-    if len(Path(name).parts) == 1 and name in shipped_model_names():
+    stem = model_paths(name)[0].name[: -len(".safetensors")]
+    if len(Path(name).parts) == 1 and stem in shipped_model_names():
         raise InputError(f"--save-template {name} is the name of a shipped model; a template saved under it would "
                          "be loaded instead of that model from this folder; choose another name")
 
