@@ -802,6 +802,12 @@ OUTPUT_IS_INPUT_ROWS = [
     ("localize -o the model's metadata", lambda m, t: [
         "localize", str(good(t)), "--model", str(_model_here(m, t, "fcn", "fcn.mrk")), "-o", str(t / "fcn.mrk.json")],
      "fcn.mrk.json is also the input --model"),
+    ("train-fcn -o the model it starts from", lambda m, t: [
+        "train-fcn", str(_dataset(t)), "--init-from", str(_model_here(m, t, "fcn", "start")), "--train-stage",
+        "local", "-o", str(t / "start"), "--iterations", "1", "--intensity", "mr", "-q", "--device", "cpu"],
+     "-o " + "{t}/start.safetensors is also the input --init-from"),
+    ("import-model -o over its metadata", lambda m, t: ["import-model", *_checkpoint(t), "-o", str(t / "meta")],
+     "meta.json is also the input --metadata"),
     ("derive: a folder output next to its input", lambda m, t: [
         "derive", str(_labelmap_where_image(t)), "--labels", "1", "-o", str(t / "seg.nrrd")],
      "does not end with .mrk.json"),
@@ -814,7 +820,7 @@ def test_no_output_may_be_an_input_of_the_same_run(models, tmp_path, capsys, mon
     argv = make(models, tmp_path)
     if argv[0] in ("localize", "oneshot"):
         argv += ["-q", "--device", "cpu"]
-    assert message in run_refused(argv, tmp_path, capsys)
+    assert message.format(t=tmp_path) in run_refused(argv, tmp_path, capsys)
 
 
 # --------------------------------------------------------------------------- options that were misread (issue 22)

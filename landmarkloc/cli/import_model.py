@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import InputError, ModelError
 from ..io.atomic import check_writable
 from ..io.modelfile import model_paths, save_model
-from .outputs import output_paths
+from .outputs import check_outputs_are_not_inputs, output_paths
 
 EXAMPLE = """example:
   landmarkloc import-model colleague.pth --metadata colleague.json -o models/colleague
@@ -54,6 +54,8 @@ def load_state_dict_safely(path: Path) -> dict:
 
 def run(args) -> int:
     output = output_paths([args.checkpoint], args.output, "")[0]  # a folder: CHECKPOINT.safetensors in it
+    check_outputs_are_not_inputs([("checkpoint", args.checkpoint), ("--metadata", args.metadata)],
+                                 [("-o", path) for path in model_paths(output)])
     check_writable(model_paths(output)[0])
     meta_path = Path(args.metadata)
     try:

@@ -15,7 +15,7 @@ from ..networks.fcn_encoding import VARIANTS
 from ..training.fcn import train_config, train_fcn
 from ..training.fcn_sampling import AUGMENT_PRESETS, AugmentConfig
 from . import add_device_argument, add_quiet_argument, add_spacing_argument, parse_floats, parse_spacing
-from .outputs import output_paths
+from .outputs import check_outputs_are_not_inputs, model_files, output_paths
 
 EXAMPLE = """examples:
   landmarkloc train-fcn ixi_train/ -o models/ixi16 --intensity mr --model-spacing 2 --max-minutes 45
@@ -109,6 +109,9 @@ def _json_dict(text, what) -> dict:
 
 def run(args) -> int:
     args.output = str(output_paths([args.dataset], args.output, "")[0])  # a folder: DATASET.safetensors in it
+    if args.init_from:
+        check_outputs_are_not_inputs(model_files("--init-from", args.init_from),
+                                     [("-o", path) for path in model_paths(args.output)])
     check_writable(model_paths(args.output)[0])  # before any reading or training
     dataset = load_dataset(args.dataset, landmarks_dir=args.landmarks_dir)
     val = load_dataset(args.val, landmarks_dir=args.landmarks_dir) if args.val else None
