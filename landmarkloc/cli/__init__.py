@@ -133,7 +133,9 @@ def _terminate_cleanly():
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    with warnings.catch_warnings(), _terminate_cleanly():
+    from ..io.image import without_itk_warnings  # ITK (resampling, registration) speaks through our lines only
+
+    with warnings.catch_warnings(), _terminate_cleanly(), without_itk_warnings():
         warnings.simplefilter("always", InputWarning)  # every input's warning, not only the first
         warnings.showwarning = _print_input_warnings(args.command)
         try:

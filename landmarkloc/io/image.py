@@ -112,7 +112,7 @@ def check_spacing_applies(paths, spacing) -> None:
 
 
 @contextlib.contextmanager
-def _without_itk_warnings():
+def without_itk_warnings():
     """ITK prints its warnings (source file, line number, object address) straight to stderr; what they are about
     is checked here and said in one line of our own."""
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
@@ -123,7 +123,7 @@ def _without_itk_warnings():
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
-@_without_itk_warnings()
+@without_itk_warnings()
 def check_image_file(path, series: str = None) -> tuple:
     """What can be checked without reading the voxels: the file exists, is not empty, its header is
     readable, describes a 2D/3D image with positive spacing and fits in memory, and the file holds all the
@@ -149,7 +149,7 @@ def _nifti_header(path: Path):
     return nifti.read_header(path) if _suffix(path) in (".nii", ".nii.gz") else None
 
 
-@_without_itk_warnings()
+@without_itk_warnings()
 def read_image(path, spacing=None, allow_single_slice: bool = True, series: str = None) -> sitk.Image:
     """Read an image file or DICOM folder as a float32 scalar image with validated geometry.
 
@@ -251,7 +251,7 @@ def squeeze_single_slice(image: sitk.Image) -> sitk.Image:
     return out
 
 
-@_without_itk_warnings()
+@without_itk_warnings()
 def write_image(image: sitk.Image, path) -> None:
     """Write an image atomically; the format follows the file name's suffix."""
     with atomic_path(path) as tmp:
