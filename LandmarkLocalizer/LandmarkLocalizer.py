@@ -8,12 +8,12 @@ MRML is only touched here, on the main thread, when the worker is done.
 
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Union
 
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -47,6 +47,9 @@ _addCorePackageToPath()
 from LandmarkLocalizerLib.jobwidget import JobPollingMixin  # noqa: E402  (after the path set-up)
 
 POLL_MS = 100
+# Grey volumes and pictures (PNG/JPEG load as vector volumes). The wrapper sets a node selector's types to exactly
+# these (replacing the .ui's list), and a selector that hides subclasses would not offer pictures otherwise.
+ImageVolume = Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode, None]
 
 
 class LandmarkLocalizer(ScriptedLoadableModule):
@@ -117,7 +120,7 @@ def loadMNI152Sample(source=None):
 class LandmarkLocalizerParameterNode:
     """Saved with the scene: inputs, options and the last outputs."""
 
-    inputVolume: vtkMRMLScalarVolumeNode
+    inputVolume: ImageVolume = None
     modelPath: str = ""
     device: Annotated[str, Choice(["Auto", "CPU", "GPU"])] = "Auto"
     uncertainBelow: Annotated[float, WithinRange(0.0, 1.0)] = 0.5

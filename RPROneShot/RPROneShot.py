@@ -20,6 +20,7 @@ from slicer import (
     vtkMRMLMarkupsFiducialNode,
     vtkMRMLScalarVolumeNode,
     vtkMRMLSegmentationNode,
+    vtkMRMLVectorVolumeNode,
 )
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -55,6 +56,8 @@ from LandmarkLocalizerLib.jobwidget import JobPollingMixin  # noqa: E402  (after
 
 NO_FINE_MODEL_TEXT = "None"
 POLL_MS = 100
+# Grey volumes and pictures (PNG/JPEG load as vector volumes): see LandmarkLocalizer.ImageVolume.
+ImageVolume = Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode, None]
 
 
 class RPROneShot(ScriptedLoadableModule):
@@ -78,11 +81,11 @@ class RPROneShot(ScriptedLoadableModule):
 class RPROneShotParameterNode:
     """Saved with the scene: support, query, method and options, the loaded template and the last outputs."""
 
-    supportVolume: vtkMRMLScalarVolumeNode
+    supportVolume: ImageVolume = None
     supportPoints: vtkMRMLMarkupsFiducialNode
     supportLabels: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None] = None
     templatePath: str = ""
-    queryVolume: vtkMRMLScalarVolumeNode
+    queryVolume: ImageVolume = None
     method: Annotated[str, Choice(["rpr", "ncc", "registration"])] = "rpr"
     modelPath: str = ""
     fineModelPath: str = ""

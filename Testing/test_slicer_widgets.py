@@ -244,6 +244,38 @@ def test_restore_saved_model_refuses_missing_and_wrong_stage_files(tiny, tmp_pat
 # --------------------------------------------------------------------------- 6, 7: pictures and the default volume
 
 
+SELECTOR_OFFERS = [  # (module, selector, what it must offer of the scene below)
+    ("LandmarkLocalizer", "inputVolumeSelector", ["photo", "ct"]),
+    ("LandmarkLocalizer", "outputPointsSelector", ["points"]),
+    ("RPROneShot", "supportVolumeSelector", ["photo", "ct"]),
+    ("RPROneShot", "queryVolumeSelector", ["photo", "ct"]),
+    ("RPROneShot", "supportPointsSelector", ["points"]),
+    ("RPROneShot", "supportLabelsSelector", ["labels"]),
+]
+
+
+@pytest.mark.parametrize("module_name, selector, offered", SELECTOR_OFFERS,
+                         ids=[f"{m}-{s}" for m, s, _ in SELECTOR_OFFERS])
+def test_selectors_offer_pictures_and_grey_volumes_once_bound_to_the_parameter_node(monkeypatch, module_name,
+                                                                                       selector, offered):
+    """connectGui replaces a selector's .ui node types with its field's type hint; the selector then hides
+    subclasses, so a picture (a vector volume) is offered only if the hint names vtkMRMLVectorVolumeNode."""
+    import importlib
+
+    from mrml_testing import REPO
+
+    scene = new_scene()
+    add_volume(scene, np.ones((1, 3, 4, 3), np.uint8), name="photo", class_name="vtkMRMLVectorVolumeNode")
+    add_volume(scene, np.ones((2, 3, 4), np.float32), name="ct")
+    add_volume(scene, np.ones((2, 3, 4), np.uint8), name="labels", class_name="vtkMRMLLabelMapVolumeNode")
+    mrml.add_points_node(scene, [], "points")
+    gui.install(monkeypatch)
+    module = importlib.import_module(module_name)
+    selectors = gui.node_selectors(REPO / module_name / "Resources" / "UI" / f"{module_name}.ui")
+    gui.connect_node_selectors(getattr(module, f"{module_name}ParameterNode"), selectors)
+    assert [node.GetName() for node in selectors[selector].offered(scene)] == offered
+
+
 def test_default_input_is_the_first_grey_volume_or_picture_never_a_label_map():
     scene = new_scene()
     assert mrml.first_input_volume(scene) is None
