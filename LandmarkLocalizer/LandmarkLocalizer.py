@@ -129,6 +129,11 @@ class LandmarkLocalizerParameterNode:
     evidenceVolume: vtkMRMLScalarVolumeNode
 
 
+# The results table follows its point list: moved, added, removed or (un)placed points.
+POINT_LIST_EVENTS = (vtkMRMLMarkupsFiducialNode.PointModifiedEvent, vtkMRMLMarkupsFiducialNode.PointAddedEvent,
+                     vtkMRMLMarkupsFiducialNode.PointRemovedEvent, vtkMRMLMarkupsFiducialNode.PointPositionDefinedEvent)
+
+
 class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -214,7 +219,10 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
         self.ui.localizeButton.enabled = bool(p and p.inputVolume and p.modelPath) and (
             not running or self._jobKind == "localize")
         self.ui.refineButton.text = _("Cancel") if running and self._jobKind == "refine" else _("Refine selected")
-        self.ui.refineButton.enabled = bool(p and p.outputPoints and p.inputVolume and p.modelPath) and (
+        from LandmarkLocalizerLib.mrml import source_volume
+
+        hasVolume = bool(p and (p.inputVolume or source_volume(p.outputPoints)))
+        self.ui.refineButton.enabled = bool(p and p.outputPoints and hasVolume and p.modelPath) and (
             not running or self._jobKind == "refine")
         self.ui.exportButton.enabled = bool(p and p.outputPoints) and not running
 
@@ -301,11 +309,15 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
         if self._job is not None:
             self.cancelJob()
             return
+        from LandmarkLocalizerLib.logic import refine_volume
+
         p = self._parameterNode
-        volume, model, points, device = p.inputVolume, self.currentModel(), p.outputPoints, p.device
+        model, points, device = self.currentModel(), p.outputPoints, p.device
+        volume = refine_volume(points, p.inputVolume)
         row, threshold = self.ui.resultsTable.currentRow(), p.uncertainBelow
+        pointId = points.GetNthControlPointID(row) if points and 0 <= row < points.GetNumberOfControlPoints() else ""
         self.startJob("refine", lambda: self.logic.startRefine(volume, model, points, row, device),
-                      lambda result: self.showRefinement(result, points, row, volume, threshold))
+                      lambda result: self.showRefinement(result, points, pointId, volume, threshold))
 
     def showLocalization(self, result: dict, volume, model, uncertainBelow: float) -> None:
         """The result as a new point list (and evidence map) of the volume and model the job started with."""
@@ -324,21 +336,23 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
         if outcome.warnings:
             slicer.util.warningDisplay("\n".join(outcome.warnings))
 
-    def showRefinement(self, result: dict, points, index: int, volume, uncertainBelow: float) -> None:
+    def showRefinement(self, result: dict, points, pointId: str, volume, uncertainBelow: float) -> None:
         """Move the point the job started from (in the point list chosen then)."""
-        self.logic.applyRefinement(points, index, result, volume, uncertainBelow)
-        self.ui.statusLabel.text = _("Refined {label}.").format(label=points.GetNthControlPointLabel(index))
+        self.logic.applyRefinement(points, pointId, result, volume, uncertainBelow)
+        label = points.GetNthControlPointLabel(points.GetNthControlPointIndexByID(pointId))
+        self.ui.statusLabel.text = _("Refined {label}.").format(label=label)
         self.updateResultsTable()
 
     # ------------------------------------------------------------------ results
 
     def onOutputPointsChanged(self, node) -> None:
         if self._observedPoints is not None:
-            self.removeObserver(self._observedPoints, slicer.vtkMRMLMarkupsNode.PointModifiedEvent,
-                                self.updateResultsTable)
+            for event in POINT_LIST_EVENTS:
+                self.removeObserver(self._observedPoints, event, self.updateResultsTable)
         self._observedPoints = node
         if node is not None:
-            self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self.updateResultsTable)
+            for event in POINT_LIST_EVENTS:
+                self.addObserver(node, event, self.updateResultsTable)
         self.updateResultsTable()
 
     def updateResultsTable(self, caller=None, event=None) -> None:
@@ -407,10 +421,10 @@ class LandmarkLocalizerLogic(ScriptedLoadableModuleLogic):
 
         return logic.start_refine(volumeNode, model, pointsNode, index, device)
 
-    def applyRefinement(self, pointsNode, index, result, volumeNode, uncertainBelow=0.5):
+    def applyRefinement(self, pointsNode, pointId, result, volumeNode, uncertainBelow=0.5):
         from LandmarkLocalizerLib import logic
 
-        logic.apply_refinement(pointsNode, index, result, volumeNode, uncertainBelow)
+        logic.apply_refinement(pointsNode, pointId, result, volumeNode, uncertainBelow)
 
     def exportPoints(self, pointsNode, path):
         from LandmarkLocalizerLib import mrml
@@ -503,7 +517,7 @@ class LandmarkLocalizerTest(ScriptedLoadableModuleTest):
         job = logic.startRefine(volume, inspect_model(modelPath, "fcn"), points, 0, "CPU")
         event = job.wait()
         self.assertEqual(event.kind, "done", event.error)
-        logic.applyRefinement(points, 0, event.result, volume)
+        logic.applyRefinement(points, points.GetNthControlPointID(0), event.result, volume)
         job.cleanup()
 
         self.delayDisplay("Exporting")

@@ -85,6 +85,80 @@ def test_refine_moves_the_point_list_chosen_at_start_even_if_the_selector_change
     assert widget.ui.statusLabel.text == "Refined Base."
 
 
+def three_points_localized_in(scene, volume, name="found"):
+    geometry = mrml.volume_geometry(volume)
+    start = [ControlPoint(label, geometry.index_to_physical(ijk)) for label, ijk in
+             zip(("Apex", "Base", "Notch"), [(8.0, 10.0, 9.0), (20.0, 14.0, 12.0), (15.0, 20.0, 16.0)])]
+    node = mrml.add_points_node(scene, start, name)
+    mrml.set_source_volume(node, volume)
+    return node
+
+
+def positions_by_label(node):
+    return {row.label: tuple(round(v, 6) for v in row.position_ras) for row in mrml.result_rows(node)}
+
+
+def test_refine_moves_its_point_when_another_is_removed_meanwhile_on_the_volume_the_points_came_from(
+        monkeypatch, tiny):
+    import SimpleITK as sitk
+
+    scene = new_scene()
+    volume = add_volume(scene, blob_volume(), SPACING, (-20.0, 15.0, -30.0), DIRECTIONS_LPS["oblique"], name="ct")
+    other_volume = add_volume(scene, blob_volume(seed=3), (1.0, 1.0, 1.0), name="other")
+    points = three_points_localized_in(scene, volume)
+    shown = gui.dialogs(monkeypatch)
+    # the Input selector shows another volume now: the points still belong to ct
+    _, widget = gui.localizer_widget(monkeypatch, {"inputVolume": other_volume, "outputPoints": points,
+                                                   "modelPath": tiny["fcn"].path})
+    widget._models = [tiny["fcn"]]
+    widget.ui.resultsTable.row = 1
+    before = positions_by_label(points)
+    widget.onRefineButton()
+    sent = sitk.ReadImage(widget._job.request["image"])
+    np.testing.assert_allclose(sent.GetSpacing(), SPACING)
+    points.RemoveNthControlPoint(0)  # the user deletes Apex while Base is refined
+    run_until_idle(widget)
+    assert shown == []
+    after = positions_by_label(points)
+    assert list(after) == ["Base", "Notch"]
+    assert after["Notch"] == before["Notch"]
+    assert after["Base"] != before["Base"]
+    assert "local_confidence" in mrml.points_from_node(points)[0].properties
+    assert widget.ui.statusLabel.text == "Refined Base."
+
+
+def test_refining_a_point_that_is_removed_during_the_run_changes_nothing(monkeypatch, tiny):
+    scene = new_scene()
+    volume = add_volume(scene, blob_volume(), SPACING, name="ct")
+    points = three_points_localized_in(scene, volume)
+    shown = gui.dialogs(monkeypatch)
+    _, widget = gui.localizer_widget(monkeypatch, {"inputVolume": volume, "outputPoints": points,
+                                                   "modelPath": tiny["fcn"].path})
+    widget._models = [tiny["fcn"]]
+    widget.ui.resultsTable.row = 1
+    widget.onRefineButton()
+    points.RemoveNthControlPoint(1)  # Base itself
+    before = positions_by_label(points)
+    run_until_idle(widget)
+    assert positions_by_label(points) == before
+    [(kind, text)] = shown
+    assert kind == "error" and "removed during the run" in text
+
+
+def test_results_table_follows_points_removed_and_added(monkeypatch):
+    scene = new_scene()
+    volume = add_volume(scene, blob_volume(), SPACING, name="ct")
+    points = three_points_localized_in(scene, volume)
+    _, widget = gui.localizer_widget(monkeypatch, {"inputVolume": volume, "outputPoints": points})
+    widget.onOutputPointsChanged(points)
+    table = widget.ui.resultsTable
+    assert table.rows == 3
+    points.RemoveNthControlPoint(0)
+    assert table.rows == 2 and table.cells[(0, 0)].text == "Base"
+    points.AddControlPoint(1.0, 2.0, 3.0, "Extra")
+    assert table.rows == 3 and table.cells[(2, 0)].text == "Extra"
+
+
 def test_localize_names_and_places_the_result_after_the_volume_chosen_at_start(monkeypatch, tiny):
     scene = new_scene()
     volume = add_volume(scene, blob_volume(), SPACING, (-20.0, 15.0, -30.0), DIRECTIONS_LPS["oblique"], name="ct")

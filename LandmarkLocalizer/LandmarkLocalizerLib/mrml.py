@@ -34,6 +34,7 @@ EVIDENCE_COLOR_NAME = "LandmarkLoc evidence"
 INPUT_VOLUME_CLASSES = ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")
 UNCERTAIN_COLOR = (1.0, 0.85, 0.0)  # unselected (uncertain) points: amber
 CONFIDENT_COLOR = (1.0, 0.5, 0.5)  # selected points: Slicer's default selected colour
+SOURCE_VOLUME_ROLE = "landmarklocSourceVolume"  # node reference: the volume a point list was localized in
 
 
 # --------------------------------------------------------------------------- volumes
@@ -192,6 +193,16 @@ def add_points_node(scene, points, name: str, confidence_threshold: float = 0.0,
         display.SetColor(*UNCERTAIN_COLOR)
         display.SetSelectedColor(*CONFIDENT_COLOR)
     return node
+
+
+def set_source_volume(points_node, volume_node) -> None:
+    """Remember the volume the points were found in (a node reference: saved with the scene, kept across IDs)."""
+    points_node.SetNodeReferenceID(SOURCE_VOLUME_ROLE, volume_node.GetID() if volume_node is not None else None)
+
+
+def source_volume(points_node):
+    """The volume the points were found in, None if unknown or no longer in the scene."""
+    return points_node.GetNodeReference(SOURCE_VOLUME_ROLE) if points_node is not None else None
 
 
 def position_defined(node, index: int) -> bool:
