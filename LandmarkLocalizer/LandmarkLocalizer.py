@@ -44,7 +44,8 @@ def _addCorePackageToPath() -> None:
 
 _addCorePackageToPath()
 
-from LandmarkLocalizerLib.jobwidget import JobPollingMixin  # noqa: E402  (after the path set-up)
+from LandmarkLocalizerLib.devices import DEVICE_CHOICES  # noqa: E402  (after the path set-up)
+from LandmarkLocalizerLib.jobwidget import JobPollingMixin  # noqa: E402
 
 POLL_MS = 100
 # Grey volumes and pictures (PNG/JPEG load as vector volumes). The wrapper sets a node selector's types to exactly
@@ -122,7 +123,7 @@ class LandmarkLocalizerParameterNode:
 
     inputVolume: ImageVolume = None
     modelPath: str = ""
-    device: Annotated[str, Choice(["Auto", "CPU", "GPU"])] = "Auto"
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "Auto"
     uncertainBelow: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     showEvidence: bool = False
     outputPoints: vtkMRMLMarkupsFiducialNode
@@ -163,7 +164,7 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
         self.ui.modelComboBox.connect("activated(int)", self.onModelActivated)
         self.ui.resultsTable.connect("cellClicked(int,int)", self.onResultClicked)
         self.ui.outputPointsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onOutputPointsChanged)
-        self.ui.uncertainSliderWidget.connect("valueChanged(double)", lambda value: self.updateResultsTable())
+        self.ui.uncertainSliderWidget.connect("valueChanged(double)", self.onUncertainBelowChanged)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -213,18 +214,19 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
         self.updateResultsTable()
 
     def updateButtons(self, caller=None, event=None) -> None:
-        running = self._job is not None
-        p = self._parameterNode
-        self.ui.localizeButton.text = _("Cancel") if running and self._jobKind == "localize" else _("Localize")
-        self.ui.localizeButton.enabled = bool(p and p.inputVolume and p.modelPath) and (
-            not running or self._jobKind == "localize")
-        self.ui.refineButton.text = _("Cancel") if running and self._jobKind == "refine" else _("Refine selected")
         from LandmarkLocalizerLib.mrml import source_volume
 
+        running = self._job is not None
+        p = self._parameterNode
+        idle = not running and not self._installing
+        self.ui.localizeButton.text = _("Cancel") if running and self._jobKind == "localize" else _("Localize")
+        self.ui.localizeButton.enabled = bool(p and p.inputVolume and p.modelPath) and (
+            idle or running and self._jobKind == "localize")
         hasVolume = bool(p and (p.inputVolume or source_volume(p.outputPoints)))
+        self.ui.refineButton.text = _("Cancel") if running and self._jobKind == "refine" else _("Refine selected")
         self.ui.refineButton.enabled = bool(p and p.outputPoints and hasVolume and p.modelPath) and (
-            not running or self._jobKind == "refine")
-        self.ui.exportButton.enabled = bool(p and p.outputPoints) and not running
+            idle or running and self._jobKind == "refine")
+        self.ui.exportButton.enabled = bool(p and p.outputPoints) and idle
 
     # ------------------------------------------------------------------ models
 
@@ -333,8 +335,6 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
         missing = ", ".join(outcome.not_found)
         self.ui.statusLabel.text = found + (" " + _("Not found: {names}.").format(names=missing) if missing else "")
         self.updateResultsTable()
-        if outcome.warnings:
-            slicer.util.warningDisplay("\n".join(outcome.warnings))
 
     def showRefinement(self, result: dict, points, pointId: str, volume, uncertainBelow: float) -> None:
         """Move the point the job started from (in the point list chosen then)."""
@@ -355,12 +355,25 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
                 self.addObserver(node, event, self.updateResultsTable)
         self.updateResultsTable()
 
+    def onUncertainBelowChanged(self, value: float) -> None:
+        """Points now below the threshold turn amber (unselected) in the views, and in the table."""
+        from LandmarkLocalizerLib.mrml import apply_uncertain_below
+
+        node = self._parameterNode.outputPoints if self._parameterNode else None
+        if node is not None:
+            apply_uncertain_below(node, value)
+        self.updateResultsTable()
+
     def updateResultsTable(self, caller=None, event=None) -> None:
+        from LandmarkLocalizerLib.logic import DEVICE_ATTRIBUTE
         from LandmarkLocalizerLib.mrml import result_rows
 
         table = self.ui.resultsTable
         node = self._parameterNode.outputPoints if self._parameterNode else None
-        rows = result_rows(node, self.ui.uncertainSliderWidget.value) if node else []
+        rows = result_rows(node) if node else []
+        device = node.GetAttribute(DEVICE_ATTRIBUTE) if node else None
+        self.ui.resultsCollapsibleButton.text = _("Results (found on {device})").format(device=device) if device \
+            else _("Results")
         current = table.currentRow()
         table.setRowCount(len(rows))
         amber = qt.QColor(255, 217, 0, 90)

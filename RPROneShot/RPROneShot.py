@@ -52,7 +52,8 @@ def _addCorePackageToPath() -> None:
 
 _addCorePackageToPath()
 
-from LandmarkLocalizerLib.jobwidget import JobPollingMixin  # noqa: E402  (after the path set-up)
+from LandmarkLocalizerLib.devices import DEVICE_CHOICES  # noqa: E402  (after the path set-up)
+from LandmarkLocalizerLib.jobwidget import JobPollingMixin  # noqa: E402
 
 NO_FINE_MODEL_TEXT = "None"
 POLL_MS = 100
@@ -91,7 +92,7 @@ class RPROneShotParameterNode:
     fineModelPath: str = ""
     runs: Annotated[int, WithinRange(1, 200)] = 15
     steps: Annotated[int, WithinRange(1, 10)] = 1
-    device: Annotated[str, Choice(["Auto", "CPU", "GPU"])] = "Auto"
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "Auto"
     outputPoints: vtkMRMLMarkupsFiducialNode
 
 
@@ -180,20 +181,21 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
     def updateButtons(self, caller=None, event=None) -> None:
         p = self._parameterNode
         running = self._job is not None
+        idle = not running and not self._installing
         hasSupport = bool(p and p.supportVolume and (p.supportPoints or p.supportLabels))
         rpr = bool(p and p.method == "rpr")
         self.ui.findButton.text = _("Cancel") if running and self._jobKind == "find" else _("Find")
-        self.ui.findButton.enabled = bool(p and p.queryVolume and (hasSupport or (rpr and p.templatePath))
-                                          and (p.modelPath or not rpr)) and (not running or self._jobKind == "find")
+        canFind = bool(p and p.queryVolume and (hasSupport or (rpr and p.templatePath)) and (p.modelPath or not rpr))
+        self.ui.findButton.enabled = canFind and (idle or running and self._jobKind == "find")
         self.ui.saveTemplateButton.text = _("Cancel") if running and self._jobKind == "template" \
             else _("Save template...")
         self.ui.saveTemplateButton.enabled = bool(hasSupport and p.modelPath) and (
-            not running or self._jobKind == "template")
-        self.ui.loadTemplateButton.enabled = not running
-        self.ui.clearTemplateButton.enabled = bool(p and p.templatePath) and not running
+            idle or running and self._jobKind == "template")
+        self.ui.loadTemplateButton.enabled = idle
+        self.ui.clearTemplateButton.enabled = bool(p and p.templatePath) and idle
         self.ui.modelComboBox.enabled = self.ui.fineModelComboBox.enabled = rpr
         self.ui.runsSpinBox.enabled = self.ui.stepsSpinBox.enabled = rpr
-        self.ui.exportButton.enabled = bool(p and p.outputPoints) and not running
+        self.ui.exportButton.enabled = bool(p and p.outputPoints) and idle
         self.ui.templateLabel.text = _("Using template {name}").format(name=os.path.basename(p.templatePath)) \
             if p and p.templatePath else ""
 
@@ -314,8 +316,6 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
         self._roiNodes = outcome.roi_nodes
         self.ui.statusLabel.text = _("Located {n} points and {m} organ boxes.").format(
             n=outcome.points_node.GetNumberOfControlPoints(), m=len(outcome.roi_nodes))
-        if outcome.warnings:
-            slicer.util.warningDisplay("\n".join(outcome.warnings))
 
     def onExportButton(self) -> None:
 

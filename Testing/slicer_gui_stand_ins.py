@@ -148,6 +148,19 @@ class Table(Widget):
         self.row = r
 
 
+class PlainTextEdit(Widget):
+    """A read-only QPlainTextEdit (the log panel): the lines appended since the last clear."""
+
+    def __init__(self):
+        super().__init__(lines=[])
+
+    def clear(self):
+        self.lines = []
+
+    def appendPlainText(self, text):
+        self.lines.append(text)
+
+
 class Item(SimpleNamespace):
     def __init__(self, text=""):
         super().__init__(text=text)
@@ -238,7 +251,8 @@ def localizer_widget(monkeypatch, parameters: dict):
     widget.ui = SimpleNamespace(
         progressBar=Widget(value=0), statusLabel=Widget(text=""), localizeButton=Widget(), refineButton=Widget(),
         exportButton=Widget(), resultsTable=Table(), uncertainSliderWidget=Widget(value=0.5),
-        modelComboBox=Combo(), modelInfoLabel=Widget(text=""))
+        modelComboBox=Combo(), modelInfoLabel=Widget(text=""), logTextEdit=PlainTextEdit(),
+        resultsCollapsibleButton=Widget(text="Results"))
     widget.timer = QTimer()
     widget.logic = module.LandmarkLocalizerLogic()
     widget._parameterNode = SimpleNamespace(**{"inputVolume": None, "modelPath": "", "device": "CPU",
@@ -256,7 +270,8 @@ def one_shot_widget(monkeypatch, parameters: dict, models: list):
     widget.ui = SimpleNamespace(
         progressBar=Widget(value=0), statusLabel=Widget(text=""), findButton=Widget(), saveTemplateButton=Widget(),
         loadTemplateButton=Widget(), clearTemplateButton=Widget(), exportButton=Widget(), modelComboBox=Combo(),
-        fineModelComboBox=Combo(), runsSpinBox=Widget(), stepsSpinBox=Widget(), templateLabel=Widget(text=""))
+        fineModelComboBox=Combo(), runsSpinBox=Widget(), stepsSpinBox=Widget(), templateLabel=Widget(text=""),
+        logTextEdit=PlainTextEdit())
     widget.timer = QTimer()
     widget.logic = module.RPROneShotLogic()
     widget.logic.getParameterNode = lambda: widget._parameterNode

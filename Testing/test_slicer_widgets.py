@@ -2,6 +2,7 @@
 widgets over real MRML and real worker processes: results go to the nodes chosen when a job started, dialogs
 that run their own event loop do not break polling, failed installs give a message, saved models come back."""
 
+import re
 import subprocess
 import sys
 import time
@@ -82,7 +83,7 @@ def test_refine_moves_the_point_list_chosen_at_start_even_if_the_selector_change
     assert after[0] == before_chosen[0] and after[2] == before_chosen[2]
     assert after[1] != before_chosen[1]  # the row chosen at start moved, in the list chosen at start
     assert "local_confidence" in mrml.points_from_node(chosen)[1].properties
-    assert widget.ui.statusLabel.text == "Refined Base."
+    assert widget.ui.statusLabel.text.startswith("Refined Base. (") and widget.ui.statusLabel.text.endswith(" on cpu)")
 
 
 def three_points_localized_in(scene, volume, name="found"):
@@ -124,7 +125,7 @@ def test_refine_moves_its_point_when_another_is_removed_meanwhile_on_the_volume_
     assert after["Notch"] == before["Notch"]
     assert after["Base"] != before["Base"]
     assert "local_confidence" in mrml.points_from_node(points)[0].properties
-    assert widget.ui.statusLabel.text == "Refined Base."
+    assert widget.ui.statusLabel.text.startswith("Refined Base. (") and widget.ui.statusLabel.text.endswith(" on cpu)")
 
 
 def test_refining_a_point_that_is_removed_during_the_run_changes_nothing(monkeypatch, tiny):
@@ -159,6 +160,23 @@ def test_results_table_follows_points_removed_and_added(monkeypatch):
     assert table.rows == 3 and table.cells[(2, 0)].text == "Extra"
 
 
+def test_the_uncertain_slider_recolours_the_points_and_the_table(monkeypatch):
+    scene = new_scene()
+    volume = add_volume(scene, blob_volume(), SPACING, name="ct")
+    geometry = mrml.volume_geometry(volume)
+    points = mrml.add_points_node(scene, [
+        ControlPoint("Apex", geometry.index_to_physical((8.0, 10.0, 9.0)), properties={"confidence": 0.9}),
+        ControlPoint("Base", geometry.index_to_physical((20.0, 14.0, 12.0)), properties={"confidence": 0.4})],
+        "found", confidence_threshold=0.5)
+    _, widget = gui.localizer_widget(monkeypatch, {"inputVolume": volume, "outputPoints": points})
+    widget.onUncertainBelowChanged(0.3)
+    assert [bool(points.GetNthControlPointSelected(i)) for i in range(2)] == [True, True]
+    assert not hasattr(widget.ui.resultsTable.cells[(1, 0)], "background")
+    widget.onUncertainBelowChanged(0.95)
+    assert [bool(points.GetNthControlPointSelected(i)) for i in range(2)] == [False, False]
+    assert all(hasattr(widget.ui.resultsTable.cells[(r, 0)], "background") for r in range(2))
+
+
 def test_localize_names_and_places_the_result_after_the_volume_chosen_at_start(monkeypatch, tiny):
     scene = new_scene()
     volume = add_volume(scene, blob_volume(), SPACING, (-20.0, 15.0, -30.0), DIRECTIONS_LPS["oblique"], name="ct")
@@ -174,6 +192,60 @@ def test_localize_names_and_places_the_result_after_the_volume_chosen_at_start(m
     geometry = mrml.volume_geometry(volume)
     for point in mrml.points_from_node(node):
         assert geometry.contains(point.position[None], margin=8.0)[0]
+
+
+def test_localize_shows_stage_and_seconds_while_running_then_time_device_and_warnings_without_a_popup(
+        monkeypatch, tiny):
+    scene = new_scene()
+    volume = add_volume(scene, blob_volume(), SPACING, name="ct")
+    shown = gui.dialogs(monkeypatch)
+    _, widget = gui.localizer_widget(monkeypatch, {"inputVolume": volume, "modelPath": tiny["fcn"].path})
+    widget._models = [tiny["fcn"]]
+    widget.onLocalizeButton()
+    statuses, bars = [], []
+    while widget._job is not None:
+        widget.onPoll()
+        statuses.append(widget.ui.statusLabel.text)
+        bars.append(widget.ui.progressBar.value)
+        time.sleep(0.02)
+    running = [text for text in statuses[:-1] if text]
+    assert running and all(re.fullmatch(r"[A-Z][\w ()-]+\.\.\. \d+ s", text) for text in running), running
+    assert bars == sorted(bars) and bars[-1] == 100
+    summary, *warnings = widget.ui.statusLabel.text.splitlines()
+    assert re.fullmatch(r"Found 3 landmarks\. \(\d+ s on cpu\)", summary)
+    # the tiny model has no calibration: said in the status area, not in a dialog
+    assert shown == [] and warnings and all(w.startswith("Warning: ") for w in warnings)
+    assert any("no calibrated uncertainty" in w for w in warnings)
+    log = widget.ui.logTextEdit.lines
+    assert [line for line in log if line in ("Global stage", "Local stage", "Writing results")] == [
+        "Global stage", "Local stage", "Writing results"]
+    assert widget.ui.resultsCollapsibleButton.text == "Results (found on cpu)"
+
+
+def test_a_second_click_while_packages_install_starts_nothing_and_the_buttons_are_disabled(monkeypatch):
+    """The installer processes events (slicer.util.pip_install, logProcessOutput), so a click can arrive."""
+    import slicer
+
+    scene = new_scene()
+    volume = add_volume(scene, blob_volume(), SPACING, name="ct")
+    gui.dialogs(monkeypatch)
+    _, widget = gui.localizer_widget(monkeypatch, {"inputVolume": volume, "modelPath": "model.json"})
+    installs, during = [], []
+
+    def pip_install(requirements, **kwargs):
+        installs.append(requirements)
+        during.append((widget.ui.localizeButton.enabled, widget.ui.refineButton.enabled))
+        widget.onLocalizeButton()  # the user clicks again while pip runs
+
+    monkeypatch.setattr(slicer.util, "pip_install", pip_install)
+    monkeypatch.setattr(dependencies, "PIP_PACKAGES", ("safetensors", "landmarkloc_not_installed_package"))
+    monkeypatch.setattr(dependencies, "missing_packages", lambda extra=(): ["landmarkloc_not_installed_package"]
+                        if not installs else [])
+    started = []
+    widget.startJob("localize", lambda: started.append(1) or None, lambda result: None)
+    assert installs == ["landmarkloc_not_installed_package"]
+    assert during == [(False, False)]
+    assert started == [1]
 
 
 # --------------------------------------------------------------------------- 2: re-entrant polling
@@ -408,8 +480,7 @@ def test_localizer_click_through_localize_refine_export(monkeypatch, tiny, tmp_p
     _, widget = gui.localizer_widget(monkeypatch, {})
     widget.populateModels()
     points = click_through_localizer(widget, volume, tiny["fcn"].path, tmp_path / "export", run_until_idle)
-    # the tiny test model has no calibration: the user is told what 'uncertain' means then, and nothing else
-    assert len(shown) == 1 and shown[0][0] == "warning" and "no calibrated uncertainty" in shown[0][1]
+    assert shown == []  # the tiny model's warnings go to the status area (test above), not to a popup
     assert points.GetName() == "patient tiny-test"
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["landmarks.csv", "landmarks.fcsv",
                                                                         "landmarks.mrk.json"]
@@ -432,8 +503,11 @@ def test_one_shot_click_through_find_and_export(monkeypatch, tiny, tmp_path, sup
     kwargs = {"points_node": placed} if support == "point list" else {"labels_node": segmentation}
     found, rois, written = click_through_one_shot(widget, support_volume, query, tiny["coarse"].path,
                                                   tiny["fine"].path, str(tmp_path), run_until_idle, **kwargs)
-    # untrained tiny models: points may be flagged (a warning saying which), never an error
-    assert all(kind == "warning" and "uncertain (unselected)" in text for kind, text in shown)
+    # untrained tiny models: points may be flagged (a warning in the status saying which), never a popup
+    assert shown == []
+    warnings = "\n".join(line for line in widget.ui.logTextEdit.lines if line.startswith("Warning: "))
+    flagged = [row.label for row in mrml.result_rows(found) if row.uncertain]
+    assert ("uncertain (unselected)" in warnings) == bool(flagged)  # flagged points are reported, and only then
     if support == "point list":
         assert [found.GetNthControlPointLabel(i) for i in range(found.GetNumberOfControlPoints())] == ["P0", "P1"]
         assert rois == [] and len(written) == 1

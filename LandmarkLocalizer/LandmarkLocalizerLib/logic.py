@@ -19,6 +19,7 @@ from .jobs import Job, package_paths, starting_workdir
 from .models import ModelInfo, check_model_fits
 
 WORKER_MODULE = "LandmarkLocalizerLib.worker"
+DEVICE_ATTRIBUTE = "landmarkloc.device"  # on a result point list: the torch device the worker ran on
 
 
 def worker_paths() -> list:
@@ -76,6 +77,7 @@ def apply_localization(scene, result: dict, volume_node, model: ModelInfo, uncer
     name = output_name(volume_node, model)
     node = mrml.add_points_node(scene, points, name, confidence_threshold=uncertain_below, node=points_node)
     mrml.set_source_volume(node, volume_node)
+    node.SetAttribute(DEVICE_ATTRIBUTE, str(result.get("device", "")))
     evidence = None
     if evidence_image is not None:
         evidence = mrml.show_evidence(scene, evidence_image, f"{name} evidence", node=evidence_node)
@@ -117,6 +119,6 @@ def apply_refinement(points_node, point_id: str, result: dict, volume_node, unce
         raise InputError("the point being refined was removed during the run; the scene was not changed")
     refined = mrml.place_on_slice([point_from_dict(result["points"][0])], mrml.volume_geometry(volume_node))[0]
     mrml.set_point(points_node, index, refined)
-    confidence = mrml.confidence_of(refined)
+    mrml.set_engine_flag(points_node, index, not refined.selected)
     points_node.SetNthControlPointSelected(
-        index, bool(refined.selected and (confidence is None or confidence >= uncertain_below)))
+        index, mrml.shown_as_confident(refined.selected, refined.properties, uncertain_below))

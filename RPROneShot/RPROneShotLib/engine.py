@@ -16,7 +16,6 @@ from landmarkloc.geometry.labels import group_extreme_points
 from landmarkloc.io.image import squeeze_single_slice
 
 METHODS = ("rpr", "ncc", "registration")
-DEVICE_NAMES = {"Auto": "auto", "CPU": "cpu", "GPU": "cuda"}
 
 
 def as_model_image(image: sitk.Image, ndim: int) -> sitk.Image:
@@ -30,10 +29,11 @@ def image_ndim(image: sitk.Image) -> int:
     return 2 if image.GetDimension() == 2 or image.GetSize()[2] == 1 else 3
 
 
-def load_locator(coarse_path, fine_path=None, device: str = "Auto", fine_steps: int = 1):
+def load_locator(coarse_path, fine_path=None, device: str = "auto", fine_steps: int = 1):
+    """The coarse (and fine) models on ``device`` (auto, cpu, cuda or mps)."""
     from landmarkloc.inference.oneshot import OneShotLocator
 
-    return OneShotLocator.from_files(coarse_path, fine_path or None, DEVICE_NAMES.get(device, device),
+    return OneShotLocator.from_files(coarse_path, fine_path or None, device,
                                      fine_steps=max(1, int(fine_steps)))
 
 
