@@ -91,14 +91,18 @@ def registerSampleData() -> None:
 
 
 def loadMNI152Sample(source=None):
-    """Load the MNI152 T1 sample and set it as the input of both modules (RPR One-Shot with its support template)."""
+    """Load the MNI152 T1 sample and set it as the input of both modules (RPR One-Shot with its support template).
+
+    Sample Data's button calls this; ``SampleData.downloadSample("MNI152 T1")`` does not (it downloads the
+    registered URI and loads the file), so scripts call ``LandmarkLocalizer.loadMNI152Sample()`` instead.
+    """
     from LandmarkLocalizerLib import sampledata
     from LandmarkLocalizerLib.dependencies import ensure_installed
 
     from landmarkloc.errors import LandmarkLocError
 
     try:
-        ensure_installed(slicer.util.confirmOkCancelDisplay, extra=("nilearn",))
+        ensure_installed(slicer.util.confirmOkCancelDisplay, extra=("nilearn",), engines=False)
         models = sampledata.sample_models()
         node = sampledata.load_mni152(slicer.mrmlScene)
     except LandmarkLocError as exc:

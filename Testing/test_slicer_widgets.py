@@ -239,8 +239,8 @@ def test_a_second_click_while_packages_install_starts_nothing_and_the_buttons_ar
 
     monkeypatch.setattr(slicer.util, "pip_install", pip_install)
     monkeypatch.setattr(dependencies, "PIP_PACKAGES", ("safetensors", "landmarkloc_not_installed_package"))
-    monkeypatch.setattr(dependencies, "missing_packages", lambda extra=(): ["landmarkloc_not_installed_package"]
-                        if not installs else [])
+    monkeypatch.setattr(dependencies, "missing_packages",
+                        lambda extra=(), engines=True: [] if installs else ["landmarkloc_not_installed_package"])
     started = []
     widget.startJob("localize", lambda: started.append(1) or None, lambda result: None)
     assert installs == ["landmarkloc_not_installed_package"]
@@ -330,7 +330,7 @@ def test_failed_pytorch_extension_install_is_explained(monkeypatch):
 
     broken.PyTorchUtilsLogic = Logic
     monkeypatch.setitem(sys.modules, "PyTorchUtils", broken)
-    monkeypatch.setattr(dependencies, "missing_packages", lambda extra=(): ["torch"])
+    monkeypatch.setattr(dependencies, "missing_packages", lambda extra=(), engines=True: ["torch"])
     with pytest.raises(InputError, match="(?s)installing torch failed .*PyTorch extension"):
         dependencies.ensure_installed(lambda text: True)
 
