@@ -67,3 +67,24 @@ def test_cmake_lists_agree_with_the_entry():
     assert cmake_setting("EXTENSION_CATEGORY") in accepted_categories()
     assert cmake_setting("EXTENSION_CATEGORY") == entry()["category"]
     assert cmake_setting("EXTENSION_DEPENDS").split(";") == entry()["build_dependencies"]
+
+
+def test_the_clone_size_check_measures_a_fresh_clone_and_fails_above_its_limit():
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("needs the git checkout")
+    shallow = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=REPO, capture_output=True,
+                             text=True).stdout.strip()
+    if shallow == "true":
+        pytest.skip("a shallow checkout has no history to measure")
+
+    def check(limit_mb):
+        return subprocess.run(["bash", str(REPO / "scripts" / "check_clone_size.sh")], capture_output=True,
+                              text=True, env={**os.environ, "CLONE_SIZE_LIMIT_MB": str(limit_mb)})
+
+    roomy, tight = check(100000), check(1)
+    assert roomy.returncode == 0 and re.search(r"a fresh clone is \d+ MB \(\d+ MB of it \.git\)", roomy.stdout)
+    assert tight.returncode == 1 and "too large for the Extensions Index" in tight.stderr
