@@ -472,6 +472,12 @@ class LandmarkLocalizerTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        from LandmarkLocalizerLib.selftest import packages_the_self_test_lacks, skip_message
+
+        missing = packages_the_self_test_lacks(slicer.app.testingEnabled(), slicer.util.confirmOkCancelDisplay)
+        if missing:
+            self.delayDisplay(skip_message(missing))
+            return
         self.setUp()
         self.test_localize_refine_export()
         self.setUp()
@@ -501,10 +507,8 @@ class LandmarkLocalizerTest(ScriptedLoadableModuleTest):
         return node
 
     def _model(self):
-        from LandmarkLocalizerLib.dependencies import ensure_installed
         from LandmarkLocalizerLib.selftest import make_tiny_fcn_model
 
-        ensure_installed(slicer.util.confirmOkCancelDisplay)
         return make_tiny_fcn_model(os.path.join(slicer.app.temporaryPath, "LandmarkLocalizerSelfTest", "tiny"))
 
     def test_localize_refine_export(self):

@@ -402,6 +402,12 @@ class RPROneShotTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        from LandmarkLocalizerLib.selftest import packages_the_self_test_lacks, skip_message
+
+        missing = packages_the_self_test_lacks(slicer.app.testingEnabled(), slicer.util.confirmOkCancelDisplay)
+        if missing:
+            self.delayDisplay(skip_message(missing))
+            return
         self.setUp()
         self.test_organs_template_and_points()
         self.setUp()
@@ -410,7 +416,6 @@ class RPROneShotTest(ScriptedLoadableModuleTest):
     def test_organs_template_and_points(self):
         import numpy as np
         from LandmarkLocalizerLib import mrml
-        from LandmarkLocalizerLib.dependencies import ensure_installed
         from LandmarkLocalizerLib.models import inspect_model
         from LandmarkLocalizerLib.selftest import blob_volume
         from RPROneShotLib.logic import Support
@@ -418,7 +423,6 @@ class RPROneShotTest(ScriptedLoadableModuleTest):
 
         from landmarkloc.errors import InputError
 
-        ensure_installed(slicer.util.confirmOkCancelDisplay)
         folder = os.path.join(slicer.app.temporaryPath, "RPROneShotSelfTest")
         coarse, fine = (inspect_model(p, "rpr") for p in make_tiny_rpr_models(folder))
         logic = RPROneShotLogic()
@@ -476,13 +480,11 @@ class RPROneShotTest(ScriptedLoadableModuleTest):
         """Find and Export through the module's widget, with a point list and with a segmentation as support."""
         import numpy as np
         from LandmarkLocalizerLib import mrml
-        from LandmarkLocalizerLib.dependencies import ensure_installed
         from LandmarkLocalizerLib.selftest import blob_volume, process_events_until_idle
         from RPROneShotLib.selftest import click_through_one_shot, make_tiny_rpr_models
 
         from landmarkloc.points import ControlPoint
 
-        ensure_installed(slicer.util.confirmOkCancelDisplay)
         folder = os.path.join(slicer.app.temporaryPath, "RPROneShotSelfTest", "ui")
         coarse, fine = make_tiny_rpr_models(folder)
         support = slicer.util.addVolumeFromArray(blob_volume(), name="support")

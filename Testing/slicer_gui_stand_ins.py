@@ -192,7 +192,8 @@ class ScriptedLoadableModule:
 
 
 class ScriptedLoadableModuleTest:
-    pass
+    def delayDisplay(self, message, msec=None):
+        self.__dict__.setdefault("displayed", []).append(message)
 
 
 def parameterNodeWrapper(cls):

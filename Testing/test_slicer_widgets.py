@@ -515,3 +515,34 @@ def test_one_shot_click_through_find_and_export(monkeypatch, tiny, tmp_path, sup
         assert found.GetNumberOfControlPoints() == 12
         assert [r.GetName() for r in rois] == ["liver", "spleen"]
         assert written[1].endswith("found_boxes.mrk.json")
+
+
+# --------------------------------------------------------------------------- self-tests on a build machine
+
+
+@pytest.mark.parametrize("module_name", ["LandmarkLocalizer", "RPROneShot"])
+def test_self_tests_under_the_test_runner_skip_with_a_message_instead_of_installing_pytorch(monkeypatch,
+                                                                                            module_name):
+    """In testing mode confirmOkCancelDisplay answers OK by itself: asking would install torch on a build machine."""
+    import importlib
+    from types import SimpleNamespace
+
+    from LandmarkLocalizerLib.selftest import skip_message
+
+    gui.install(monkeypatch)
+    module = importlib.import_module(module_name)
+    asked, installs = [], []
+    monkeypatch.setattr(slicer, "app", SimpleNamespace(testingEnabled=lambda: True), raising=False)
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, *a, **k: asked.append(text) or True)
+    monkeypatch.setattr(slicer.util, "pip_install", lambda requirements, **k: installs.append(requirements))
+    monkeypatch.setattr(dependencies, "missing_packages", lambda extra=(), engines=True: ["torch"])
+    test = getattr(module, f"{module_name}Test")()
+    test.runTest()
+    assert asked == [] and installs == []
+    assert test.displayed == [skip_message(["torch"])]
+    # run by hand (Reload and Test), the user is asked; declining installs nothing and fails with the reason
+    monkeypatch.setattr(slicer, "app", SimpleNamespace(testingEnabled=lambda: False), raising=False)
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, *a, **k: asked.append(text) and False)
+    with pytest.raises(InputError, match="torch are needed"):
+        getattr(module, f"{module_name}Test")().runTest()
+    assert len(asked) == 1 and installs == []
