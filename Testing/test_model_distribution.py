@@ -1,0 +1,150 @@
+"""Released models fetched on demand, against a loopback HTTP server (127.0.0.1 only): the files arrive with
+progress and pass the model checks, a cached model is not fetched again, and a corrupt, short or failed download
+leaves nothing behind."""
+
+import hashlib
+import http.server
+import json
+import threading
+
+import pytest
+
+from landmarkloc import distribution
+from landmarkloc.errors import InputError, ModelError
+from landmarkloc.io.modelfile import save_model, verify_model
+
+torch = pytest.importorskip("torch")
+
+
+class Assets(http.server.ThreadingHTTPServer):
+    """Serves ``files`` (name -> bytes) on 127.0.0.1; ``tamper(name, data) -> data`` alters what is sent."""
+
+    def __init__(self):
+        self.files, self.requests, self.tamper = {}, [], (lambda name, data: data)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(handler):  # noqa: N805
+                name = handler.path.rsplit("/", 1)[-1]
+                self.requests.append(name)
+                if name not in self.files:
+                    handler.send_error(404)
+                    return
+                data = self.tamper(name, self.files[name])
+                handler.send_response(200)
+                handler.send_header("Content-Length", str(len(data)))
+                handler.end_headers()
+                handler.wfile.write(data)
+
+            def log_message(handler, *args):  # noqa: N805
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    def url(self, name):
+        return f"http://127.0.0.1:{self.server_port}/releases/download/models-v1/{name}"
+
+
+@pytest.fixture
+def server():
+    assets = Assets()
+    thread = threading.Thread(target=assets.serve_forever, daemon=True)
+    thread.start()
+    yield assets
+    assets.shutdown()
+    assets.server_close()
+
+
+@pytest.fixture
+def released(tmp_path, server):
+    """A real (tiny) model uploaded to the server, and its model list entry."""
+    weights, meta = save_model(tmp_path / "upload" / "big-model", {"w": torch.arange(300000.0)},
+                               {"kind": "fcn", "ndim": 3, "name": "big-model"})
+    files = []
+    for path in (meta, weights):
+        data = path.read_bytes()
+        server.files[path.name] = data
+        files.append(distribution.ReleasedFile(path.name, server.url(path.name), hashlib.sha256(data).hexdigest(),
+                                               len(data)))
+    return distribution.ReleasedModel("big-model", tuple(files))
+
+
+def test_fetch_downloads_every_file_with_progress_into_the_cache_and_the_model_checks_out(tmp_path, released,
+                                                                                         server):
+    cache = tmp_path / "cache"
+    seen = []
+    path = distribution.fetch(released, cache, lambda done, total, name: seen.append((done, total, name)))
+    assert path == cache / "big-model.json"
+    verify_model(path, "fcn")  # weights present and matching the metadata's sha256
+    total = sum(f.size for f in released.files)
+    assert [done for done, _, _ in seen] == sorted(done for done, _, _ in seen)
+    assert seen[-1][:2] == (total, total) and all(t == total for _, t, _ in seen)
+    assert {name for _, _, name in seen} == {"big-model.json", "big-model.safetensors"}
+    assert sorted(p.name for p in cache.iterdir()) == ["big-model.json", "big-model.safetensors"]
+
+    server.requests.clear()
+    assert distribution.fetch(released, cache) == path
+    assert server.requests == []  # cached and intact: nothing downloaded again
+
+
+@pytest.mark.parametrize("damage", ["corrupted", "truncated", "missing"])
+def test_a_bad_download_leaves_nothing_behind_and_says_what_happened(tmp_path, released, server, damage):
+    if damage == "missing":
+        del server.files["big-model.safetensors"]
+    else:
+        server.tamper = lambda name, data: data if name.endswith(".json") else (
+            data[:-10] + bytes(10) if damage == "corrupted" else data[: len(data) // 2])
+    cache = tmp_path / "cache"
+    message = "failed: HTTP Error 404" if damage == "missing" else "is corrupt"
+    with pytest.raises(ModelError, match=message):
+        distribution.fetch(released, cache)
+    assert list(cache.iterdir()) == []  # not the metadata, not a partial weights file
+
+
+def test_a_damaged_cached_file_is_downloaded_again(tmp_path, released, server):
+    cache = tmp_path / "cache"
+    distribution.fetch(released, cache)
+    (cache / "big-model.safetensors").write_bytes(b"damaged on disk")
+    server.requests.clear()
+    distribution.fetch(released, cache)
+    assert "big-model.safetensors" in server.requests
+    verify_model(cache / "big-model.json", "fcn")
+
+
+def test_the_command_line_fetches_a_listed_model_and_refuses_an_unknown_one(tmp_path, released, server,
+                                                                           monkeypatch, capsys):
+    listing = tmp_path / "released_models.json"
+    entry = {"name": released.name, "files": [vars(f) for f in released.files]}
+    listing.write_text(json.dumps({"schema_version": 1, "models": [entry]}))
+    monkeypatch.setattr(distribution, "MODEL_LIST", listing)
+    monkeypatch.setenv("LANDMARKLOC_MODEL_CACHE", str(tmp_path / "cache"))
+    assert distribution.main(["available"]) == 0
+    assert "big-model" in capsys.readouterr().out
+    assert distribution.main(["fetch", "big-model"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == str(tmp_path / "cache" / "big-model.json") and "100.0 %" in err
+    assert distribution.main(["fetch", "no-such-model"]) == 2
+    assert "no released model 'no-such-model' (released: big-model)" in capsys.readouterr().err
+
+
+def test_the_list_entry_of_a_local_model_is_what_fetch_needs(tmp_path, released, server):
+    entry = distribution.list_entry(tmp_path / "upload" / "big-model.json", server.url("").rstrip("/"))
+    listing = tmp_path / "list.json"
+    listing.write_text(json.dumps({"schema_version": 1, "models": [entry]}))
+    [model] = distribution.read_model_list(listing)
+    assert model == released
+
+
+@pytest.mark.parametrize("bad", [{"name": "../outside.json"}, {"url": "file:///etc/passwd"}], ids=str)
+def test_the_model_list_refuses_names_outside_the_cache_and_other_url_schemes(tmp_path, bad):
+    file = {"name": "m.json", "url": "https://example.org/m.json", "sha256": "0" * 64, "size": 1, **bad}
+    listing = tmp_path / "list.json"
+    listing.write_text(json.dumps({"schema_version": 1, "models": [{"name": "m", "files": [file]}]}))
+    with pytest.raises(ModelError, match="plain name with an http"):
+        distribution.read_model_list(listing)
+
+
+def test_the_shipped_model_list_reads():
+    models = distribution.read_model_list()
+    assert all(isinstance(m, distribution.ReleasedModel) for m in models)
+    with pytest.raises(InputError, match="no released model"):
+        distribution.released_model("surely-not-released", models)
