@@ -147,6 +147,7 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._models = []
+        self._downloads = []  # released models (landmarkloc.distribution) offered for download
         self._observedPoints = None
 
     def setup(self) -> None:
@@ -223,9 +224,9 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
         running = self._job is not None
         p = self._parameterNode
         idle = not running and not self._installing
-        self.ui.localizeButton.text = _("Cancel") if running and self._jobKind == "localize" else _("Localize")
-        self.ui.localizeButton.enabled = bool(p and p.inputVolume and p.modelPath) and (
-            idle or running and self._jobKind == "localize")
+        cancels = running and self._jobKind in ("localize", "download")  # Localize cancels a download too
+        self.ui.localizeButton.text = _("Cancel") if cancels else _("Localize")
+        self.ui.localizeButton.enabled = cancels or bool(p and p.inputVolume and p.modelPath) and idle
         hasVolume = bool(p and (p.inputVolume or source_volume(p.outputPoints)))
         self.ui.refineButton.text = _("Cancel") if running and self._jobKind == "refine" else _("Refine selected")
         self.ui.refineButton.enabled = bool(p and p.outputPoints and hasVolume and p.modelPath) and (
@@ -235,13 +236,18 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
     # ------------------------------------------------------------------ models
 
     def populateModels(self) -> None:
-        from LandmarkLocalizerLib.models import shipped_models
+        """The shipped and downloaded models, then a "Download ..." item per released model not downloaded yet."""
+        from LandmarkLocalizerLib.models import downloadable_models, offered_models
 
-        self._models = shipped_models("fcn")
+        self._models = offered_models("fcn")
+        self._downloads = downloadable_models("fcn", self._models)
         combo = self.ui.modelComboBox
         combo.clear()
         for model in self._models:
             combo.addItem(model.label, model.path)
+        for released in self._downloads:
+            combo.addItem(_("Download {name} ({size:.0f} MB)...").format(name=released.name, size=released.size / 1e6),
+                          "")
         combo.addItem(ADD_MODEL_TEXT, "")
 
     def selectModelPath(self, path: str) -> None:
@@ -282,9 +288,24 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
             else:
                 self.selectModelPath(self._parameterNode.modelPath if self._parameterNode else "")
             return
+        download = index - len(self._models)
+        if 0 <= download < len(self._downloads):
+            released = self._downloads[download]
+            self.selectModelPath(self._parameterNode.modelPath)  # the current model stays until the new one is in
+            self.startJob("download", lambda: self.logic.startDownload(released), self.showDownloaded)
+            return
         if 0 <= index < len(self._models):
             self._parameterNode.modelPath = self._models[index].path
         self.showModelInfo()
+
+    def showDownloaded(self, result: dict) -> None:
+        """The downloaded model joins the list and is selected."""
+        from LandmarkLocalizerLib.models import inspect_model
+
+        model = inspect_model(result["model"], "fcn")
+        self.populateModels()
+        self.selectModelPath(model.path)
+        self.ui.statusLabel.text = _("Downloaded {name}.").format(name=model.name)
 
     def currentModel(self):
         path = self._parameterNode.modelPath if self._parameterNode else ""
@@ -437,6 +458,11 @@ class LandmarkLocalizerLogic(ScriptedLoadableModuleLogic):
         from LandmarkLocalizerLib import logic
 
         return logic.start_refine(volumeNode, model, pointsNode, index, device)
+
+    def startDownload(self, released):
+        from LandmarkLocalizerLib import logic
+
+        return logic.start_download(released)
 
     def applyRefinement(self, pointsNode, pointId, result, volumeNode, uncertainBelow=0.5):
         from LandmarkLocalizerLib import logic

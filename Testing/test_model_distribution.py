@@ -65,7 +65,7 @@ def released(tmp_path, server):
         server.files[path.name] = data
         files.append(distribution.ReleasedFile(path.name, server.url(path.name), hashlib.sha256(data).hexdigest(),
                                                len(data)))
-    return distribution.ReleasedModel("big-model", tuple(files))
+    return distribution.ReleasedModel("big-model", "fcn", tuple(files))
 
 
 def test_fetch_downloads_every_file_with_progress_into_the_cache_and_the_model_checks_out(tmp_path, released,
@@ -113,8 +113,7 @@ def test_a_damaged_cached_file_is_downloaded_again(tmp_path, released, server):
 def test_the_command_line_fetches_a_listed_model_and_refuses_an_unknown_one(tmp_path, released, server,
                                                                            monkeypatch, capsys):
     listing = tmp_path / "released_models.json"
-    entry = {"name": released.name, "files": [vars(f) for f in released.files]}
-    listing.write_text(json.dumps({"schema_version": 1, "models": [entry]}))
+    listing.write_text(json.dumps({"schema_version": 1, "models": [released.to_dict()]}))
     monkeypatch.setattr(distribution, "MODEL_LIST", listing)
     monkeypatch.setenv("LANDMARKLOC_MODEL_CACHE", str(tmp_path / "cache"))
     assert distribution.main(["available"]) == 0
@@ -138,7 +137,7 @@ def test_the_list_entry_of_a_local_model_is_what_fetch_needs(tmp_path, released,
 def test_the_model_list_refuses_names_outside_the_cache_and_other_url_schemes(tmp_path, bad):
     file = {"name": "m.json", "url": "https://example.org/m.json", "sha256": "0" * 64, "size": 1, **bad}
     listing = tmp_path / "list.json"
-    listing.write_text(json.dumps({"schema_version": 1, "models": [{"name": "m", "files": [file]}]}))
+    listing.write_text(json.dumps({"schema_version": 1, "models": [{"name": "m", "kind": "fcn", "files": [file]}]}))
     with pytest.raises(ModelError, match="plain name with an http"):
         distribution.read_model_list(listing)
 
@@ -148,3 +147,62 @@ def test_the_shipped_model_list_reads():
     assert all(isinstance(m, distribution.ReleasedModel) for m in models)
     with pytest.raises(InputError, match="no released model"):
         distribution.released_model("surely-not-released", models)
+
+
+def released_list(tmp_path, monkeypatch, released):
+    listing = tmp_path / "released_models.json"
+    listing.write_text(json.dumps({"schema_version": 1, "models": [released.to_dict()]}))
+    monkeypatch.setattr(distribution, "MODEL_LIST", listing)
+    monkeypatch.setenv("LANDMARKLOC_MODEL_CACHE", str(tmp_path / "cache"))
+
+
+def run_until_idle(widget, timeout=60.0):
+    import time
+
+    deadline = time.time() + timeout
+    while widget._job is not None and time.time() < deadline:
+        widget.onPoll()
+        time.sleep(0.02)
+    assert widget._job is None
+
+
+def test_landmark_localizer_offers_a_released_model_downloads_it_with_progress_and_selects_it(tmp_path, released,
+                                                                                             server, monkeypatch):
+    pytest.importorskip("slicer")
+    import slicer_gui_stand_ins as gui
+
+    released_list(tmp_path, monkeypatch, released)
+    shown = gui.dialogs(monkeypatch)
+    _, widget = gui.localizer_widget(monkeypatch, {})
+    widget.populateModels()
+    combo = widget.ui.modelComboBox
+    offer = next(i for i, (text, _) in enumerate(combo.items) if text.startswith("Download big-model ("))
+    widget.onModelActivated(offer)
+    assert widget._job is not None and widget.ui.localizeButton.text == "Cancel"
+    run_until_idle(widget)
+    assert shown == []
+    assert widget._parameterNode.modelPath == str(tmp_path / "cache" / "big-model.json")
+    assert combo.itemData(combo.current) == widget._parameterNode.modelPath
+    assert not any(text.startswith("Download big-model") for text, _ in combo.items)  # downloaded: no offer
+    assert widget.ui.statusLabel.text.startswith("Downloaded big-model.")
+    assert any(line.startswith("Downloading big-model.safetensors (") for line in widget.ui.logTextEdit.lines)
+    assert widget.ui.progressBar.value == 100
+
+
+def test_a_corrupt_download_in_the_module_is_an_error_and_adds_nothing(tmp_path, released, server, monkeypatch):
+    pytest.importorskip("slicer")
+    import slicer_gui_stand_ins as gui
+
+    released_list(tmp_path, monkeypatch, released)
+    server.tamper = lambda name, data: data[:-4] + b"XXXX"
+    shown = gui.dialogs(monkeypatch)
+    _, widget = gui.localizer_widget(monkeypatch, {})
+    widget.populateModels()
+    before = list(widget.ui.modelComboBox.items)
+    offer = next(i for i, (text, _) in enumerate(before) if text.startswith("Download big-model ("))
+    widget.onModelActivated(offer)
+    run_until_idle(widget)
+    [(kind, text)] = shown
+    assert kind == "error" and "is corrupt" in text
+    assert widget.ui.modelComboBox.items == before
+    assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []

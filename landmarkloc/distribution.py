@@ -45,11 +45,32 @@ class ReleasedFile:
 @dataclass(frozen=True)
 class ReleasedModel:
     name: str
+    kind: str  # as in the model's metadata: "fcn" or "rpr" (which module offers it)
     files: tuple  # ReleasedFile: the metadata .json and the weights .safetensors
 
     @property
     def metadata_file(self) -> str:
         return next(f.name for f in self.files if f.name.endswith(".json"))
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "files": [vars(f) for f in self.files]}
+
+    @classmethod
+    def from_dict(cls, entry: dict) -> ReleasedModel:
+        """An entry of the model list; ModelError for a file name outside the folder or a non-http(s) URL."""
+        files = tuple(ReleasedFile(str(f["name"]), str(f["url"]), str(f["sha256"]).lower(), int(f["size"]))
+                      for f in entry["files"])
+        model = cls(str(entry["name"]), str(entry["kind"]), files)
+        for f in files:
+            if Path(f.name).name != f.name or urllib.parse.urlsplit(f.url).scheme not in ("https", "http"):
+                raise ModelError(f"{model.name}: file {f.name!r} must be a plain name with an http(s) URL")
+        if not any(f.name.endswith(".json") for f in files):
+            raise ModelError(f"{model.name}: the model list names no .json metadata file")
+        return model
 
 
 def read_model_list(path=None) -> list:
@@ -60,18 +81,7 @@ def read_model_list(path=None) -> list:
         if data.get("schema_version") != LIST_SCHEMA_VERSION:
             raise ModelError(f"{Path(path).name}: schema_version {data.get('schema_version')!r} is not "
                              f"{LIST_SCHEMA_VERSION}")
-        models = []
-        for entry in data["models"]:
-            files = tuple(ReleasedFile(str(f["name"]), str(f["url"]), str(f["sha256"]).lower(), int(f["size"]))
-                          for f in entry["files"])
-            model = ReleasedModel(str(entry["name"]), files)
-            for f in files:
-                if Path(f.name).name != f.name or urllib.parse.urlsplit(f.url).scheme not in ("https", "http"):
-                    raise ModelError(f"{model.name}: file {f.name!r} must be a plain name with an http(s) URL")
-            if not any(f.name.endswith(".json") for f in files):
-                raise ModelError(f"{model.name}: the model list names no .json metadata file")
-            models.append(model)
-        return models
+        return [ReleasedModel.from_dict(entry) for entry in data["models"]]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ModelError(f"cannot read the model list {path}: {type(exc).__name__}: {exc}") from None
 
@@ -136,7 +146,7 @@ def fetch(model: ReleasedModel, folder=None, progress=None) -> Path:
     if is_cached(model, folder):
         return folder / model.metadata_file
     folder.mkdir(parents=True, exist_ok=True)
-    total = sum(f.size for f in model.files)
+    total = model.size
     parts, done = [], 0
     try:
         for released in model.files:
@@ -170,7 +180,8 @@ def list_entry(metadata_path, url_base: str) -> dict:
     for path in (meta, weights):
         files.append({"name": path.name, "url": f"{url_base.rstrip('/')}/{path.name}",
                       "sha256": sha256_of_file(path), "size": path.stat().st_size})
-    return {"name": meta.name[: -len(".json")], "files": files}
+    kind = json.loads(meta.read_text(encoding="utf-8")).get("kind", "")
+    return {"name": meta.name[: -len(".json")], "kind": kind, "files": files}
 
 
 def main(argv=None) -> int:
@@ -191,9 +202,8 @@ def main(argv=None) -> int:
         models = read_model_list()
         if args.command == "available":
             for model in models:
-                size = sum(f.size for f in model.files) / 1e6
                 state = "cached" if is_cached(model, cache_folder()) else "not downloaded"
-                print(f"{model.name}\t{size:.1f} MB\t{state}")
+                print(f"{model.name}\t{model.kind}\t{model.size / 1e6:.1f} MB\t{state}")
             return 0
         for name in args.names:
             model = released_model(name, models)

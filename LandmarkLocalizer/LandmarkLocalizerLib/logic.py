@@ -51,6 +51,17 @@ def start_worker(request: dict, image, python: str = None) -> Job:
         return job
 
 
+def start_download(released, python: str = None) -> Job:
+    """Download a released model (landmarkloc.distribution.ReleasedModel) into the cache folder in the worker."""
+    from landmarkloc.distribution import cache_folder
+
+    with starting_workdir() as workdir:
+        job = Job(WORKER_MODULE, {"task": "download", "release": released.to_dict(), "folder": str(cache_folder())},
+                  workdir, python_paths=worker_paths(), python=python)
+        job.start()
+        return job
+
+
 def output_name(volume_node, model: ModelInfo) -> str:
     return f"{volume_node.GetName()} {model.name}"
 

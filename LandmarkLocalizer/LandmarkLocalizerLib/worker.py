@@ -1,7 +1,8 @@
 """The LandmarkLocalizer worker: ``python -m LandmarkLocalizerLib.worker request.json`` (see :mod:`.jobs`).
 
-Tasks: ``localize`` (all landmarks, optional evidence map) and ``refine``
-(one landmark's local stage from a user-moved point).
+Tasks: ``localize`` (all landmarks, optional evidence map), ``refine``
+(one landmark's local stage from a user-moved point) and ``download`` (a
+released model into the cache folder, for both modules).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from .jobs import run_worker
 
 def handle(request: dict, workdir, report) -> dict:
     task = request.get("task")
+    if task == "download":
+        return download(request, report)
     if task not in ("localize", "refine"):
         raise InputError(f"unknown task {task!r}")
     report(0.02, "Reading image")
@@ -40,6 +43,21 @@ def handle(request: dict, workdir, report) -> dict:
     if result.evidence is not None:
         out["evidence"] = write_temporary_image(result.evidence, workdir / "evidence.mha")
     return out
+
+
+def download(request: dict, report) -> dict:
+    from landmarkloc.distribution import ReleasedModel, fetch
+
+    released = ReleasedModel.from_dict(request["release"])
+    reported = [-1]
+
+    def progress(done: int, total: int, file_name: str) -> None:
+        percent = 100 * done // max(total, 1)
+        if percent != reported[0]:  # a line per percent, not per chunk
+            reported[0] = percent
+            report(done / max(total, 1), f"Downloading {file_name} ({done / 1e6:.0f} of {total / 1e6:.0f} MB)")
+
+    return {"model": str(fetch(released, request["folder"], progress))}
 
 
 if __name__ == "__main__":
