@@ -44,7 +44,7 @@ def _addCorePackageToPath() -> None:
 
 _addCorePackageToPath()
 
-from LandmarkLocalizerLib.devices import DEVICE_CHOICES  # noqa: E402  (after the path set-up)
+from LandmarkLocalizerLib.devices import DEVICE_CHOICES, device_choice  # noqa: E402  (after the path set-up)
 from LandmarkLocalizerLib.jobwidget import JobPollingMixin  # noqa: E402
 
 POLL_MS = 100
@@ -200,7 +200,10 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
+        parameterNode = self.logic.getParameterNode()
+        if parameterNode.device != device_choice(parameterNode.device):  # a scene saved with an older choice
+            parameterNode.device = device_choice(parameterNode.device)
+        self.setParameterNode(parameterNode)
         if not self._parameterNode.inputVolume:
             from LandmarkLocalizerLib.mrml import first_input_volume
 

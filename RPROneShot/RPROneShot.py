@@ -52,7 +52,7 @@ def _addCorePackageToPath() -> None:
 
 _addCorePackageToPath()
 
-from LandmarkLocalizerLib.devices import DEVICE_CHOICES  # noqa: E402  (after the path set-up)
+from LandmarkLocalizerLib.devices import DEVICE_CHOICES, device_choice  # noqa: E402  (after the path set-up)
 from LandmarkLocalizerLib.jobwidget import JobPollingMixin  # noqa: E402
 
 NO_FINE_MODEL_TEXT = "None"
@@ -157,7 +157,10 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
+        parameterNode = self.logic.getParameterNode()
+        if parameterNode.device != device_choice(parameterNode.device):  # a scene saved with an older choice
+            parameterNode.device = device_choice(parameterNode.device)
+        self.setParameterNode(parameterNode)
         from LandmarkLocalizerLib.models import restore_saved_model
 
         p = self._parameterNode

@@ -136,3 +136,16 @@ def test_the_worker_reports_the_engines_stages_in_order(tmp_path):
                                            "Writing results"]
     assert [e.fraction for e in progress] == sorted(e.fraction for e in progress)
     assert events[-1].kind == "done" and events[-1].result["device"] == "cpu"
+
+
+def test_a_scene_saved_with_the_old_gpu_choice_opens_with_cuda(monkeypatch):
+    """The wrapper's combo box refuses a value that is not a choice: "GPU" is mapped before the GUI connects."""
+    import slicer_gui_stand_ins as gui
+    from LandmarkLocalizerLib.devices import device_choice
+    from LandmarkLocalizerLib.models import shipped_models
+
+    pytest.importorskip("slicer")
+    assert [device_choice(v) for v in ("GPU", "MPS", "CPU", "Auto", "TPU")] == ["CUDA", "MPS", "CPU", "Auto", "Auto"]
+    _, widget = gui.one_shot_widget(monkeypatch, {"device": "GPU"}, shipped_models("rpr"))
+    widget.initializeParameterNode()
+    assert widget._parameterNode.device == "CUDA"

@@ -15,6 +15,17 @@ CUDA_OUT_OF_MEMORY_WARNING = ("The GPU ran out of memory, so this ran on the CPU
                               "programs using the GPU, or choose CPU to skip the GPU attempt.")
 
 
+def device_choice(saved: str) -> str:
+    """The Device choice to show for a value saved with a scene: "GPU" (saved before MPS was offered) is CUDA.
+
+    The parameter-node wrapper reads a saved value without checking it, but its combo box refuses a value that
+    is not a choice, so a scene's value is mapped before the GUI is connected.
+    """
+    if saved in DEVICE_CHOICES:
+        return saved
+    return "CUDA" if saved == "GPU" else "Auto"
+
+
 def torch_device_name(choice: str) -> str:
     """The landmarkloc device name for a module's Device choice (names torch knows pass through)."""
     return TORCH_DEVICES.get(choice, choice)
