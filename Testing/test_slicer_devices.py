@@ -96,7 +96,7 @@ def test_one_shot_falls_back_to_the_cpu_too(monkeypatch, tmp_path):
         loaded.append(device)
         return Locator(device)
 
-    def locate_rpr(locator, template, query, runs, seed, refine):
+    def locate_rpr(locator, template, query, runs, seed, refine, report):
         if locator.device.type == "cuda":
             out_of_memory()
         return [ControlPoint("P0", [0.0, 1.0, 2.0])], [], []

@@ -506,6 +506,8 @@ def test_one_shot_click_through_find_and_export(monkeypatch, tiny, tmp_path, sup
     # untrained tiny models: points may be flagged (a warning in the status saying which), never a popup
     assert shown == []
     warnings = "\n".join(line for line in widget.ui.logTextEdit.lines if line.startswith("Warning: "))
+    stages = [line for line in widget.ui.logTextEdit.lines if line in ("Anchor map", "Local image match")]
+    assert stages == ["Anchor map", "Local image match"]  # progress moves on after the coarse runs
     flagged = [row.label for row in mrml.result_rows(found) if row.uncertain]
     assert ("uncertain (unselected)" in warnings) == bool(flagged)  # flagged points are reported, and only then
     if support == "point list":

@@ -8,16 +8,20 @@ ControlPoints in LPS with ``confidence`` and ``spread_mm`` properties.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
 
-# The engine's stage functions, in the order Localizer.localize calls them, with the progress each starts at.
-# The engine has no progress callback, so reporting_stages() wraps them for one call (in the worker process).
-ENGINE_STAGES = (("run_global", 0.2, "Global stage"), ("run_stages", 0.45, "Local stage"),
-                 ("local_tta_estimates", 0.7, "Refining (test-time passes)"))
+from .progress import reporting_stages
+
+
+def engine_stages() -> tuple:
+    """The FCN engine's stage functions, in the order Localizer.localize (and refine) calls them."""
+    from landmarkloc.inference import fcn
+
+    return ((fcn, "run_global", 0.2, "Global stage"), (fcn, "run_stages", 0.45, "Local stage"),
+            (fcn, "local_tta_estimates", 0.7, "Refining (test-time passes)"))
 
 
 @dataclass
@@ -36,31 +40,9 @@ def load(model_path, device: str):
     return Localizer.from_file(model_path, device=device)
 
 
-@contextlib.contextmanager
-def reporting_stages(report):
-    """While inside, each engine stage reports ``(fraction, stage)`` as it starts."""
-    from landmarkloc.inference import fcn
-
-    originals = {name: getattr(fcn, name) for name, _, _ in ENGINE_STAGES}
-
-    def reporting(original, fraction, stage):
-        def run(*args, **kwargs):
-            report(fraction, stage)
-            return original(*args, **kwargs)
-        return run
-
-    for name, fraction, stage in ENGINE_STAGES:
-        setattr(fcn, name, reporting(originals[name], fraction, stage))
-    try:
-        yield
-    finally:
-        for name, original in originals.items():
-            setattr(fcn, name, original)
-
-
 def localize(model, image: sitk.Image, with_evidence: bool, report) -> Localization:
     """All landmarks of ``image``; the evidence is the voxel-wise maximum of the landmarks' posteriors."""
-    with reporting_stages(report):
+    with reporting_stages(engine_stages(), report):
         result = model.localize(image, evidence=True if with_evidence else ())
     evidence = None
     if result.evidence:
@@ -79,5 +61,5 @@ def refine(model, image: sitk.Image, label: str, position_lps, report):
     """The landmark ``label`` re-localized by the local stage from ``position_lps`` (a ControlPoint)."""
     from landmarkloc.inference.fcn import refine as refine_point
 
-    with reporting_stages(report):
+    with reporting_stages(engine_stages(), report):
         return refine_point(model, image, label, position_lps)

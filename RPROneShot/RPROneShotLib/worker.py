@@ -70,7 +70,7 @@ def handle(request: dict, workdir, report) -> dict:
         report(0.4, f"Locating ({request.get('runs', 15)} runs)")
         found, boxes, warnings = engine.locate_rpr(locator, template, read_temporary_image(request["query"]),
                                                    request.get("runs", 15), request.get("seed", 0),
-                                                   request.get("refine", "ncc"))
+                                                   request.get("refine", "ncc"), report)
         return {"points": [point_to_dict(p) for p in found], "boxes": [box_to_dict(b) for b in boxes],
                 "warnings": warnings}, str(locator.device)
 
