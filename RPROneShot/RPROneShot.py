@@ -128,9 +128,9 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        from LandmarkLocalizerLib.models import shipped_models
+        from LandmarkLocalizerLib.models import offered_models
 
-        self._models = shipped_models("rpr")
+        self._models = offered_models("rpr")  # shipped and downloaded (landmarkloc.distribution)
         self.initializeParameterNode()
 
     # ------------------------------------------------------------------ parameter node
