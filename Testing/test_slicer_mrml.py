@@ -193,6 +193,11 @@ def test_the_uncertain_threshold_recolours_points_in_the_views_but_never_clears_
     mrml.apply_uncertain_below(node, 0.5)
     assert selected() == [True, False, False]
     assert [r.uncertain for r in mrml.result_rows(node)] == [False, True, True]
+    # a point the user placed and unselected (no confidence) keeps the user's choice
+    placed = node.AddControlPoint(1.0, 2.0, 3.0, "by hand")
+    node.SetNthControlPointSelected(placed, False)
+    mrml.apply_uncertain_below(node, 0.0)
+    assert not node.GetNthControlPointSelected(placed)
 
 
 def test_points_round_trip_and_parent_transform(scene):

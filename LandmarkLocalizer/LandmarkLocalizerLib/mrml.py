@@ -162,10 +162,14 @@ def shown_as_confident(selected_by_engine: bool, properties: dict, uncertain_bel
     decision, made from the model's calibrated probability of a large error; for the others the module's
     'uncertain below' threshold on the raw confidence flags more.
     """
-    confidence = properties.get("confidence")
-    if "p_large_error" in properties or not isinstance(confidence, (int, float)):
+    if not threshold_applies(properties):
         return bool(selected_by_engine)
-    return bool(selected_by_engine and confidence >= uncertain_below)
+    return bool(selected_by_engine and properties["confidence"] >= uncertain_below)
+
+
+def threshold_applies(properties: dict) -> bool:
+    """Whether the 'uncertain below' threshold decides for a point: it has a raw confidence and no calibration."""
+    return "p_large_error" not in properties and isinstance(properties.get("confidence"), (int, float))
 
 
 def add_points_node(scene, points, name: str, confidence_threshold: float = 0.0, node=None):
@@ -211,13 +215,15 @@ def set_engine_flag(node, index: int, flagged: bool) -> None:
 
 
 def apply_uncertain_below(node, uncertain_below: float) -> None:
-    """Re-decide which points are drawn as uncertain after the threshold changed (the module's slider)."""
+    """Re-decide which points are drawn as uncertain after the threshold changed (the module's slider); points
+    it does not apply to (calibrated, or placed by hand without a confidence) keep their selection."""
     flagged = set((node.GetAttribute(ENGINE_FLAGGED_ATTRIBUTE) or "").split())
     was_modifying = node.StartModify()
     for i in range(node.GetNumberOfControlPoints()):
         _, props = split_description(node.GetNthControlPointDescription(i))
-        engine_says = node.GetNthControlPointID(i) not in flagged
-        node.SetNthControlPointSelected(i, shown_as_confident(engine_says, props, uncertain_below))
+        if threshold_applies(props):
+            engine_says = node.GetNthControlPointID(i) not in flagged
+            node.SetNthControlPointSelected(i, shown_as_confident(engine_says, props, uncertain_below))
     node.EndModify(was_modifying)
 
 
