@@ -44,7 +44,7 @@ def _addCorePackageToPath() -> None:
 
 _addCorePackageToPath()
 
-from LandmarkLocalizerLib.devices import DEVICE_CHOICES, device_choice  # noqa: E402  (after the path set-up)
+from LandmarkLocalizerLib.devices import DEVICE_CHOICES, update_saved_choice  # noqa: E402  (after path set-up)
 from LandmarkLocalizerLib.jobwidget import JobPollingMixin  # noqa: E402
 
 POLL_MS = 100
@@ -201,8 +201,7 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
 
     def initializeParameterNode(self) -> None:
         parameterNode = self.logic.getParameterNode()
-        if parameterNode.device != device_choice(parameterNode.device):  # a scene saved with an older choice
-            parameterNode.device = device_choice(parameterNode.device)
+        update_saved_choice(parameterNode)  # a scene saved with an older Device choice
         self.setParameterNode(parameterNode)
         if not self._parameterNode.inputVolume:
             from LandmarkLocalizerLib.mrml import first_input_volume

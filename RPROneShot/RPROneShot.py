@@ -52,7 +52,7 @@ def _addCorePackageToPath() -> None:
 
 _addCorePackageToPath()
 
-from LandmarkLocalizerLib.devices import DEVICE_CHOICES, device_choice  # noqa: E402  (after the path set-up)
+from LandmarkLocalizerLib.devices import DEVICE_CHOICES, update_saved_choice  # noqa: E402  (after path set-up)
 from LandmarkLocalizerLib.jobwidget import JobPollingMixin  # noqa: E402
 
 NO_FINE_MODEL_TEXT = "None"
@@ -158,8 +158,7 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
 
     def initializeParameterNode(self) -> None:
         parameterNode = self.logic.getParameterNode()
-        if parameterNode.device != device_choice(parameterNode.device):  # a scene saved with an older choice
-            parameterNode.device = device_choice(parameterNode.device)
+        update_saved_choice(parameterNode)  # a scene saved with an older Device choice
         self.setParameterNode(parameterNode)
         from LandmarkLocalizerLib.models import restore_saved_model
 

@@ -26,6 +26,12 @@ def device_choice(saved: str) -> str:
     return "CUDA" if saved == "GPU" else "Auto"
 
 
+def update_saved_choice(parameters) -> None:
+    """Map a parameter node's saved ``device`` to a current choice, before its GUI is connected."""
+    if parameters.device != device_choice(parameters.device):
+        parameters.device = device_choice(parameters.device)
+
+
 def torch_device_name(choice: str) -> str:
     """The landmarkloc device name for a module's Device choice (names torch knows pass through)."""
     return TORCH_DEVICES.get(choice, choice)
