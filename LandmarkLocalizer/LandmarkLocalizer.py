@@ -403,7 +403,7 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
             else _("Results")
         current = table.currentRow()
         table.setRowCount(len(rows))
-        amber = qt.QColor(255, 217, 0, 90)
+        amber = qt.QColor(230, 159, 0, 90)  # the views' colour of uncertain points (mrml.UNCERTAIN_COLOR)
         for r, row in enumerate(rows):
             for c, text in enumerate((row.label, row.position_text, row.confidence_text)):
                 item = qt.QTableWidgetItem(text)

@@ -180,7 +180,7 @@ def test_points_node_has_world_ras_positions_labels_and_confidence(scene):
 
 def test_the_uncertain_threshold_recolours_points_in_the_views_but_never_clears_the_engines_flag(scene):
     """Slice and 3D views draw unselected points in the display node's colour (amber), selected ones in its
-    selected colour: the threshold decides by unselecting, so the views follow the module's slider."""
+    selected colour (bluish green): the threshold decides by unselecting, so the views follow the slider."""
     node = mrml.add_points_node(scene, sample_points(), "ct fcn", confidence_threshold=0.5)
     display = node.GetDisplayNode()
     assert display.GetColor() != pytest.approx(display.GetSelectedColor())

@@ -32,8 +32,9 @@ EVIDENCE_COLOR_NAME = "LandmarkLoc evidence"
 # What the input selectors offer: grey volumes and pictures (PNG/JPEG load as RGB(A) vector volumes and are
 # used as grey, as the CLI does). Exact classes: label maps and other subclasses are not images to localize in.
 INPUT_VOLUME_CLASSES = ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")
-UNCERTAIN_COLOR = (1.0, 0.85, 0.0)  # unselected (uncertain) points: amber
-CONFIDENT_COLOR = (1.0, 0.5, 0.5)  # selected points: Slicer's default selected colour
+# Okabe-Ito colours, told apart with every common colour-vision deficiency (and from the boxes' light blue)
+UNCERTAIN_COLOR = (0.9, 0.62, 0.0)  # unselected (uncertain) points: amber (#E69F00)
+CONFIDENT_COLOR = (0.0, 0.62, 0.45)  # selected points: bluish green (#009E73)
 ENGINE_FLAGGED_ATTRIBUTE = "landmarkloc.engineFlagged"  # IDs of the points the engine itself called uncertain
 SOURCE_VOLUME_ROLE = "landmarklocSourceVolume"  # node reference: the volume a point list was localized in
 
