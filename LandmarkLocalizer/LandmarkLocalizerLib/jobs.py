@@ -142,7 +142,7 @@ class Job:
         self.python_paths = list(python_paths)
         self._lines: queue.Queue = queue.Queue()
         self._process = None
-        self._stdout_reader = None
+        self._readers = ()
         self._stderr_tail: list = []
         self._last_error = ""
         self._finished = False
@@ -162,9 +162,10 @@ class Job:
             [self.python, "-u", "-m", self.worker_module, str(request_path)], cwd=str(self.workdir), env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
             **launch_options())
-        self._stdout_reader = threading.Thread(target=self._read_stdout, daemon=True)
-        self._stdout_reader.start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self._readers = (threading.Thread(target=self._read_stdout, daemon=True),
+                         threading.Thread(target=self._read_stderr, daemon=True))
+        for reader in self._readers:
+            reader.start()
 
     def _read_stdout(self) -> None:
         for line in self._process.stdout:
@@ -197,9 +198,9 @@ class Job:
             return events + [JobEvent("cancelled")]
         if stdout_closed or self._process.poll() is not None:
             code = self._process.wait()
-            if not stdout_closed:  # exited, its last lines may still be on their way through the reader
-                self._stdout_reader.join(timeout=PIPE_CLOSE_TIMEOUT_S)
-                self._take_lines(events)
+            for reader in self._readers:  # exited: its last lines (a traceback on stderr) are being read now
+                reader.join(timeout=PIPE_CLOSE_TIMEOUT_S)
+            self._take_lines(events)
             self._finished = True
             events.append(self._final_event(code))
         return events
