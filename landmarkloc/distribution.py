@@ -201,6 +201,8 @@ def main(argv=None) -> int:
             return 0
         models = read_model_list()
         if args.command == "available":
+            if not models:
+                print("no released models: every model ships in models/")
             for model in models:
                 state = "cached" if is_cached(model, cache_folder()) else "not downloaded"
                 print(f"{model.name}\t{model.kind}\t{model.size / 1e6:.1f} MB\t{state}")
