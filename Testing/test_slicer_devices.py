@@ -82,7 +82,10 @@ def test_each_device_choice_asks_the_engine_for_its_device_and_the_result_names_
     out = worker.handle(localize_request(tmp_path, choice), tmp_path, lambda fraction, stage: None)
     assert loaded == [asked] and torch_device_name(choice) == asked
     assert out["device"] == str(FakeModel(asked).device) and out["warnings"] == []
-    assert choice == "GPU" or choice in DEVICE_CHOICES  # "GPU": scenes saved before MPS was offered
+
+
+def test_the_modules_offer_auto_cpu_cuda_and_mps():
+    assert DEVICE_CHOICES == ("Auto", "CPU", "CUDA", "MPS")
 
 
 def test_one_shot_falls_back_to_the_cpu_too(monkeypatch, tmp_path):
