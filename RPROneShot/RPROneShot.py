@@ -56,6 +56,7 @@ from LandmarkLocalizerLib.devices import DEVICE_CHOICES, update_saved_choice  # 
 from LandmarkLocalizerLib.jobwidget import JobPollingMixin  # noqa: E402
 
 NO_FINE_MODEL_TEXT = "None"
+DOWNLOAD_DATA_PREFIX = "landmarkloc-download:"  # model combo data of a "Download NAME..." item
 POLL_MS = 100
 # Grey volumes and pictures (PNG/JPEG load as vector volumes): see LandmarkLocalizer.ImageVolume.
 ImageVolume = Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode, None]
@@ -104,6 +105,7 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._models = []
+        self._downloads = []  # released one-shot models (landmarkloc.distribution) offered for download
         self._roiNodes = []
 
     def setup(self) -> None:
@@ -128,9 +130,10 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        from LandmarkLocalizerLib.models import offered_models
+        from LandmarkLocalizerLib.models import downloadable_models, offered_models
 
         self._models = offered_models("rpr")  # shipped and downloaded (landmarkloc.distribution)
+        self._downloads = downloadable_models("rpr", self._models)
         self.initializeParameterNode()
 
     # ------------------------------------------------------------------ parameter node
@@ -186,9 +189,10 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
         idle = not running and not self._installing
         hasSupport = bool(p and p.supportVolume and (p.supportPoints or p.supportLabels))
         rpr = bool(p and p.method == "rpr")
-        self.ui.findButton.text = _("Cancel") if running and self._jobKind == "find" else _("Find")
+        cancels = running and self._jobKind in ("find", "download")  # Find cancels a download too
+        self.ui.findButton.text = _("Cancel") if cancels else _("Find")
         canFind = bool(p and p.queryVolume and (hasSupport or (rpr and p.templatePath)) and (p.modelPath or not rpr))
-        self.ui.findButton.enabled = canFind and (idle or running and self._jobKind == "find")
+        self.ui.findButton.enabled = cancels or canFind and idle
         self.ui.saveTemplateButton.text = _("Cancel") if running and self._jobKind == "template" \
             else _("Save template...")
         self.ui.saveTemplateButton.enabled = bool(hasSupport and p.modelPath) and (
@@ -215,6 +219,10 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
                 combo.addItem(NO_FINE_MODEL_TEXT, "")
             for model in self.modelsOf(fine):
                 combo.addItem(model.label, model.path)
+            for released in self._downloads:
+                if (released.stage == "fine") == fine:
+                    combo.addItem(_("Download {name} ({size:.0f} MB)...").format(
+                        name=released.name, size=released.size / 1e6), DOWNLOAD_DATA_PREFIX + released.name)
             combo.addItem(ADD_MODEL_TEXT, "")
             index = combo.findData(current) if current else 0
             combo.setCurrentIndex(max(index, 0))
@@ -244,10 +252,32 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
                     slicer.util.errorDisplay(_("This model cannot be used:\n{message}").format(message=exc))
             self.fillModelCombos()
             return
+        data = combo.itemData(index) or ""
+        if data.startswith(DOWNLOAD_DATA_PREFIX):
+            released = next(r for r in self._downloads if r.name == data[len(DOWNLOAD_DATA_PREFIX):])
+            self.fillModelCombos()  # the current model stays selected until the new one is in
+            self.startJob("download", lambda: self.logic.startDownload(released),
+                          lambda result: self.showDownloaded(result, fine))
+            return
         if fine:
             p.fineModelPath = combo.itemData(index) or ""
         else:
             p.modelPath = combo.itemData(index) or ""
+
+    def showDownloaded(self, result: dict, fine: bool) -> None:
+        """The downloaded model joins its list and is selected."""
+        from LandmarkLocalizerLib.models import downloadable_models, inspect_model
+
+        model = inspect_model(result["model"], "rpr")
+        if all(m.path != model.path for m in self._models):
+            self._models.append(model)
+        self._downloads = downloadable_models("rpr", self._models)
+        if fine:
+            self._parameterNode.fineModelPath = model.path
+        else:
+            self._parameterNode.modelPath = model.path
+        self.fillModelCombos()
+        self.ui.statusLabel.text = _("Downloaded {name}.").format(name=model.name)
 
     def modelInfo(self, path):
         return next((m for m in self._models if m.path == path), None) if path else None
@@ -358,6 +388,11 @@ class RPROneShotLogic(ScriptedLoadableModuleLogic):
         from RPROneShotLib import logic
 
         return logic.start_find(queryVolume, support, method, model, fineModel, templatePath, runs, steps, device)
+
+    def startDownload(self, released):
+        from LandmarkLocalizerLib import logic
+
+        return logic.start_download(released)
 
     def startSaveTemplate(self, support, path, model, fineModel=None, device="Auto"):
         from RPROneShotLib import logic

@@ -206,3 +206,32 @@ def test_a_corrupt_download_in_the_module_is_an_error_and_adds_nothing(tmp_path,
     assert kind == "error" and "is corrupt" in text
     assert widget.ui.modelComboBox.items == before
     assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []
+
+
+def test_rpr_one_shot_offers_a_released_coarse_model_in_its_coarse_list_and_selects_it(tmp_path, server,
+                                                                                      monkeypatch):
+    pytest.importorskip("slicer")
+    import slicer_gui_stand_ins as gui
+    from LandmarkLocalizerLib.models import downloadable_models, shipped_models
+    from RPROneShotLib.selftest import make_tiny_rpr_models
+
+    coarse, _ = make_tiny_rpr_models(tmp_path / "upload")
+    entry = distribution.list_entry(coarse, server.url("").rstrip("/"))
+    for file in entry["files"]:
+        server.files[file["name"]] = (tmp_path / "upload" / file["name"]).read_bytes()
+    released_list(tmp_path, monkeypatch, distribution.ReleasedModel.from_dict(entry))
+    shown = gui.dialogs(monkeypatch)
+    _, widget = gui.one_shot_widget(monkeypatch, {}, shipped_models("rpr"))
+    widget._downloads = downloadable_models("rpr", widget._models)  # as setup() does
+    widget.fillModelCombos()
+    offers = [text for text, _ in widget.ui.fineModelComboBox.items if text.startswith("Download")]
+    assert offers == []  # a coarse model is not offered as the fine one
+    combo = widget.ui.modelComboBox
+    offer = next(i for i, (text, _) in enumerate(combo.items) if text.startswith("Download tiny-rpr-coarse ("))
+    widget.onModelActivated(offer, fine=False)
+    assert widget.ui.findButton.text == "Cancel"
+    run_until_idle(widget)
+    assert shown == []
+    assert widget._parameterNode.modelPath == str(tmp_path / "cache" / "tiny-rpr-coarse.json")
+    assert combo.itemData(combo.current) == widget._parameterNode.modelPath
+    assert not any(text.startswith("Download") for text, _ in combo.items)

@@ -47,6 +47,7 @@ class ReleasedModel:
     name: str
     kind: str  # as in the model's metadata: "fcn" or "rpr" (which module offers it)
     files: tuple  # ReleasedFile: the metadata .json and the weights .safetensors
+    stage: str = ""  # one-shot models: "coarse" or "fine" (which of RPR One-Shot's model lists offers it)
 
     @property
     def metadata_file(self) -> str:
@@ -57,14 +58,14 @@ class ReleasedModel:
         return sum(f.size for f in self.files)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "files": [vars(f) for f in self.files]}
+        return {"name": self.name, "kind": self.kind, "stage": self.stage, "files": [vars(f) for f in self.files]}
 
     @classmethod
     def from_dict(cls, entry: dict) -> ReleasedModel:
         """An entry of the model list; ModelError for a file name outside the folder or a non-http(s) URL."""
         files = tuple(ReleasedFile(str(f["name"]), str(f["url"]), str(f["sha256"]).lower(), int(f["size"]))
                       for f in entry["files"])
-        model = cls(str(entry["name"]), str(entry["kind"]), files)
+        model = cls(str(entry["name"]), str(entry["kind"]), files, str(entry.get("stage", "")))
         for f in files:
             if Path(f.name).name != f.name or urllib.parse.urlsplit(f.url).scheme not in ("https", "http"):
                 raise ModelError(f"{model.name}: file {f.name!r} must be a plain name with an http(s) URL")
@@ -180,8 +181,9 @@ def list_entry(metadata_path, url_base: str) -> dict:
     for path in (meta, weights):
         files.append({"name": path.name, "url": f"{url_base.rstrip('/')}/{path.name}",
                       "sha256": sha256_of_file(path), "size": path.stat().st_size})
-    kind = json.loads(meta.read_text(encoding="utf-8")).get("kind", "")
-    return {"name": meta.name[: -len(".json")], "kind": kind, "files": files}
+    metadata = json.loads(meta.read_text(encoding="utf-8"))
+    return {"name": meta.name[: -len(".json")], "kind": metadata.get("kind", ""), "stage": metadata.get("stage", ""),
+            "files": files}
 
 
 def main(argv=None) -> int:
