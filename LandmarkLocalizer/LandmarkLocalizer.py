@@ -8,12 +8,12 @@ MRML is only touched here, on the main thread, when the worker is done.
 
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Union
 
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -44,9 +44,13 @@ def _addCorePackageToPath() -> None:
 
 _addCorePackageToPath()
 
-from LandmarkLocalizerLib.jobwidget import JobPollingMixin  # noqa: E402  (after the path set-up)
+from LandmarkLocalizerLib.devices import DEVICE_CHOICES, update_saved_choice  # noqa: E402  (after path set-up)
+from LandmarkLocalizerLib.jobwidget import JobPollingMixin  # noqa: E402
 
 POLL_MS = 100
+# Grey volumes and pictures (PNG/JPEG load as vector volumes). The wrapper sets a node selector's types to exactly
+# these (replacing the .ui's list), and a selector that hides subclasses would not offer pictures otherwise.
+ImageVolume = Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode, None]
 
 
 class LandmarkLocalizer(ScriptedLoadableModule):
@@ -87,14 +91,18 @@ def registerSampleData() -> None:
 
 
 def loadMNI152Sample(source=None):
-    """Load the MNI152 T1 sample and set it as the input of both modules (RPR One-Shot with its support template)."""
+    """Load the MNI152 T1 sample and set it as the input of both modules (RPR One-Shot with its support template).
+
+    Sample Data's button calls this; ``SampleData.downloadSample("MNI152 T1")`` does not (it downloads the
+    registered URI and loads the file), so scripts call ``LandmarkLocalizer.loadMNI152Sample()`` instead.
+    """
     from LandmarkLocalizerLib import sampledata
     from LandmarkLocalizerLib.dependencies import ensure_installed
 
     from landmarkloc.errors import LandmarkLocError
 
     try:
-        ensure_installed(slicer.util.confirmOkCancelDisplay, extra=("nilearn",))
+        ensure_installed(slicer.util.confirmOkCancelDisplay, extra=("nilearn",), engines=False)
         models = sampledata.sample_models()
         node = sampledata.load_mni152(slicer.mrmlScene)
     except LandmarkLocError as exc:
@@ -117,13 +125,18 @@ def loadMNI152Sample(source=None):
 class LandmarkLocalizerParameterNode:
     """Saved with the scene: inputs, options and the last outputs."""
 
-    inputVolume: vtkMRMLScalarVolumeNode
+    inputVolume: ImageVolume = None
     modelPath: str = ""
-    device: Annotated[str, Choice(["Auto", "CPU", "GPU"])] = "Auto"
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "Auto"
     uncertainBelow: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     showEvidence: bool = False
     outputPoints: vtkMRMLMarkupsFiducialNode
     evidenceVolume: vtkMRMLScalarVolumeNode
+
+
+# The results table follows its point list: moved, added, removed or (un)placed points.
+POINT_LIST_EVENTS = (vtkMRMLMarkupsFiducialNode.PointModifiedEvent, vtkMRMLMarkupsFiducialNode.PointAddedEvent,
+                     vtkMRMLMarkupsFiducialNode.PointRemovedEvent, vtkMRMLMarkupsFiducialNode.PointPositionDefinedEvent)
 
 
 class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -134,6 +147,7 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._models = []
+        self._downloads = []  # released models (landmarkloc.distribution) offered for download
         self._observedPoints = None
 
     def setup(self) -> None:
@@ -155,7 +169,7 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
         self.ui.modelComboBox.connect("activated(int)", self.onModelActivated)
         self.ui.resultsTable.connect("cellClicked(int,int)", self.onResultClicked)
         self.ui.outputPointsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onOutputPointsChanged)
-        self.ui.uncertainSliderWidget.connect("valueChanged(double)", lambda value: self.updateResultsTable())
+        self.ui.uncertainSliderWidget.connect("valueChanged(double)", self.onUncertainBelowChanged)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -186,7 +200,9 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
+        parameterNode = self.logic.getParameterNode()
+        update_saved_choice(parameterNode)  # a scene saved with an older Device choice
+        self.setParameterNode(parameterNode)
         if not self._parameterNode.inputVolume:
             from LandmarkLocalizerLib.mrml import first_input_volume
 
@@ -205,26 +221,35 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
         self.updateResultsTable()
 
     def updateButtons(self, caller=None, event=None) -> None:
+        from LandmarkLocalizerLib.mrml import source_volume
+
         running = self._job is not None
         p = self._parameterNode
-        self.ui.localizeButton.text = _("Cancel") if running and self._jobKind == "localize" else _("Localize")
-        self.ui.localizeButton.enabled = bool(p and p.inputVolume and p.modelPath) and (
-            not running or self._jobKind == "localize")
+        idle = not running and not self._installing
+        cancels = running and self._jobKind in ("localize", "download")  # Localize cancels a download too
+        self.ui.localizeButton.text = _("Cancel") if cancels else _("Localize")
+        self.ui.localizeButton.enabled = cancels or bool(p and p.inputVolume and p.modelPath) and idle
+        hasVolume = bool(p and (p.inputVolume or source_volume(p.outputPoints)))
         self.ui.refineButton.text = _("Cancel") if running and self._jobKind == "refine" else _("Refine selected")
-        self.ui.refineButton.enabled = bool(p and p.outputPoints and p.inputVolume and p.modelPath) and (
-            not running or self._jobKind == "refine")
-        self.ui.exportButton.enabled = bool(p and p.outputPoints) and not running
+        self.ui.refineButton.enabled = bool(p and p.outputPoints and hasVolume and p.modelPath) and (
+            idle or running and self._jobKind == "refine")
+        self.ui.exportButton.enabled = bool(p and p.outputPoints) and idle
 
     # ------------------------------------------------------------------ models
 
     def populateModels(self) -> None:
-        from LandmarkLocalizerLib.models import shipped_models
+        """The shipped and downloaded models, then a "Download ..." item per released model not downloaded yet."""
+        from LandmarkLocalizerLib.models import downloadable_models, offered_models
 
-        self._models = shipped_models("fcn")
+        self._models = offered_models("fcn")
+        self._downloads = downloadable_models("fcn", self._models)
         combo = self.ui.modelComboBox
         combo.clear()
         for model in self._models:
             combo.addItem(model.label, model.path)
+        for released in self._downloads:
+            combo.addItem(_("Download {name} ({size:.0f} MB)...").format(name=released.name, size=released.size / 1e6),
+                          "")
         combo.addItem(ADD_MODEL_TEXT, "")
 
     def selectModelPath(self, path: str) -> None:
@@ -265,9 +290,24 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
             else:
                 self.selectModelPath(self._parameterNode.modelPath if self._parameterNode else "")
             return
+        download = index - len(self._models)
+        if 0 <= download < len(self._downloads):
+            released = self._downloads[download]
+            self.selectModelPath(self._parameterNode.modelPath)  # the current model stays until the new one is in
+            self.startJob("download", lambda: self.logic.startDownload(released), self.showDownloaded)
+            return
         if 0 <= index < len(self._models):
             self._parameterNode.modelPath = self._models[index].path
         self.showModelInfo()
+
+    def showDownloaded(self, result: dict) -> None:
+        """The downloaded model joins the list and is selected."""
+        from LandmarkLocalizerLib.models import inspect_model
+
+        model = inspect_model(result["model"], "fcn")
+        self.populateModels()
+        self.selectModelPath(model.path)
+        self.ui.statusLabel.text = _("Downloaded {name}.").format(name=model.name)
 
     def currentModel(self):
         path = self._parameterNode.modelPath if self._parameterNode else ""
@@ -298,11 +338,15 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
         if self._job is not None:
             self.cancelJob()
             return
+        from LandmarkLocalizerLib.logic import refine_volume
+
         p = self._parameterNode
-        volume, model, points, device = p.inputVolume, self.currentModel(), p.outputPoints, p.device
+        model, points, device = self.currentModel(), p.outputPoints, p.device
+        volume = refine_volume(points, p.inputVolume)
         row, threshold = self.ui.resultsTable.currentRow(), p.uncertainBelow
+        pointId = points.GetNthControlPointID(row) if points and 0 <= row < points.GetNumberOfControlPoints() else ""
         self.startJob("refine", lambda: self.logic.startRefine(volume, model, points, row, device),
-                      lambda result: self.showRefinement(result, points, row, volume, threshold))
+                      lambda result: self.showRefinement(result, points, pointId, volume, threshold))
 
     def showLocalization(self, result: dict, volume, model, uncertainBelow: float) -> None:
         """The result as a new point list (and evidence map) of the volume and model the job started with."""
@@ -318,35 +362,48 @@ class LandmarkLocalizerWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTK
         missing = ", ".join(outcome.not_found)
         self.ui.statusLabel.text = found + (" " + _("Not found: {names}.").format(names=missing) if missing else "")
         self.updateResultsTable()
-        if outcome.warnings:
-            slicer.util.warningDisplay("\n".join(outcome.warnings))
 
-    def showRefinement(self, result: dict, points, index: int, volume, uncertainBelow: float) -> None:
+    def showRefinement(self, result: dict, points, pointId: str, volume, uncertainBelow: float) -> None:
         """Move the point the job started from (in the point list chosen then)."""
-        self.logic.applyRefinement(points, index, result, volume, uncertainBelow)
-        self.ui.statusLabel.text = _("Refined {label}.").format(label=points.GetNthControlPointLabel(index))
+        self.logic.applyRefinement(points, pointId, result, volume, uncertainBelow)
+        label = points.GetNthControlPointLabel(points.GetNthControlPointIndexByID(pointId))
+        self.ui.statusLabel.text = _("Refined {label}.").format(label=label)
         self.updateResultsTable()
 
     # ------------------------------------------------------------------ results
 
     def onOutputPointsChanged(self, node) -> None:
         if self._observedPoints is not None:
-            self.removeObserver(self._observedPoints, slicer.vtkMRMLMarkupsNode.PointModifiedEvent,
-                                self.updateResultsTable)
+            for event in POINT_LIST_EVENTS:
+                self.removeObserver(self._observedPoints, event, self.updateResultsTable)
         self._observedPoints = node
         if node is not None:
-            self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self.updateResultsTable)
+            for event in POINT_LIST_EVENTS:
+                self.addObserver(node, event, self.updateResultsTable)
+        self.updateResultsTable()
+
+    def onUncertainBelowChanged(self, value: float) -> None:
+        """Points now below the threshold turn amber (unselected) in the views, and in the table."""
+        from LandmarkLocalizerLib.mrml import apply_uncertain_below
+
+        node = self._parameterNode.outputPoints if self._parameterNode else None
+        if node is not None:
+            apply_uncertain_below(node, value)
         self.updateResultsTable()
 
     def updateResultsTable(self, caller=None, event=None) -> None:
+        from LandmarkLocalizerLib.logic import DEVICE_ATTRIBUTE
         from LandmarkLocalizerLib.mrml import result_rows
 
         table = self.ui.resultsTable
         node = self._parameterNode.outputPoints if self._parameterNode else None
-        rows = result_rows(node, self.ui.uncertainSliderWidget.value) if node else []
+        rows = result_rows(node) if node else []
+        device = node.GetAttribute(DEVICE_ATTRIBUTE) if node else None
+        self.ui.resultsCollapsibleButton.text = _("Results (found on {device})").format(device=device) if device \
+            else _("Results")
         current = table.currentRow()
         table.setRowCount(len(rows))
-        amber = qt.QColor(255, 217, 0, 90)
+        amber = qt.QColor(230, 159, 0, 90)  # the views' colour of uncertain points (mrml.UNCERTAIN_COLOR)
         for r, row in enumerate(rows):
             for c, text in enumerate((row.label, row.position_text, row.confidence_text)):
                 item = qt.QTableWidgetItem(text)
@@ -404,10 +461,15 @@ class LandmarkLocalizerLogic(ScriptedLoadableModuleLogic):
 
         return logic.start_refine(volumeNode, model, pointsNode, index, device)
 
-    def applyRefinement(self, pointsNode, index, result, volumeNode, uncertainBelow=0.5):
+    def startDownload(self, released):
         from LandmarkLocalizerLib import logic
 
-        logic.apply_refinement(pointsNode, index, result, volumeNode, uncertainBelow)
+        return logic.start_download(released)
+
+    def applyRefinement(self, pointsNode, pointId, result, volumeNode, uncertainBelow=0.5):
+        from LandmarkLocalizerLib import logic
+
+        logic.apply_refinement(pointsNode, pointId, result, volumeNode, uncertainBelow)
 
     def exportPoints(self, pointsNode, path):
         from LandmarkLocalizerLib import mrml
@@ -438,6 +500,12 @@ class LandmarkLocalizerTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        from LandmarkLocalizerLib.selftest import packages_the_self_test_lacks, skip_message
+
+        missing = packages_the_self_test_lacks(slicer.app.testingEnabled(), slicer.util.confirmOkCancelDisplay)
+        if missing:
+            self.delayDisplay(skip_message(missing))
+            return
         self.setUp()
         self.test_localize_refine_export()
         self.setUp()
@@ -467,10 +535,8 @@ class LandmarkLocalizerTest(ScriptedLoadableModuleTest):
         return node
 
     def _model(self):
-        from LandmarkLocalizerLib.dependencies import ensure_installed
         from LandmarkLocalizerLib.selftest import make_tiny_fcn_model
 
-        ensure_installed(slicer.util.confirmOkCancelDisplay)
         return make_tiny_fcn_model(os.path.join(slicer.app.temporaryPath, "LandmarkLocalizerSelfTest", "tiny"))
 
     def test_localize_refine_export(self):
@@ -500,7 +566,7 @@ class LandmarkLocalizerTest(ScriptedLoadableModuleTest):
         job = logic.startRefine(volume, inspect_model(modelPath, "fcn"), points, 0, "CPU")
         event = job.wait()
         self.assertEqual(event.kind, "done", event.error)
-        logic.applyRefinement(points, 0, event.result, volume)
+        logic.applyRefinement(points, points.GetNthControlPointID(0), event.result, volume)
         job.cleanup()
 
         self.delayDisplay("Exporting")

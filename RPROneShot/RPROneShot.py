@@ -20,6 +20,7 @@ from slicer import (
     vtkMRMLMarkupsFiducialNode,
     vtkMRMLScalarVolumeNode,
     vtkMRMLSegmentationNode,
+    vtkMRMLVectorVolumeNode,
 )
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -51,10 +52,14 @@ def _addCorePackageToPath() -> None:
 
 _addCorePackageToPath()
 
-from LandmarkLocalizerLib.jobwidget import JobPollingMixin  # noqa: E402  (after the path set-up)
+from LandmarkLocalizerLib.devices import DEVICE_CHOICES, update_saved_choice  # noqa: E402  (after path set-up)
+from LandmarkLocalizerLib.jobwidget import JobPollingMixin  # noqa: E402
 
 NO_FINE_MODEL_TEXT = "None"
+DOWNLOAD_DATA_PREFIX = "landmarkloc-download:"  # model combo data of a "Download NAME..." item
 POLL_MS = 100
+# Grey volumes and pictures (PNG/JPEG load as vector volumes): see LandmarkLocalizer.ImageVolume.
+ImageVolume = Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode, None]
 
 
 class RPROneShot(ScriptedLoadableModule):
@@ -78,17 +83,17 @@ class RPROneShot(ScriptedLoadableModule):
 class RPROneShotParameterNode:
     """Saved with the scene: support, query, method and options, the loaded template and the last outputs."""
 
-    supportVolume: vtkMRMLScalarVolumeNode
+    supportVolume: ImageVolume = None
     supportPoints: vtkMRMLMarkupsFiducialNode
     supportLabels: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None] = None
     templatePath: str = ""
-    queryVolume: vtkMRMLScalarVolumeNode
+    queryVolume: ImageVolume = None
     method: Annotated[str, Choice(["rpr", "ncc", "registration"])] = "rpr"
     modelPath: str = ""
     fineModelPath: str = ""
     runs: Annotated[int, WithinRange(1, 200)] = 15
     steps: Annotated[int, WithinRange(1, 10)] = 1
-    device: Annotated[str, Choice(["Auto", "CPU", "GPU"])] = "Auto"
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "Auto"
     outputPoints: vtkMRMLMarkupsFiducialNode
 
 
@@ -100,6 +105,7 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._models = []
+        self._downloads = []  # released one-shot models (landmarkloc.distribution) offered for download
         self._roiNodes = []
 
     def setup(self) -> None:
@@ -124,9 +130,10 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        from LandmarkLocalizerLib.models import shipped_models
+        from LandmarkLocalizerLib.models import downloadable_models, offered_models
 
-        self._models = shipped_models("rpr")
+        self._models = offered_models("rpr")  # shipped and downloaded (landmarkloc.distribution)
+        self._downloads = downloadable_models("rpr", self._models)
         self.initializeParameterNode()
 
     # ------------------------------------------------------------------ parameter node
@@ -153,7 +160,9 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
+        parameterNode = self.logic.getParameterNode()
+        update_saved_choice(parameterNode)  # a scene saved with an older Device choice
+        self.setParameterNode(parameterNode)
         from LandmarkLocalizerLib.models import restore_saved_model
 
         p = self._parameterNode
@@ -177,20 +186,22 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
     def updateButtons(self, caller=None, event=None) -> None:
         p = self._parameterNode
         running = self._job is not None
+        idle = not running and not self._installing
         hasSupport = bool(p and p.supportVolume and (p.supportPoints or p.supportLabels))
         rpr = bool(p and p.method == "rpr")
-        self.ui.findButton.text = _("Cancel") if running and self._jobKind == "find" else _("Find")
-        self.ui.findButton.enabled = bool(p and p.queryVolume and (hasSupport or (rpr and p.templatePath))
-                                          and (p.modelPath or not rpr)) and (not running or self._jobKind == "find")
+        cancels = running and self._jobKind in ("find", "download")  # Find cancels a download too
+        self.ui.findButton.text = _("Cancel") if cancels else _("Find")
+        canFind = bool(p and p.queryVolume and (hasSupport or (rpr and p.templatePath)) and (p.modelPath or not rpr))
+        self.ui.findButton.enabled = cancels or canFind and idle
         self.ui.saveTemplateButton.text = _("Cancel") if running and self._jobKind == "template" \
             else _("Save template...")
         self.ui.saveTemplateButton.enabled = bool(hasSupport and p.modelPath) and (
-            not running or self._jobKind == "template")
-        self.ui.loadTemplateButton.enabled = not running
-        self.ui.clearTemplateButton.enabled = bool(p and p.templatePath) and not running
+            idle or running and self._jobKind == "template")
+        self.ui.loadTemplateButton.enabled = idle
+        self.ui.clearTemplateButton.enabled = bool(p and p.templatePath) and idle
         self.ui.modelComboBox.enabled = self.ui.fineModelComboBox.enabled = rpr
         self.ui.runsSpinBox.enabled = self.ui.stepsSpinBox.enabled = rpr
-        self.ui.exportButton.enabled = bool(p and p.outputPoints) and not running
+        self.ui.exportButton.enabled = bool(p and p.outputPoints) and idle
         self.ui.templateLabel.text = _("Using template {name}").format(name=os.path.basename(p.templatePath)) \
             if p and p.templatePath else ""
 
@@ -208,6 +219,10 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
                 combo.addItem(NO_FINE_MODEL_TEXT, "")
             for model in self.modelsOf(fine):
                 combo.addItem(model.label, model.path)
+            for released in self._downloads:
+                if (released.stage == "fine") == fine:
+                    combo.addItem(_("Download {name} ({size:.0f} MB)...").format(
+                        name=released.name, size=released.size / 1e6), DOWNLOAD_DATA_PREFIX + released.name)
             combo.addItem(ADD_MODEL_TEXT, "")
             index = combo.findData(current) if current else 0
             combo.setCurrentIndex(max(index, 0))
@@ -237,10 +252,32 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
                     slicer.util.errorDisplay(_("This model cannot be used:\n{message}").format(message=exc))
             self.fillModelCombos()
             return
+        data = combo.itemData(index) or ""
+        if data.startswith(DOWNLOAD_DATA_PREFIX):
+            released = next(r for r in self._downloads if r.name == data[len(DOWNLOAD_DATA_PREFIX):])
+            self.fillModelCombos()  # the current model stays selected until the new one is in
+            self.startJob("download", lambda: self.logic.startDownload(released),
+                          lambda result: self.showDownloaded(result, fine))
+            return
         if fine:
             p.fineModelPath = combo.itemData(index) or ""
         else:
             p.modelPath = combo.itemData(index) or ""
+
+    def showDownloaded(self, result: dict, fine: bool) -> None:
+        """The downloaded model joins its list and is selected."""
+        from LandmarkLocalizerLib.models import downloadable_models, inspect_model
+
+        model = inspect_model(result["model"], "rpr")
+        if all(m.path != model.path for m in self._models):
+            self._models.append(model)
+        self._downloads = downloadable_models("rpr", self._models)
+        if fine:
+            self._parameterNode.fineModelPath = model.path
+        else:
+            self._parameterNode.modelPath = model.path
+        self.fillModelCombos()
+        self.ui.statusLabel.text = _("Downloaded {name}.").format(name=model.name)
 
     def modelInfo(self, path):
         return next((m for m in self._models if m.path == path), None) if path else None
@@ -311,8 +348,6 @@ class RPROneShotWidget(JobPollingMixin, ScriptedLoadableModuleWidget, VTKObserva
         self._roiNodes = outcome.roi_nodes
         self.ui.statusLabel.text = _("Located {n} points and {m} organ boxes.").format(
             n=outcome.points_node.GetNumberOfControlPoints(), m=len(outcome.roi_nodes))
-        if outcome.warnings:
-            slicer.util.warningDisplay("\n".join(outcome.warnings))
 
     def onExportButton(self) -> None:
 
@@ -353,6 +388,11 @@ class RPROneShotLogic(ScriptedLoadableModuleLogic):
         from RPROneShotLib import logic
 
         return logic.start_find(queryVolume, support, method, model, fineModel, templatePath, runs, steps, device)
+
+    def startDownload(self, released):
+        from LandmarkLocalizerLib import logic
+
+        return logic.start_download(released)
 
     def startSaveTemplate(self, support, path, model, fineModel=None, device="Auto"):
         from RPROneShotLib import logic
@@ -399,6 +439,12 @@ class RPROneShotTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        from LandmarkLocalizerLib.selftest import packages_the_self_test_lacks, skip_message
+
+        missing = packages_the_self_test_lacks(slicer.app.testingEnabled(), slicer.util.confirmOkCancelDisplay)
+        if missing:
+            self.delayDisplay(skip_message(missing))
+            return
         self.setUp()
         self.test_organs_template_and_points()
         self.setUp()
@@ -407,7 +453,6 @@ class RPROneShotTest(ScriptedLoadableModuleTest):
     def test_organs_template_and_points(self):
         import numpy as np
         from LandmarkLocalizerLib import mrml
-        from LandmarkLocalizerLib.dependencies import ensure_installed
         from LandmarkLocalizerLib.models import inspect_model
         from LandmarkLocalizerLib.selftest import blob_volume
         from RPROneShotLib.logic import Support
@@ -415,7 +460,6 @@ class RPROneShotTest(ScriptedLoadableModuleTest):
 
         from landmarkloc.errors import InputError
 
-        ensure_installed(slicer.util.confirmOkCancelDisplay)
         folder = os.path.join(slicer.app.temporaryPath, "RPROneShotSelfTest")
         coarse, fine = (inspect_model(p, "rpr") for p in make_tiny_rpr_models(folder))
         logic = RPROneShotLogic()
@@ -473,13 +517,11 @@ class RPROneShotTest(ScriptedLoadableModuleTest):
         """Find and Export through the module's widget, with a point list and with a segmentation as support."""
         import numpy as np
         from LandmarkLocalizerLib import mrml
-        from LandmarkLocalizerLib.dependencies import ensure_installed
         from LandmarkLocalizerLib.selftest import blob_volume, process_events_until_idle
         from RPROneShotLib.selftest import click_through_one_shot, make_tiny_rpr_models
 
         from landmarkloc.points import ControlPoint
 
-        ensure_installed(slicer.util.confirmOkCancelDisplay)
         folder = os.path.join(slicer.app.temporaryPath, "RPROneShotSelfTest", "ui")
         coarse, fine = make_tiny_rpr_models(folder)
         support = slicer.util.addVolumeFromArray(blob_volume(), name="support")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+import typing
+import xml.etree.ElementTree as ET
 from types import SimpleNamespace
 
 from mrml_testing import REPO  # noqa: F401  (puts the module folders on sys.path)
@@ -46,6 +48,61 @@ class Widget(SimpleNamespace):
 
     def connect(self, signal, slot):
         self.__dict__.setdefault("connections", []).append((signal, slot))
+
+
+class NodeComboBox(Widget):
+    """A ``qMRMLNodeComboBox`` as its .ui file sets it up, offering nodes as its ``qMRMLSortFilterProxyModel`` does:
+    a node of exactly one of ``nodeTypes``, or of a subclass when ``showChildNodeTypes`` is on; never a node hidden
+    from editors."""
+
+    def __init__(self, nodeTypes=(), showChildNodeTypes=True, parameterName=None):
+        super().__init__(nodeTypes=tuple(nodeTypes), showChildNodeTypes=showChildNodeTypes,
+                         parameterName=parameterName)
+
+    def offered(self, scene) -> list:
+        nodes = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+        return [node for node in nodes if not node.GetHideFromEditors() and any(
+            node.GetClassName() == name or (self.showChildNodeTypes and node.IsA(name)) for name in self.nodeTypes)]
+
+
+def node_selectors(ui_path) -> dict:
+    """name -> NodeComboBox for every ``qMRMLNodeComboBox`` of a .ui file, with the node types it sets."""
+    selectors = {}
+    for widget in ET.parse(ui_path).iter("widget"):
+        if widget.get("class") != "qMRMLNodeComboBox":
+            continue
+        properties = {prop.get("name"): prop for prop in widget.findall("property")}
+        node_types = [item.text for item in properties["nodeTypes"].iter("string")] if "nodeTypes" in properties \
+            else []
+        show_children = properties["showChildNodeTypes"].find("bool").text == "true" \
+            if "showChildNodeTypes" in properties else True
+        parameter = properties["SlicerParameterName"].find("string").text if "SlicerParameterName" in properties \
+            else None
+        selectors[widget.get("name")] = NodeComboBox(node_types, show_children, parameter)
+    return selectors
+
+
+def wrapper_node_types(annotation) -> tuple:
+    """The node class names Slicer's parameter-node wrapper gives a node selector for a field's type hint: the
+    node class itself, or each node class of a Union (None left out); Annotated extras are ignored."""
+    import slicer
+
+    hint = typing.get_args(annotation)[0] if typing.get_origin(annotation) is typing.Annotated else annotation
+    members = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
+    names = tuple(member().GetClassName() for member in members
+                  if isinstance(member, type) and issubclass(member, slicer.vtkMRMLNode))
+    if not names:
+        raise TypeError(f"{annotation} is not a node type or a Union of node types")
+    return names
+
+
+def connect_node_selectors(parameter_class, selectors: dict) -> None:
+    """What ``connectGui`` does to node selectors: their node types become those of the bound field's type hint,
+    replacing what the .ui file listed."""
+    hints = typing.get_type_hints(parameter_class, include_extras=True)
+    for selector in selectors.values():
+        if selector.parameterName is not None:
+            selector.nodeTypes = wrapper_node_types(hints[selector.parameterName])
 
 
 class Combo(Widget):
@@ -91,6 +148,19 @@ class Table(Widget):
         self.row = r
 
 
+class PlainTextEdit(Widget):
+    """A read-only QPlainTextEdit (the log panel): the lines appended since the last clear."""
+
+    def __init__(self):
+        super().__init__(lines=[])
+
+    def clear(self):
+        self.lines = []
+
+    def appendPlainText(self, text):
+        self.lines.append(text)
+
+
 class Item(SimpleNamespace):
     def __init__(self, text=""):
         super().__init__(text=text)
@@ -122,7 +192,8 @@ class ScriptedLoadableModule:
 
 
 class ScriptedLoadableModuleTest:
-    pass
+    def delayDisplay(self, message, msec=None):
+        self.__dict__.setdefault("displayed", []).append(message)
 
 
 def parameterNodeWrapper(cls):
@@ -181,7 +252,8 @@ def localizer_widget(monkeypatch, parameters: dict):
     widget.ui = SimpleNamespace(
         progressBar=Widget(value=0), statusLabel=Widget(text=""), localizeButton=Widget(), refineButton=Widget(),
         exportButton=Widget(), resultsTable=Table(), uncertainSliderWidget=Widget(value=0.5),
-        modelComboBox=Combo(), modelInfoLabel=Widget(text=""))
+        modelComboBox=Combo(), modelInfoLabel=Widget(text=""), logTextEdit=PlainTextEdit(),
+        resultsCollapsibleButton=Widget(text="Results"))
     widget.timer = QTimer()
     widget.logic = module.LandmarkLocalizerLogic()
     widget._parameterNode = SimpleNamespace(**{"inputVolume": None, "modelPath": "", "device": "CPU",
@@ -199,7 +271,8 @@ def one_shot_widget(monkeypatch, parameters: dict, models: list):
     widget.ui = SimpleNamespace(
         progressBar=Widget(value=0), statusLabel=Widget(text=""), findButton=Widget(), saveTemplateButton=Widget(),
         loadTemplateButton=Widget(), clearTemplateButton=Widget(), exportButton=Widget(), modelComboBox=Combo(),
-        fineModelComboBox=Combo(), runsSpinBox=Widget(), stepsSpinBox=Widget(), templateLabel=Widget(text=""))
+        fineModelComboBox=Combo(), runsSpinBox=Widget(), stepsSpinBox=Widget(), templateLabel=Widget(text=""),
+        logTextEdit=PlainTextEdit())
     widget.timer = QTimer()
     widget.logic = module.RPROneShotLogic()
     widget.logic.getParameterNode = lambda: widget._parameterNode

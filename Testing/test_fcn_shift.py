@@ -5,8 +5,9 @@
 * a point below a confidence guard is never written as reliable, whatever its probability;
 * the conformal error radius is written in every output format and a radius above the tolerance flags;
 * the shape check warns on scattered points; calibrate with shifts counts the flag budget on unshifted images;
-* with the shipped brain model: a zero-padded or off-centre MNI152 template is localized as the original, and an
-  inverted one gets a warning with every point unselected.
+* a tilted configuration's pose is found (and a usual one left alone); a turned grid keeps every position;
+* with the shipped brain model: a zero-padded, off-centre or tilted MNI152 template is localized as the original,
+  and an inverted one gets a warning with every point unselected.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from test_fcn_uncertainty import calibration, with_calibration
 
 from landmarkloc.cli import main
 from landmarkloc.geometry.resample import crop_to_foreground, foreground_box
-from landmarkloc.geometry.shifts import SHIFTS, get_shift
-from landmarkloc.inference.fcn import Localizer
-from landmarkloc.inference.fcn_shape import ShapeModel, similarity_fit
+from landmarkloc.geometry.shifts import SHIFTS, get_shift, rotation_matrix
+from landmarkloc.inference.fcn import Localizer, turned
+from landmarkloc.inference.fcn_shape import ShapeModel, rotation_angle_deg, similarity_fit
 from landmarkloc.inference.fcn_uncertainty import conformal_quantile
 from landmarkloc.io.markups import read_points, write_points
 from landmarkloc.io.modelfile import model_paths
@@ -230,8 +231,8 @@ def brain():
     return loc, template, loc.localize(template)
 
 
-@pytest.mark.parametrize("shift", ["pad80", "fov400"])
-def test_a_wider_or_off_centre_field_of_view_gives_the_same_points_or_flags_them(brain, shift):
+@pytest.mark.parametrize("shift", ["pad80", "fov400", "tilt30"])
+def test_a_wider_or_off_centre_field_of_view_or_a_tilt_gives_the_same_points_or_flags_them(brain, shift):
     loc, template, clean = brain
     result = loc.localize(get_shift(shift).apply(template, seed=2))
     for before, after in zip(clean.landmarks, result.landmarks):
@@ -251,3 +252,31 @@ def test_an_inverted_contrast_gets_a_warning_and_no_reliable_point(brain, tmp_pa
                  "--device", "cpu", "-q"]) == 0
     assert "warning:" in capsys.readouterr().err
     assert not any(p.selected for p in read_points(tmp_path / "out.mrk.json"))
+
+
+def test_the_pose_of_a_tilted_configuration_is_found_and_a_usual_one_left_alone():
+    rng = np.random.default_rng(4)
+    base = rng.normal(0, 30, (10, 3))
+    shapes = []
+    for _ in range(15):
+        small = rotation_matrix(3, float(rng.uniform(-4, 4)), int(rng.integers(3)))
+        shapes.append((base + rng.normal(0, 1.0, base.shape)) @ small.T + rng.normal(0, 40, 3))
+    model = ShapeModel.fit([f"p{i}" for i in range(10)], shapes, grid_shapes=shapes)
+    assert 5.0 <= model.pose_limit_deg < 15.0
+    assert model.pose(shapes[3]) is None  # as the references lie: nothing to turn
+    tilt = rotation_matrix(3, 30.0, 0)
+    found = model.pose(shapes[3] @ tilt.T)
+    assert found is not None and rotation_angle_deg(found) == pytest.approx(30.0, abs=5.0)
+    assert rotation_angle_deg(found @ tilt.T) < 6.0  # the rotation that was applied, not its inverse
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_a_turned_grid_keeps_every_position_and_covers_the_image(ndim):
+    img, points = _smooth_image(ndim, "oblique_flipped")
+    direction = np.array(img.GetDirection()).reshape(ndim, ndim) @ rotation_matrix(ndim, 25.0, 0)
+    out = turned(img, direction, np.full(ndim, 2.5))
+    assert np.allclose(np.array(out.GetDirection()).reshape(ndim, ndim), direction)
+    for p in points:
+        assert _value_at(out, p) == pytest.approx(_value_at(img, p), rel=0.08, abs=5.0)
+    extent = np.array(img.GetSize()) * np.array(img.GetSpacing())
+    assert np.prod(np.array(out.GetSize()) * 2.5) >= 0.99 * np.prod(extent)

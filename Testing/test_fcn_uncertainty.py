@@ -248,7 +248,7 @@ def test_slicer_points_keep_the_calibrated_flag_whatever_the_confidence_slider(t
     ]
     node = mrml.add_points_node(scene, points, "pts", confidence_threshold=0.5)
     assert [bool(node.GetNthControlPointSelected(i)) for i in range(3)] == [True, False, False]
-    rows = mrml.result_rows(node, uncertain_below=0.5)
+    rows = mrml.result_rows(node)
     assert [r.uncertain for r in rows] == [False, True, True]
     assert "p_large_error=0.7" in node.GetNthControlPointDescription(1)
 

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -94,3 +95,25 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     os.umask(mask)
     for name in ("m.safetensors", "m.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask
+
+
+def test_a_model_stored_in_float16_localizes_as_in_float32(tmp_path):
+    """Half-precision weights (half the file) load into float32 networks and give the same points."""
+    from reliability_inputs import body_volume, image, tiny_fcn
+
+    from landmarkloc.inference.fcn import Localizer
+    from landmarkloc.io.modelfile import as_float16
+
+    torch.set_num_threads(1)
+    full = tiny_fcn(tmp_path / "full")
+    tensors, meta = load_model(full)
+    meta = {k: v for k, v in meta.items() if k not in ("weights", "sha256", "format_version")}
+    half, _ = save_model(tmp_path / "half", as_float16(tensors), {**meta, "weights_dtype": "float16"})
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    assert all(t.dtype in (torch.float16, torch.int64) for t in load_model(half)[0].values())
+    volume = image(body_volume())
+    a = Localizer.from_file(full, "cpu").localize(volume).landmarks
+    b = Localizer.from_file(half, "cpu").localize(volume).landmarks
+    assert next(Localizer.from_file(half, "cpu").network.parameters()).dtype == torch.float32
+    for x, y in zip(a, b):
+        assert float(np.linalg.norm(x.position - y.position)) < 0.05

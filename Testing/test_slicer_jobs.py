@@ -1,6 +1,7 @@
 """Work off Slicer's main thread: the worker protocol (progress, result, errors, cancel) and the model list."""
 
 import os
+import queue
 import subprocess
 import sys
 import textwrap
@@ -53,10 +54,43 @@ def test_progress_then_result(tmp_path):
         print("a library's stray print")
         return {"sum": request["n"] * 2}
     """)
-    assert [e.kind for e in events] == ["progress", "progress", "progress", "done"]
+    assert [e.kind for e in events] == ["progress", "progress", "progress", "log", "done"]
     assert [e.stage for e in events[:3]] == ["step 1", "step 2", "step 3"]
     assert events[1].fraction == pytest.approx(2 / 3, abs=1e-3)
     assert events[-1].result == {"sum": 6}
+
+
+class NonBlockingQueue(queue.Queue):
+    """The job's line queue, refusing to be waited on: the GUI thread must never block in poll()."""
+
+    def get(self, block=True, timeout=None):
+        assert not block, f"poll() waited on the worker's output (timeout={timeout})"
+        return super().get(block=False)
+
+
+def test_the_job_ends_at_the_first_poll_after_the_worker_exits_without_waiting(tmp_path):
+    job = Job("fakeworker", {}, new_workdir(), fake_worker(tmp_path, """
+        report(0.5, "half way")
+        print("a library's message")
+        return {"ok": True}
+    """), python=sys.executable)
+    job._lines = NonBlockingQueue()
+    job.start()
+    job._process.wait(timeout=60)
+    events = job.poll()
+    job.cleanup()
+    assert [e.kind for e in events] == ["progress", "log", "done"]
+    assert events[1].text == "a library's message"
+    assert events[-1].result == {"ok": True}
+
+
+def test_the_workers_stderr_goes_to_the_log(tmp_path):
+    events = run(tmp_path, """
+        print("loading weights", file=sys.stderr)
+        return {}
+    """)
+    assert [e.text for e in events if e.kind == "log"] == ["loading weights"]
+    assert events[-1].kind == "done"
 
 
 def test_user_error_is_reported_as_its_message(tmp_path):

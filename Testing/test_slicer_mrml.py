@@ -178,6 +178,28 @@ def test_points_node_has_world_ras_positions_labels_and_confidence(scene):
     assert node.GetDisplayNode().GetColor() == pytest.approx(mrml.UNCERTAIN_COLOR)
 
 
+def test_the_uncertain_threshold_recolours_points_in_the_views_but_never_clears_the_engines_flag(scene):
+    """Slice and 3D views draw unselected points in the display node's colour (amber), selected ones in its
+    selected colour (bluish green): the threshold decides by unselecting, so the views follow the slider."""
+    node = mrml.add_points_node(scene, sample_points(), "ct fcn", confidence_threshold=0.5)
+    display = node.GetDisplayNode()
+    assert display.GetColor() != pytest.approx(display.GetSelectedColor())
+    selected = lambda: [bool(node.GetNthControlPointSelected(i)) for i in range(3)]  # noqa: E731
+    assert selected() == [True, False, False]
+    mrml.apply_uncertain_below(node, 0.2)
+    assert selected() == [True, True, False]  # Menton was flagged by the engine: it stays uncertain
+    mrml.apply_uncertain_below(node, 0.95)
+    assert selected() == [False, False, False]
+    mrml.apply_uncertain_below(node, 0.5)
+    assert selected() == [True, False, False]
+    assert [r.uncertain for r in mrml.result_rows(node)] == [False, True, True]
+    # a point the user placed and unselected (no confidence) keeps the user's choice
+    placed = node.AddControlPoint(1.0, 2.0, 3.0, "by hand")
+    node.SetNthControlPointSelected(placed, False)
+    mrml.apply_uncertain_below(node, 0.0)
+    assert not node.GetNthControlPointSelected(placed)
+
+
 def test_points_round_trip_and_parent_transform(scene):
     node = mrml.add_points_node(scene, sample_points(), "pts")
     back = mrml.points_from_node(node)
@@ -209,7 +231,7 @@ def test_set_point_and_result_rows(scene):
     node = mrml.add_points_node(scene, sample_points(), "pts", confidence_threshold=0.5)
     refined = ControlPoint("Nasion", [1.0, 2.0, 3.0], properties={"confidence": 0.95})
     mrml.set_point(node, mrml.control_point_index(node, "Nasion"), refined)
-    rows = mrml.result_rows(node, uncertain_below=0.5)
+    rows = mrml.result_rows(node)
     assert [r.label for r in rows] == ["Sella", "Nasion", "Menton"]
     assert rows[1].position_ras == pytest.approx(tuple(lps_to_ras([1.0, 2.0, 3.0])))
     assert rows[1].confidence == pytest.approx(0.95)

@@ -2,6 +2,7 @@
 widgets over real MRML and real worker processes: results go to the nodes chosen when a job started, dialogs
 that run their own event loop do not break polling, failed installs give a message, saved models come back."""
 
+import re
 import subprocess
 import sys
 import time
@@ -82,7 +83,98 @@ def test_refine_moves_the_point_list_chosen_at_start_even_if_the_selector_change
     assert after[0] == before_chosen[0] and after[2] == before_chosen[2]
     assert after[1] != before_chosen[1]  # the row chosen at start moved, in the list chosen at start
     assert "local_confidence" in mrml.points_from_node(chosen)[1].properties
-    assert widget.ui.statusLabel.text == "Refined Base."
+    assert widget.ui.statusLabel.text.startswith("Refined Base. (") and widget.ui.statusLabel.text.endswith(" on cpu)")
+
+
+def three_points_localized_in(scene, volume, name="found"):
+    geometry = mrml.volume_geometry(volume)
+    start = [ControlPoint(label, geometry.index_to_physical(ijk)) for label, ijk in
+             zip(("Apex", "Base", "Notch"), [(8.0, 10.0, 9.0), (20.0, 14.0, 12.0), (15.0, 20.0, 16.0)])]
+    node = mrml.add_points_node(scene, start, name)
+    mrml.set_source_volume(node, volume)
+    return node
+
+
+def positions_by_label(node):
+    return {row.label: tuple(round(v, 6) for v in row.position_ras) for row in mrml.result_rows(node)}
+
+
+def test_refine_moves_its_point_when_another_is_removed_meanwhile_on_the_volume_the_points_came_from(
+        monkeypatch, tiny):
+    import SimpleITK as sitk
+
+    scene = new_scene()
+    volume = add_volume(scene, blob_volume(), SPACING, (-20.0, 15.0, -30.0), DIRECTIONS_LPS["oblique"], name="ct")
+    other_volume = add_volume(scene, blob_volume(seed=3), (1.0, 1.0, 1.0), name="other")
+    points = three_points_localized_in(scene, volume)
+    shown = gui.dialogs(monkeypatch)
+    # the Input selector shows another volume now: the points still belong to ct
+    _, widget = gui.localizer_widget(monkeypatch, {"inputVolume": other_volume, "outputPoints": points,
+                                                   "modelPath": tiny["fcn"].path})
+    widget._models = [tiny["fcn"]]
+    widget.ui.resultsTable.row = 1
+    before = positions_by_label(points)
+    widget.onRefineButton()
+    sent = sitk.ReadImage(widget._job.request["image"])
+    np.testing.assert_allclose(sent.GetSpacing(), SPACING)
+    points.RemoveNthControlPoint(0)  # the user deletes Apex while Base is refined
+    run_until_idle(widget)
+    assert shown == []
+    after = positions_by_label(points)
+    assert list(after) == ["Base", "Notch"]
+    assert after["Notch"] == before["Notch"]
+    assert after["Base"] != before["Base"]
+    assert "local_confidence" in mrml.points_from_node(points)[0].properties
+    assert widget.ui.statusLabel.text.startswith("Refined Base. (") and widget.ui.statusLabel.text.endswith(" on cpu)")
+
+
+def test_refining_a_point_that_is_removed_during_the_run_changes_nothing(monkeypatch, tiny):
+    scene = new_scene()
+    volume = add_volume(scene, blob_volume(), SPACING, name="ct")
+    points = three_points_localized_in(scene, volume)
+    shown = gui.dialogs(monkeypatch)
+    _, widget = gui.localizer_widget(monkeypatch, {"inputVolume": volume, "outputPoints": points,
+                                                   "modelPath": tiny["fcn"].path})
+    widget._models = [tiny["fcn"]]
+    widget.ui.resultsTable.row = 1
+    widget.onRefineButton()
+    points.RemoveNthControlPoint(1)  # Base itself
+    before = positions_by_label(points)
+    run_until_idle(widget)
+    assert positions_by_label(points) == before
+    [(kind, text)] = shown
+    assert kind == "error" and "removed during the run" in text
+
+
+def test_results_table_follows_points_removed_and_added(monkeypatch):
+    scene = new_scene()
+    volume = add_volume(scene, blob_volume(), SPACING, name="ct")
+    points = three_points_localized_in(scene, volume)
+    _, widget = gui.localizer_widget(monkeypatch, {"inputVolume": volume, "outputPoints": points})
+    widget.onOutputPointsChanged(points)
+    table = widget.ui.resultsTable
+    assert table.rows == 3
+    points.RemoveNthControlPoint(0)
+    assert table.rows == 2 and table.cells[(0, 0)].text == "Base"
+    points.AddControlPoint(1.0, 2.0, 3.0, "Extra")
+    assert table.rows == 3 and table.cells[(2, 0)].text == "Extra"
+
+
+def test_the_uncertain_slider_recolours_the_points_and_the_table(monkeypatch):
+    scene = new_scene()
+    volume = add_volume(scene, blob_volume(), SPACING, name="ct")
+    geometry = mrml.volume_geometry(volume)
+    points = mrml.add_points_node(scene, [
+        ControlPoint("Apex", geometry.index_to_physical((8.0, 10.0, 9.0)), properties={"confidence": 0.9}),
+        ControlPoint("Base", geometry.index_to_physical((20.0, 14.0, 12.0)), properties={"confidence": 0.4})],
+        "found", confidence_threshold=0.5)
+    _, widget = gui.localizer_widget(monkeypatch, {"inputVolume": volume, "outputPoints": points})
+    widget.onUncertainBelowChanged(0.3)
+    assert [bool(points.GetNthControlPointSelected(i)) for i in range(2)] == [True, True]
+    assert not hasattr(widget.ui.resultsTable.cells[(1, 0)], "background")
+    widget.onUncertainBelowChanged(0.95)
+    assert [bool(points.GetNthControlPointSelected(i)) for i in range(2)] == [False, False]
+    assert all(hasattr(widget.ui.resultsTable.cells[(r, 0)], "background") for r in range(2))
 
 
 def test_localize_names_and_places_the_result_after_the_volume_chosen_at_start(monkeypatch, tiny):
@@ -100,6 +192,60 @@ def test_localize_names_and_places_the_result_after_the_volume_chosen_at_start(m
     geometry = mrml.volume_geometry(volume)
     for point in mrml.points_from_node(node):
         assert geometry.contains(point.position[None], margin=8.0)[0]
+
+
+def test_localize_shows_stage_and_seconds_while_running_then_time_device_and_warnings_without_a_popup(
+        monkeypatch, tiny):
+    scene = new_scene()
+    volume = add_volume(scene, blob_volume(), SPACING, name="ct")
+    shown = gui.dialogs(monkeypatch)
+    _, widget = gui.localizer_widget(monkeypatch, {"inputVolume": volume, "modelPath": tiny["fcn"].path})
+    widget._models = [tiny["fcn"]]
+    widget.onLocalizeButton()
+    statuses, bars = [], []
+    while widget._job is not None:
+        widget.onPoll()
+        statuses.append(widget.ui.statusLabel.text)
+        bars.append(widget.ui.progressBar.value)
+        time.sleep(0.02)
+    running = [text for text in statuses[:-1] if text]
+    assert running and all(re.fullmatch(r"[A-Z][\w ()-]+\.\.\. \d+ s", text) for text in running), running
+    assert bars == sorted(bars) and bars[-1] == 100
+    summary, *warnings = widget.ui.statusLabel.text.splitlines()
+    assert re.fullmatch(r"Found 3 landmarks\. \(\d+ s on cpu\)", summary)
+    # the tiny model has no calibration: said in the status area, not in a dialog
+    assert shown == [] and warnings and all(w.startswith("Warning: ") for w in warnings)
+    assert any("no calibrated uncertainty" in w for w in warnings)
+    log = widget.ui.logTextEdit.lines
+    assert [line for line in log if line in ("Global stage", "Local stage", "Writing results")] == [
+        "Global stage", "Local stage", "Writing results"]
+    assert widget.ui.resultsCollapsibleButton.text == "Results (found on cpu)"
+
+
+def test_a_second_click_while_packages_install_starts_nothing_and_the_buttons_are_disabled(monkeypatch):
+    """The installer processes events (slicer.util.pip_install, logProcessOutput), so a click can arrive."""
+    import slicer
+
+    scene = new_scene()
+    volume = add_volume(scene, blob_volume(), SPACING, name="ct")
+    gui.dialogs(monkeypatch)
+    _, widget = gui.localizer_widget(monkeypatch, {"inputVolume": volume, "modelPath": "model.json"})
+    installs, during = [], []
+
+    def pip_install(requirements, **kwargs):
+        installs.append(requirements)
+        during.append((widget.ui.localizeButton.enabled, widget.ui.refineButton.enabled))
+        widget.onLocalizeButton()  # the user clicks again while pip runs
+
+    monkeypatch.setattr(slicer.util, "pip_install", pip_install)
+    monkeypatch.setattr(dependencies, "PIP_PACKAGES", ("safetensors", "landmarkloc_not_installed_package"))
+    monkeypatch.setattr(dependencies, "missing_packages",
+                        lambda extra=(), engines=True: [] if installs else ["landmarkloc_not_installed_package"])
+    started = []
+    widget.startJob("localize", lambda: started.append(1) or None, lambda result: None)
+    assert installs == ["landmarkloc_not_installed_package"]
+    assert during == [(False, False)]
+    assert started == [1]
 
 
 # --------------------------------------------------------------------------- 2: re-entrant polling
@@ -184,7 +330,7 @@ def test_failed_pytorch_extension_install_is_explained(monkeypatch):
 
     broken.PyTorchUtilsLogic = Logic
     monkeypatch.setitem(sys.modules, "PyTorchUtils", broken)
-    monkeypatch.setattr(dependencies, "missing_packages", lambda extra=(): ["torch"])
+    monkeypatch.setattr(dependencies, "missing_packages", lambda extra=(), engines=True: ["torch"])
     with pytest.raises(InputError, match="(?s)installing torch failed .*PyTorch extension"):
         dependencies.ensure_installed(lambda text: True)
 
@@ -242,6 +388,38 @@ def test_restore_saved_model_refuses_missing_and_wrong_stage_files(tiny, tmp_pat
 
 
 # --------------------------------------------------------------------------- 6, 7: pictures and the default volume
+
+
+SELECTOR_OFFERS = [  # (module, selector, what it must offer of the scene below)
+    ("LandmarkLocalizer", "inputVolumeSelector", ["photo", "ct"]),
+    ("LandmarkLocalizer", "outputPointsSelector", ["points"]),
+    ("RPROneShot", "supportVolumeSelector", ["photo", "ct"]),
+    ("RPROneShot", "queryVolumeSelector", ["photo", "ct"]),
+    ("RPROneShot", "supportPointsSelector", ["points"]),
+    ("RPROneShot", "supportLabelsSelector", ["labels"]),
+]
+
+
+@pytest.mark.parametrize("module_name, selector, offered", SELECTOR_OFFERS,
+                         ids=[f"{m}-{s}" for m, s, _ in SELECTOR_OFFERS])
+def test_selectors_offer_pictures_and_grey_volumes_once_bound_to_the_parameter_node(monkeypatch, module_name,
+                                                                                       selector, offered):
+    """connectGui replaces a selector's .ui node types with its field's type hint; the selector then hides
+    subclasses, so a picture (a vector volume) is offered only if the hint names vtkMRMLVectorVolumeNode."""
+    import importlib
+
+    from mrml_testing import REPO
+
+    scene = new_scene()
+    add_volume(scene, np.ones((1, 3, 4, 3), np.uint8), name="photo", class_name="vtkMRMLVectorVolumeNode")
+    add_volume(scene, np.ones((2, 3, 4), np.float32), name="ct")
+    add_volume(scene, np.ones((2, 3, 4), np.uint8), name="labels", class_name="vtkMRMLLabelMapVolumeNode")
+    mrml.add_points_node(scene, [], "points")
+    gui.install(monkeypatch)
+    module = importlib.import_module(module_name)
+    selectors = gui.node_selectors(REPO / module_name / "Resources" / "UI" / f"{module_name}.ui")
+    gui.connect_node_selectors(getattr(module, f"{module_name}ParameterNode"), selectors)
+    assert [node.GetName() for node in selectors[selector].offered(scene)] == offered
 
 
 def test_default_input_is_the_first_grey_volume_or_picture_never_a_label_map():
@@ -302,8 +480,7 @@ def test_localizer_click_through_localize_refine_export(monkeypatch, tiny, tmp_p
     _, widget = gui.localizer_widget(monkeypatch, {})
     widget.populateModels()
     points = click_through_localizer(widget, volume, tiny["fcn"].path, tmp_path / "export", run_until_idle)
-    # the tiny test model has no calibration: the user is told what 'uncertain' means then, and nothing else
-    assert len(shown) == 1 and shown[0][0] == "warning" and "no calibrated uncertainty" in shown[0][1]
+    assert shown == []  # the tiny model's warnings go to the status area (test above), not to a popup
     assert points.GetName() == "patient tiny-test"
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["landmarks.csv", "landmarks.fcsv",
                                                                         "landmarks.mrk.json"]
@@ -326,8 +503,13 @@ def test_one_shot_click_through_find_and_export(monkeypatch, tiny, tmp_path, sup
     kwargs = {"points_node": placed} if support == "point list" else {"labels_node": segmentation}
     found, rois, written = click_through_one_shot(widget, support_volume, query, tiny["coarse"].path,
                                                   tiny["fine"].path, str(tmp_path), run_until_idle, **kwargs)
-    # untrained tiny models: points may be flagged (a warning saying which), never an error
-    assert all(kind == "warning" and "uncertain (unselected)" in text for kind, text in shown)
+    # untrained tiny models: points may be flagged (a warning in the status saying which), never a popup
+    assert shown == []
+    warnings = "\n".join(line for line in widget.ui.logTextEdit.lines if line.startswith("Warning: "))
+    stages = [line for line in widget.ui.logTextEdit.lines if line in ("Anchor map", "Local image match")]
+    assert stages == ["Anchor map", "Local image match"]  # progress moves on after the coarse runs
+    flagged = [row.label for row in mrml.result_rows(found) if row.uncertain]
+    assert ("uncertain (unselected)" in warnings) == bool(flagged)  # flagged points are reported, and only then
     if support == "point list":
         assert [found.GetNthControlPointLabel(i) for i in range(found.GetNumberOfControlPoints())] == ["P0", "P1"]
         assert rois == [] and len(written) == 1
@@ -335,3 +517,34 @@ def test_one_shot_click_through_find_and_export(monkeypatch, tiny, tmp_path, sup
         assert found.GetNumberOfControlPoints() == 12
         assert [r.GetName() for r in rois] == ["liver", "spleen"]
         assert written[1].endswith("found_boxes.mrk.json")
+
+
+# --------------------------------------------------------------------------- self-tests on a build machine
+
+
+@pytest.mark.parametrize("module_name", ["LandmarkLocalizer", "RPROneShot"])
+def test_self_tests_under_the_test_runner_skip_with_a_message_instead_of_installing_pytorch(monkeypatch,
+                                                                                            module_name):
+    """In testing mode confirmOkCancelDisplay answers OK by itself: asking would install torch on a build machine."""
+    import importlib
+    from types import SimpleNamespace
+
+    from LandmarkLocalizerLib.selftest import skip_message
+
+    gui.install(monkeypatch)
+    module = importlib.import_module(module_name)
+    asked, installs = [], []
+    monkeypatch.setattr(slicer, "app", SimpleNamespace(testingEnabled=lambda: True), raising=False)
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, *a, **k: asked.append(text) or True)
+    monkeypatch.setattr(slicer.util, "pip_install", lambda requirements, **k: installs.append(requirements))
+    monkeypatch.setattr(dependencies, "missing_packages", lambda extra=(), engines=True: ["torch"])
+    test = getattr(module, f"{module_name}Test")()
+    test.runTest()
+    assert asked == [] and installs == []
+    assert test.displayed == [skip_message(["torch"])]
+    # run by hand (Reload and Test), the user is asked; declining installs nothing and fails with the reason
+    monkeypatch.setattr(slicer, "app", SimpleNamespace(testingEnabled=lambda: False), raising=False)
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, *a, **k: asked.append(text) and False)
+    with pytest.raises(InputError, match="torch are needed"):
+        getattr(module, f"{module_name}Test")().runTest()
+    assert len(asked) == 1 and installs == []

@@ -86,7 +86,7 @@ def test_localize_creates_named_points_inside_the_volume_with_evidence(models):
     node.SetNthControlPointPositionWorld(1, *(-moved[0], -moved[1], moved[2]))
     job = fcn_logic.start_refine(volume, models["fcn"], node, 1, "CPU", python=sys.executable)
     result = finish(job)
-    fcn_logic.apply_refinement(node, 1, result, volume)
+    fcn_logic.apply_refinement(node, node.GetNthControlPointID(1), result, volume)
     refined = mrml.points_from_node(node)[1]
     np.testing.assert_allclose(refined.position, result["points"][0]["position"], atol=1e-6)
     assert "local_confidence" in refined.properties

@@ -125,9 +125,9 @@ def run_demo(out_dir, device: str = "auto", say=print) -> dict:
 
     t0 = time.perf_counter()
     render_overview(image, points, out / "mni152_landmarks.png", title=f"{FCN_MODEL} on the MNI152 T1 template")
-    truth_points = [ControlPoint(f"{p.label} (true)", t, selected=False) for p, t in zip(found.points, truth)]
-    render_overview(query, found.points + truth_points, out / "moved_query_oneshot.png",
-                    title="one-shot RPR (red) vs known positions (orange) in the moved, cropped template")
+    truth_points = [ControlPoint(p.label, t) for p, t in zip(found.points, truth)]
+    render_overview(query, found.points, out / "moved_query_oneshot.png", reference=truth_points,
+                    title="one-shot RPR vs the known positions in the moved, cropped template")
     timings["figures"] = time.perf_counter() - t0
     say(f"\nwrote {out / 'mni152_landmarks.mrk.json'}, {out / 'moved_query_oneshot.mrk.json'},\n"
         f"      {out / 'mni152_landmarks.png'}, {out / 'moved_query_oneshot.png'}")

@@ -22,24 +22,27 @@ MANUAL_INSTALL = ("Check the network connection and try again, or install them f
                   "The Python console shows the installer's output.")
 
 
-def missing_packages(extra=()) -> list:
-    """Import names the engines (and ``extra`` pip packages) need that this Python does not have."""
+def missing_packages(extra=(), engines: bool = True) -> list:
+    """Import names the engines (unless ``engines`` is False) and the ``extra`` pip packages need that this
+    Python does not have."""
     importlib.invalidate_caches()  # packages installed since the last look are found
-    return [name for name in ("torch", *PIP_PACKAGES, *extra) if importlib.util.find_spec(name) is None]
+    wanted = (("torch", *PIP_PACKAGES) if engines else ()) + tuple(extra)
+    return [name for name in wanted if importlib.util.find_spec(name) is None]
 
 
-def ensure_installed(confirm, extra=()) -> None:
+def ensure_installed(confirm, extra=(), engines: bool = True) -> None:
     """Install what is missing inside Slicer; ``confirm(message) -> bool`` asks the user first.
 
-    ``extra``: further pip packages a task needs (the sample data needs nilearn).
+    ``extra``: further pip packages a task needs (the sample data needs nilearn); ``engines=False`` for a task
+    that runs no network (loading the sample), so nobody is asked to install PyTorch just to see an image.
     Raises InputError when the user declines or the installation fails, so no work starts without the packages.
     """
-    missing = missing_packages(extra)
+    missing = missing_packages(extra, engines)
     if not missing:
         return
-    if not confirm("The landmark localization engines need these Python packages, which are not installed yet: "
+    if not confirm("This needs these Python packages, which are not installed yet: "
                    f"{', '.join(missing)}.\n\nInstall them now? This may take several minutes."):
-        raise InputError(f"the packages {', '.join(missing)} are needed; install them to run localization")
+        raise InputError(f"the packages {', '.join(missing)} are needed; install them to continue")
     import slicer
 
     try:
@@ -53,7 +56,7 @@ def ensure_installed(confirm, extra=()) -> None:
     except Exception as exc:  # CalledProcessError from pip, OSError, errors inside PyTorchUtils
         raise InputError(f"installing {', '.join(missing)} failed ({type(exc).__name__}: {exc}).\n"
                          + MANUAL_INSTALL.format(packages=" ".join(missing))) from None
-    still = missing_packages(extra)
+    still = missing_packages(extra, engines)
     if still:
         raise InputError(f"installing {', '.join(still)} did not make them importable.\n"
                          + MANUAL_INSTALL.format(packages=" ".join(still)))

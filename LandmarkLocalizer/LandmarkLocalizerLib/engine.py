@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
-DEVICE_NAMES = {"Auto": "auto", "CPU": "cpu", "GPU": "cuda"}
+from .progress import reporting_stages
+
+
+def engine_stages() -> tuple:
+    """The FCN engine's stage functions, in the order Localizer.localize (and refine) calls them."""
+    from landmarkloc.inference import fcn
+
+    return ((fcn, "run_global", 0.2, "Global stage"), (fcn, "run_stages", 0.45, "Local stage"),
+            (fcn, "local_tta_estimates", 0.7, "Refining (test-time passes)"))
 
 
 @dataclass
@@ -26,15 +34,16 @@ class Localization:
 
 
 def load(model_path, device: str):
-    """The loaded model (weights checked); ``device`` is Auto, CPU or GPU."""
+    """The loaded model (weights checked); ``device``: auto, cpu, cuda or mps."""
     from landmarkloc.inference.fcn import Localizer
 
-    return Localizer.from_file(model_path, device=DEVICE_NAMES.get(device, device))
+    return Localizer.from_file(model_path, device=device)
 
 
-def localize(model, image: sitk.Image, with_evidence: bool) -> Localization:
+def localize(model, image: sitk.Image, with_evidence: bool, report) -> Localization:
     """All landmarks of ``image``; the evidence is the voxel-wise maximum of the landmarks' posteriors."""
-    result = model.localize(image, evidence=True if with_evidence else ())
+    with reporting_stages(engine_stages(), report):
+        result = model.localize(image, evidence=True if with_evidence else ())
     evidence = None
     if result.evidence:
         maps = list(result.evidence.values())
@@ -48,8 +57,9 @@ def localize(model, image: sitk.Image, with_evidence: bool) -> Localization:
                         properties={"seconds": round(result.seconds, 3)}, warnings=list(result.warnings) + notice)
 
 
-def refine(model, image: sitk.Image, label: str, position_lps):
+def refine(model, image: sitk.Image, label: str, position_lps, report):
     """The landmark ``label`` re-localized by the local stage from ``position_lps`` (a ControlPoint)."""
     from landmarkloc.inference.fcn import refine as refine_point
 
-    return refine_point(model, image, label, position_lps)
+    with reporting_stages(engine_stages(), report):
+        return refine_point(model, image, label, position_lps)

@@ -7,9 +7,11 @@ The worker prints one JSON object per line on stdout:
 * ``{"progress": 0.4, "stage": "local stage"}`` as it goes,
 * ``{"error": "message"}`` for a user error (then exits with code 2),
 
-and writes ``result.json`` in the folder before exiting with 0. A reader
-thread collects the lines; the GUI polls :meth:`Job.poll` from a QTimer and
-touches MRML only then, on the main thread. Cancel ends the worker's whole
+and writes ``result.json`` in the folder before exiting with 0. Anything else
+it prints (on stdout or stderr: library messages, a traceback) is the job's log,
+which the modules show in their log panel. Two reader threads collect the
+lines; the GUI polls :meth:`Job.poll` from a QTimer and touches MRML only then,
+on the main thread. Cancel ends the worker's whole
 process tree, which is the only reliable way to stop a running network:
 ``PythonSlicer`` is the CTK launcher, which starts ``python-real`` as a child
 and forwards no signals, so ending the launcher alone would leave the network
@@ -42,6 +44,9 @@ from landmarkloc.errors import LandmarkLocError
 RESULT_FILE = "result.json"
 REQUEST_FILE = "request.json"
 EXIT_USER_ERROR = 2
+# Once the worker has exited, its pipes reach end-of-file at once; only a process it started and left running
+# (holding the pipe open) can delay that, and the job must still end then.
+PIPE_CLOSE_TIMEOUT_S = 5.0
 
 
 def python_executable() -> str:
@@ -118,9 +123,10 @@ def end_process_tree(process: subprocess.Popen, timeout: float = 5.0) -> None:
 class JobEvent:
     """Something the GUI shows: progress (fraction, stage), completion (result) or failure (error)."""
 
-    kind: str  # "progress" | "done" | "failed" | "cancelled"
+    kind: str  # "progress" | "log" | "done" | "failed" | "cancelled"
     fraction: float = 0.0
     stage: str = ""
+    text: str = ""  # a line of the worker's own output ("log")
     result: dict = field(default_factory=dict)
     error: str = ""
 
@@ -136,6 +142,7 @@ class Job:
         self.python_paths = list(python_paths)
         self._lines: queue.Queue = queue.Queue()
         self._process = None
+        self._readers = ()
         self._stderr_tail: list = []
         self._last_error = ""
         self._finished = False
@@ -155,18 +162,20 @@ class Job:
             [self.python, "-u", "-m", self.worker_module, str(request_path)], cwd=str(self.workdir), env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
             **launch_options())
-        threading.Thread(target=self._read, args=(self._process.stdout, self._lines), daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self._readers = (threading.Thread(target=self._read_stdout, daemon=True),
+                         threading.Thread(target=self._read_stderr, daemon=True))
+        for reader in self._readers:
+            reader.start()
 
-    @staticmethod
-    def _read(stream, lines: queue.Queue) -> None:
-        for line in stream:
-            lines.put(line)
-        lines.put(None)
+    def _read_stdout(self) -> None:
+        for line in self._process.stdout:
+            self._lines.put(line)
+        self._lines.put(None)  # end of the worker's output
 
     def _read_stderr(self) -> None:
         for line in self._process.stderr:
             self._stderr_tail = (self._stderr_tail + [line.rstrip()])[-40:]
+            self._lines.put(JobEvent("log", text=line.rstrip()))
 
     def cancel(self) -> None:
         """Stop the worker and everything it started (terminate, then kill what is left after a few seconds)."""
@@ -176,20 +185,12 @@ class Job:
         end_process_tree(self._process)
 
     def poll(self) -> list:
-        """Events since the last call; the last one is 'done', 'failed' or 'cancelled' once the job ended."""
+        """Events since the last call; the last one is 'done', 'failed' or 'cancelled' once the job ended.
+
+        Never waits for more output: once the worker has exited, its last lines are already in the pipe.
+        """
         events = []
-        stdout_closed = False
-        while True:
-            try:
-                line = self._lines.get_nowait()
-            except queue.Empty:
-                break
-            if line is None:
-                stdout_closed = True
-                break
-            event = self._parse(line)
-            if event is not None:
-                events.append(event)
+        stdout_closed = self._take_lines(events)
         if self._finished or self._process is None:
             return events
         if self._cancelled:
@@ -197,7 +198,9 @@ class Job:
             return events + [JobEvent("cancelled")]
         if stdout_closed or self._process.poll() is not None:
             code = self._process.wait()
-            self._drain(events)
+            for reader in self._readers:  # exited: its last lines (a traceback on stderr) are being read now
+                reader.join(timeout=PIPE_CLOSE_TIMEOUT_S)
+            self._take_lines(events)
             self._finished = True
             events.append(self._final_event(code))
         return events
@@ -217,15 +220,16 @@ class Job:
                 last = event
         return last
 
-    def _drain(self, events: list) -> None:
+    def _take_lines(self, events: list) -> bool:
+        """Move what the readers collected so far into ``events``; True once the worker's stdout has ended."""
         while True:
             try:
-                line = self._lines.get(timeout=2)
+                line = self._lines.get_nowait()
             except queue.Empty:
-                return
+                return False
             if line is None:
-                return
-            event = self._parse(line)
+                return True
+            event = line if isinstance(line, JobEvent) else self._parse(line)
             if event is not None:
                 events.append(event)
 
@@ -233,15 +237,15 @@ class Job:
         try:
             message = json.loads(line)
         except json.JSONDecodeError:
-            return None  # stray prints from libraries
-        if not isinstance(message, dict):
-            return None
+            message = None
+        if not isinstance(message, dict):  # the worker's own prints (libraries, warnings): the log
+            return JobEvent("log", text=line.rstrip()) if line.strip() else None
         if "error" in message:
             self._last_error = str(message["error"])
             return None
         if "progress" in message:
             return JobEvent("progress", fraction=float(message["progress"]), stage=str(message.get("stage", "")))
-        return None
+        return JobEvent("log", text=line.rstrip())
 
     def _final_event(self, code: int) -> JobEvent:
         if code == 0:
@@ -296,7 +300,7 @@ def run_worker(handler, argv=None) -> int:
         return EXIT_USER_ERROR
     except Exception as exc:  # a bug: keep the traceback for the report
         traceback.print_exc()
-        print(json.dumps({"error": f"internal error ({type(exc).__name__}: {exc}); details on the Python console"}),
+        print(json.dumps({"error": f"internal error ({type(exc).__name__}: {exc}); the traceback is in the log"}),
               flush=True)
         return 1
     tmp = workdir / (RESULT_FILE + ".tmp")

@@ -19,6 +19,7 @@ from .jobs import Job, package_paths, starting_workdir
 from .models import ModelInfo, check_model_fits
 
 WORKER_MODULE = "LandmarkLocalizerLib.worker"
+DEVICE_ATTRIBUTE = "landmarkloc.device"  # on a result point list: the torch device the worker ran on
 
 
 def worker_paths() -> list:
@@ -50,6 +51,17 @@ def start_worker(request: dict, image, python: str = None) -> Job:
         return job
 
 
+def start_download(released, python: str = None) -> Job:
+    """Download a released model (landmarkloc.distribution.ReleasedModel) into the cache folder in the worker."""
+    from landmarkloc.distribution import cache_folder
+
+    with starting_workdir() as workdir:
+        job = Job(WORKER_MODULE, {"task": "download", "release": released.to_dict(), "folder": str(cache_folder())},
+                  workdir, python_paths=worker_paths(), python=python)
+        job.start()
+        return job
+
+
 def output_name(volume_node, model: ModelInfo) -> str:
     return f"{volume_node.GetName()} {model.name}"
 
@@ -75,6 +87,8 @@ def apply_localization(scene, result: dict, volume_node, model: ModelInfo, uncer
     evidence_image = read_temporary_image(result["evidence"]) if result.get("evidence") else None
     name = output_name(volume_node, model)
     node = mrml.add_points_node(scene, points, name, confidence_threshold=uncertain_below, node=points_node)
+    mrml.set_source_volume(node, volume_node)
+    node.SetAttribute(DEVICE_ATTRIBUTE, str(result.get("device", "")))
     evidence = None
     if evidence_image is not None:
         evidence = mrml.show_evidence(scene, evidence_image, f"{name} evidence", node=evidence_node)
@@ -102,12 +116,20 @@ def start_refine(volume_node, model: ModelInfo, points_node, index: int, device:
                         checked_image(volume_node), python)
 
 
-def apply_refinement(points_node, index: int, result: dict, volume_node, uncertain_below: float = 0.5) -> None:
-    """Move the refined point and update its description and selection (uncertain = unselected)."""
-    if points_node.GetScene() is None or not 0 <= index < points_node.GetNumberOfControlPoints():
+def refine_volume(points_node, selected_volume):
+    """The volume to refine ``points_node`` on: the one it was localized in while that is in the scene, else the
+    selected one (a point list placed by hand, or its volume removed)."""
+    return mrml.source_volume(points_node) or selected_volume
+
+
+def apply_refinement(points_node, point_id: str, result: dict, volume_node, uncertain_below: float = 0.5) -> None:
+    """Move the refined point (found by its ID: points removed or added meanwhile move the others' indices) and
+    update its description and selection (uncertain = unselected)."""
+    index = points_node.GetNthControlPointIndexByID(point_id) if points_node.GetScene() is not None else -1
+    if index < 0:
         raise InputError("the point being refined was removed during the run; the scene was not changed")
     refined = mrml.place_on_slice([point_from_dict(result["points"][0])], mrml.volume_geometry(volume_node))[0]
     mrml.set_point(points_node, index, refined)
-    confidence = mrml.confidence_of(refined)
+    mrml.set_engine_flag(points_node, index, not refined.selected)
     points_node.SetNthControlPointSelected(
-        index, bool(refined.selected and (confidence is None or confidence >= uncertain_below)))
+        index, mrml.shown_as_confident(refined.selected, refined.properties, uncertain_below))

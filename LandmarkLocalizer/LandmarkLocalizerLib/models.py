@@ -1,4 +1,6 @@
-"""The models a module offers: the shipped ``models/*.json`` of a kind, plus files the user adds.
+"""The models a module offers: the shipped ``models/*.json`` of a kind, the released models already downloaded
+into the cache folder (:mod:`landmarkloc.distribution`), plus files the user adds; and the released models that
+can still be downloaded.
 
 A model is checked when it is offered or added (metadata readable, right
 kind, weights present and matching their sha256), without torch, so a
@@ -92,3 +94,24 @@ def restore_saved_model(models: list, path: str, kind: str, stage: str = "") -> 
     if all(m.path != model.path for m in models):
         models.append(model)
     return model.path
+
+
+def offered_models(kind: str) -> list:
+    """The shipped models of ``kind`` and those downloaded into the cache folder."""
+    from landmarkloc.distribution import cache_folder
+
+    shipped = shipped_models(kind)
+    cached = shipped_models(kind, cache_folder()) if cache_folder().is_dir() else []
+    return shipped + [m for m in cached if all(m.name != s.name for s in shipped)]
+
+
+def downloadable_models(kind: str, offered: list) -> list:
+    """Released models of ``kind`` (ReleasedModel) not among ``offered``; none when the model list is unreadable."""
+    from landmarkloc.distribution import read_model_list
+
+    try:
+        released = read_model_list()
+    except ModelError:
+        return []
+    names = {m.name for m in offered}
+    return [r for r in released if r.kind == kind and r.name not in names]

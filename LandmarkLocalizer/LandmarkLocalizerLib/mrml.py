@@ -32,8 +32,11 @@ EVIDENCE_COLOR_NAME = "LandmarkLoc evidence"
 # What the input selectors offer: grey volumes and pictures (PNG/JPEG load as RGB(A) vector volumes and are
 # used as grey, as the CLI does). Exact classes: label maps and other subclasses are not images to localize in.
 INPUT_VOLUME_CLASSES = ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")
-UNCERTAIN_COLOR = (1.0, 0.85, 0.0)  # unselected (uncertain) points: amber
-CONFIDENT_COLOR = (1.0, 0.5, 0.5)  # selected points: Slicer's default selected colour
+# Okabe-Ito colours, told apart with every common colour-vision deficiency (and from the boxes' light blue)
+UNCERTAIN_COLOR = (0.9, 0.62, 0.0)  # unselected (uncertain) points: amber (#E69F00)
+CONFIDENT_COLOR = (0.0, 0.62, 0.45)  # selected points: bluish green (#009E73)
+ENGINE_FLAGGED_ATTRIBUTE = "landmarkloc.engineFlagged"  # IDs of the points the engine itself called uncertain
+SOURCE_VOLUME_ROLE = "landmarklocSourceVolume"  # node reference: the volume a point list was localized in
 
 
 # --------------------------------------------------------------------------- volumes
@@ -153,21 +156,29 @@ def image_to_volume(scene, image: sitk.Image, name: str, node=None, class_name: 
 # --------------------------------------------------------------------------- point lists
 
 
-def confidence_of(point: ControlPoint):
-    """The raw confidence the 'uncertain below' threshold applies to; None for calibrated points, whose
-    selection (uncertain = unselected) comes from the model's calibrated P(error > radius)."""
-    if "p_large_error" in point.properties:
-        return None
-    value = point.properties.get("confidence")
-    return float(value) if isinstance(value, (int, float)) else None
+def shown_as_confident(selected_by_engine: bool, properties: dict, uncertain_below: float) -> bool:
+    """Whether a point is drawn (and selected) as confident; uncertain points are unselected, drawn amber.
+
+    A point the engine flagged stays uncertain. Calibrated points (``p_large_error``) keep the engine's
+    decision, made from the model's calibrated probability of a large error; for the others the module's
+    'uncertain below' threshold on the raw confidence flags more.
+    """
+    if not threshold_applies(properties):
+        return bool(selected_by_engine)
+    return bool(selected_by_engine and properties["confidence"] >= uncertain_below)
+
+
+def threshold_applies(properties: dict) -> bool:
+    """Whether the 'uncertain below' threshold decides for a point: it has a raw confidence and no calibration."""
+    return "p_large_error" not in properties and isinstance(properties.get("confidence"), (int, float))
 
 
 def add_points_node(scene, points, name: str, confidence_threshold: float = 0.0, node=None):
     """A fiducial node with one labelled control point per point, in world RAS.
 
-    Points whose ``confidence`` property is below ``confidence_threshold`` are
-    left unselected, which Slicer draws in the node's (amber) unselected colour
-    and a user can filter on; the confidence is in each point's description.
+    Uncertain points (:func:`shown_as_confident`) are left unselected, which
+    Slicer draws in the node's (amber) unselected colour and a user can filter
+    on; the confidence is in each point's description.
     """
     if node is None:
         node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
@@ -176,13 +187,16 @@ def add_points_node(scene, points, name: str, confidence_threshold: float = 0.0,
     import vtk
 
     was_modifying = node.StartModify()
+    flagged = []
     for point in points:
-        confidence = confidence_of(point)
-        selected = point.selected and (confidence is None or confidence >= confidence_threshold)
         index = node.AddControlPointWorld(vtk.vtkVector3d(*lps_to_ras(point.position)), point.label)
         node.SetNthControlPointDescription(index, describe(point))
-        node.SetNthControlPointSelected(index, bool(selected))
+        node.SetNthControlPointSelected(index, shown_as_confident(point.selected, point.properties,
+                                                                  confidence_threshold))
         node.SetNthControlPointLocked(index, False)
+        if not point.selected:
+            flagged.append(node.GetNthControlPointID(index))
+    node.SetAttribute(ENGINE_FLAGGED_ATTRIBUTE, " ".join(flagged))
     node.EndModify(was_modifying)
     display = node.GetDisplayNode()
     if display is None:
@@ -192,6 +206,36 @@ def add_points_node(scene, points, name: str, confidence_threshold: float = 0.0,
         display.SetColor(*UNCERTAIN_COLOR)
         display.SetSelectedColor(*CONFIDENT_COLOR)
     return node
+
+
+def set_engine_flag(node, index: int, flagged: bool) -> None:
+    """Record the engine's verdict on one point (after Refine), which the threshold can add to, never undo."""
+    point_id = node.GetNthControlPointID(index)
+    ids = [i for i in (node.GetAttribute(ENGINE_FLAGGED_ATTRIBUTE) or "").split() if i != point_id]
+    node.SetAttribute(ENGINE_FLAGGED_ATTRIBUTE, " ".join(ids + ([point_id] if flagged else [])))
+
+
+def apply_uncertain_below(node, uncertain_below: float) -> None:
+    """Re-decide which points are drawn as uncertain after the threshold changed (the module's slider); points
+    it does not apply to (calibrated, or placed by hand without a confidence) keep their selection."""
+    flagged = set((node.GetAttribute(ENGINE_FLAGGED_ATTRIBUTE) or "").split())
+    was_modifying = node.StartModify()
+    for i in range(node.GetNumberOfControlPoints()):
+        _, props = split_description(node.GetNthControlPointDescription(i))
+        if threshold_applies(props):
+            engine_says = node.GetNthControlPointID(i) not in flagged
+            node.SetNthControlPointSelected(i, shown_as_confident(engine_says, props, uncertain_below))
+    node.EndModify(was_modifying)
+
+
+def set_source_volume(points_node, volume_node) -> None:
+    """Remember the volume the points were found in (a node reference: saved with the scene, kept across IDs)."""
+    points_node.SetNodeReferenceID(SOURCE_VOLUME_ROLE, volume_node.GetID() if volume_node is not None else None)
+
+
+def source_volume(points_node):
+    """The volume the points were found in, None if unknown or no longer in the scene."""
+    return points_node.GetNodeReference(SOURCE_VOLUME_ROLE) if points_node is not None else None
 
 
 def position_defined(node, index: int) -> bool:
@@ -254,8 +298,9 @@ class ResultRow:
         return "" if self.confidence is None else f"{self.confidence:.2f}"
 
 
-def result_rows(node, uncertain_below: float = 0.0) -> list:
-    """Rows (label, RAS world position, confidence) for each point of ``node``, as Slicer shows coordinates."""
+def result_rows(node) -> list:
+    """Rows (label, RAS world position, confidence) for each point of ``node``, as Slicer shows coordinates;
+    uncertain = unselected, as the views draw it."""
     rows = []
     for i in range(node.GetNumberOfControlPoints()):
         ras = [0.0, 0.0, 0.0]
@@ -263,9 +308,8 @@ def result_rows(node, uncertain_below: float = 0.0) -> list:
         _, props = split_description(node.GetNthControlPointDescription(i))
         confidence = props.get("confidence")
         confidence = float(confidence) if isinstance(confidence, (int, float)) else None
-        threshold_applies = confidence is not None and "p_large_error" not in props  # calibrated: selection says
-        uncertain = not node.GetNthControlPointSelected(i) or (threshold_applies and confidence < uncertain_below)
-        rows.append(ResultRow(i, node.GetNthControlPointLabel(i), tuple(ras), confidence, uncertain))
+        rows.append(ResultRow(i, node.GetNthControlPointLabel(i), tuple(ras), confidence,
+                              not node.GetNthControlPointSelected(i)))
     return rows
 
 

@@ -46,6 +46,26 @@ def make_tiny_fcn_model(path, ndim: int = 3, names=TINY_LANDMARKS, spacing: floa
     return str(meta_path)
 
 
+def packages_the_self_test_lacks(testing_enabled: bool, confirm) -> list:
+    """The packages whose absence makes a self-test skip; empty when it can run.
+
+    Under Slicer's test runner (testing mode) ``confirmOkCancelDisplay`` answers OK by itself, so asking would
+    install PyTorch on a build machine: nothing is installed then and the missing packages are returned.
+    Interactively (Reload and Test) the user is asked, as at the first Localize.
+    """
+    from .dependencies import ensure_installed, missing_packages
+
+    if testing_enabled:
+        return missing_packages()
+    ensure_installed(confirm)
+    return []
+
+
+def skip_message(missing) -> str:
+    return (f"Skipped: the self-test needs {', '.join(missing)}, which is not installed and is not installed by a "
+            "test run (click Localize once, or install the PyTorch extension, then test again)")
+
+
 def check(condition, message: str) -> None:
     """An assertion that also holds under ``python -O`` (self-tests run in Slicer and in CI)."""
     if not condition:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
+from LandmarkLocalizerLib.progress import reporting_stages
 
 from landmarkloc.errors import InputError
 from landmarkloc.geometry.labels import group_extreme_points
 from landmarkloc.io.image import squeeze_single_slice
 
 METHODS = ("rpr", "ncc", "registration")
-DEVICE_NAMES = {"Auto": "auto", "CPU": "cpu", "GPU": "cuda"}
 
 
 def as_model_image(image: sitk.Image, ndim: int) -> sitk.Image:
@@ -30,10 +30,11 @@ def image_ndim(image: sitk.Image) -> int:
     return 2 if image.GetDimension() == 2 or image.GetSize()[2] == 1 else 3
 
 
-def load_locator(coarse_path, fine_path=None, device: str = "Auto", fine_steps: int = 1):
+def load_locator(coarse_path, fine_path=None, device: str = "auto", fine_steps: int = 1):
+    """The coarse (and fine) models on ``device`` (auto, cpu, cuda or mps)."""
     from landmarkloc.inference.oneshot import OneShotLocator
 
-    return OneShotLocator.from_files(coarse_path, fine_path or None, DEVICE_NAMES.get(device, device),
+    return OneShotLocator.from_files(coarse_path, fine_path or None, device,
                                      fine_steps=max(1, int(fine_steps)))
 
 
@@ -51,10 +52,18 @@ def load_template(path):
     return Template.load(path)
 
 
-def locate_rpr(locator, template, query: sitk.Image, runs: int, seed: int = 0, refine: str = "ncc") -> tuple:
-    """(points, boxes, warnings); uncertain points come unselected with the reason in their description."""
-    result = locator.locate(as_model_image(query, locator.ndim), template, runs=int(runs), seed=int(seed),
-                            refine=refine)
+def locate_rpr(locator, template, query: sitk.Image, runs: int, seed: int = 0, refine: str = "ncc",
+               report=None) -> tuple:
+    """(points, boxes, warnings); uncertain points come unselected with the reason in their description.
+
+    ``report(fraction, stage)`` hears the stages after the coarse runs (anchor map, local image match).
+    """
+    from landmarkloc.inference import oneshot
+
+    stages = ((oneshot, "fit_affine", 0.75, "Anchor map"), (oneshot, "ncc_search", 0.85, "Local image match"))
+    with reporting_stages(stages, report or (lambda fraction, stage: None)):
+        result = locator.locate(as_model_image(query, locator.ndim), template, runs=int(runs), seed=int(seed),
+                                refine=refine)
     return result.points, with_spread(result.boxes, result.points), list(result.warnings)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 
+from LandmarkLocalizerLib.devices import run_with_cpu_fallback
 from LandmarkLocalizerLib.exchange import (
     box_to_dict,
     point_from_dict,
@@ -49,28 +50,33 @@ def handle(request: dict, workdir, report) -> dict:
         query = read_temporary_image(request["query"])
         report(0.2, "Registering" if method == "registration" else "Template matching")
         found, boxes, warnings = engine.locate_baseline(method, query, support_image, points)
+        report(0.95, "Writing results")
         return {"points": [point_to_dict(p) for p in found], "boxes": [box_to_dict(b) for b in boxes],
-                "warnings": warnings}
-    report(0.05, "Loading models")
-    locator = engine.load_locator(request["model"], request.get("fine_model"), request.get("device", "Auto"),
-                                  request.get("steps", 1))
-    if request.get("template") and task == "locate":
-        report(0.15, "Loading template")
-        template = engine.load_template(request["template"])
-    else:
-        points = support_points(request, report)
-        report(0.2, "Encoding the support")
-        template = engine.make_template(locator, read_temporary_image(request["support"]["image"]), points)
-    if task == "template":
-        report(0.9, "Saving template")
-        engine.save_template(template, request["save_to"])
-        return {"template": request["save_to"], "names": list(template.names)}
-    report(0.4, f"Locating ({request.get('runs', 15)} runs)")
-    found, boxes, warnings = engine.locate_rpr(locator, template, read_temporary_image(request["query"]),
-                                               request.get("runs", 15), request.get("seed", 0),
-                                               request.get("refine", "ncc"))
-    return {"points": [point_to_dict(p) for p in found], "boxes": [box_to_dict(b) for b in boxes],
-            "warnings": warnings}
+                "warnings": warnings, "device": "cpu"}
+    def run(device: str) -> tuple:
+        report(0.05, "Loading models")
+        locator = engine.load_locator(request["model"], request.get("fine_model"), device, request.get("steps", 1))
+        if request.get("template") and task == "locate":
+            report(0.15, "Loading template")
+            template = engine.load_template(request["template"])
+        else:
+            points = support_points(request, report)
+            report(0.2, "Encoding the support")
+            template = engine.make_template(locator, read_temporary_image(request["support"]["image"]), points)
+        if task == "template":
+            report(0.9, "Saving template")
+            engine.save_template(template, request["save_to"])
+            return {"template": request["save_to"], "names": list(template.names)}, str(locator.device)
+        report(0.4, f"Locating ({request.get('runs', 15)} runs)")
+        found, boxes, warnings = engine.locate_rpr(locator, template, read_temporary_image(request["query"]),
+                                                   request.get("runs", 15), request.get("seed", 0),
+                                                   request.get("refine", "ncc"), report)
+        return {"points": [point_to_dict(p) for p in found], "boxes": [box_to_dict(b) for b in boxes],
+                "warnings": warnings}, str(locator.device)
+
+    out, device, device_warnings = run_with_cpu_fallback(run, request.get("device", "Auto"), report)
+    report(0.95, "Writing results")
+    return {**out, "device": device, "warnings": device_warnings + out.get("warnings", [])}
 
 
 if __name__ == "__main__":

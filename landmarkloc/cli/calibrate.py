@@ -22,6 +22,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError, InputWarning
 from ..geometry.frames import to_point3
+from ..geometry.resample import canonical_orientation
 from ..geometry.shifts import BRAIN_SHIFTS, CEPH_SHIFTS, SHIFTS, get_shift
 from ..inference.fcn_shape import ShapeModel
 from ..inference.fcn_uncertainty import (
@@ -146,6 +147,8 @@ def collect(model_path, cases, names, spacing=None, masked_copies=False, device=
     records = []
     for index, case in enumerate(progress(cases, desc="localize validation images", quiet=quiet)):
         image, truth = case.load(names, spacing)
+        # the axes of the unshifted image's model grid: the references' pose as the networks saw it
+        grid_direction = [float(v) for v in canonical_orientation(image).GetDirection()]
         mask = sitk.ReadImage(str(case.mask_path)) if case.mask_path is not None else None
         tags = [""] + (["masked"] if masked_copies and mask is not None else []) + [
             s.name for s in shift_list if s.kind != "mask" or mask is not None]
@@ -167,6 +170,7 @@ def collect(model_path, cases, names, spacing=None, masked_copies=False, device=
                                 "reference": [float(v) for v in to_point3(truth[n])],
                                 "uncertain": bool(lm.uncertain), "unlike_training": bool(lm.unlike_training),
                                 "p_large_error": lm.p_large_error, "error_radius_mm": lm.error_radius_mm,
+                                "grid_direction": grid_direction,
                                 "signals": lm.signals})
     return records
 
@@ -407,9 +411,13 @@ def add_shape_signal(records: list, names) -> ShapeModel | None:
             if key == "reference" or r["found"]:
                 out[index[r["landmark"]]] = r[key][:ndim]
         return out
+
+    clean = [rs for rs in by_image.values() if rs[0].get("shift", "") == ""]
+    grids = None
+    if all("grid_direction" in rs[0] for rs in clean):  # each reference shape in its model grid's axes
+        grids = [shape_of(rs, "reference") @ np.reshape(rs[0]["grid_direction"], (ndim, ndim)) for rs in clean]
     try:
-        shape = ShapeModel.fit(names, [shape_of(rs, "reference") for rs in by_image.values()
-                                       if rs[0].get("shift", "") == ""])
+        shape = ShapeModel.fit(names, [shape_of(rs, "reference") for rs in clean], grid_shapes=grids)
     except ValueError:
         return None
     for rs in by_image.values():

@@ -114,28 +114,60 @@ def crop_or_pad(image: sitk.Image, start, size, pad_value: float = 0.0) -> sitk.
     return cropped.apply_to(result)
 
 
-def foreground_box(image: sitk.Image, margin_mm: float) -> tuple:
-    """(start, size) in ITK index order of the largest bright object (Otsu threshold, largest connected
-    component) grown by ``margin_mm`` and kept inside the image: the head in a wide field of view.
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """The value that best splits ``values`` into two classes (Otsu: largest between-class variance)."""
+    hist, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2.0
+    weight = np.cumsum(hist).astype(np.float64)
+    total = weight[-1]
+    mass = np.cumsum(hist * centres)
+    below, above = weight, total - weight
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mass[-1] * below / total - mass) ** 2 / (below * above)
+    between[~np.isfinite(between)] = -1.0
+    return float(edges[int(np.argmax(between)) + 1])
 
-    The whole image when nothing stands out (a constant or a noise-only image).
+
+FOREGROUND_STEP = 2  # the object is found on every 2nd voxel along each axis (8x fewer in 3D); the margin covers it
+FOREGROUND_SLICE_SHARE = 0.01  # slices with fewer object voxels than this share of the fullest one are empty
+
+
+def _main_run(profile: np.ndarray) -> tuple:
+    """[first, last] of the contiguous run of non-empty slices around the fullest one."""
+    full = profile > FOREGROUND_SLICE_SHARE * profile.max()
+    peak = int(np.argmax(profile))
+    lo = peak
+    while lo > 0 and full[lo - 1]:
+        lo -= 1
+    hi = peak
+    while hi < len(full) - 1 and full[hi + 1]:
+        hi += 1
+    return lo, hi
+
+
+def foreground_box(image: sitk.Image, margin_mm: float) -> tuple:
+    """(start, size) in ITK index order of the bright object (voxels above the Otsu threshold, the contiguous
+    run of non-empty slices around the fullest along each axis; specks of noise elsewhere do not count)
+    grown by ``margin_mm`` and kept inside the image: the head in a wide field of view.
+
+    The whole image when nothing stands out (a constant image).
     """
     geometry = ImageGeometry.from_image(image)
     full = (np.zeros(geometry.ndim, dtype=int), np.asarray(geometry.size, dtype=int))
-    arr = sitk.GetArrayViewFromImage(image)
-    if arr.size == 0 or float(arr.min()) == float(arr.max()):
+    step = FOREGROUND_STEP
+    coarse = sitk.GetArrayViewFromImage(image)[(slice(None, None, step),) * geometry.ndim]
+    if coarse.size == 0 or float(coarse.min()) == float(coarse.max()):
         return full
-    mask = sitk.OtsuThreshold(sitk.Cast(image, sitk.sitkFloat32), 0, 1)
-    largest = sitk.RelabelComponent(sitk.ConnectedComponent(mask), sortByObjectSize=True) == 1
-    stats = sitk.LabelShapeStatisticsImageFilter()
-    stats.Execute(largest)
-    if not stats.HasLabel(1):
-        return full
-    box = np.asarray(stats.GetBoundingBox(1), dtype=int)
-    lo, size = box[:geometry.ndim], box[geometry.ndim:]
+    mask = coarse > otsu_threshold(coarse)
+    lo, hi = [], []
+    for axis in range(geometry.ndim):  # array axis order [k, j, i]; ITK order is the reverse
+        first, last = _main_run(mask.sum(axis=tuple(a for a in range(geometry.ndim) if a != axis)))
+        lo.append(first * step)
+        hi.append((last + 1) * step)
+    lo, hi = np.array(lo[::-1]), np.array(hi[::-1])
     grow = np.ceil(margin_mm / geometry.spacing).astype(int)
     start = np.maximum(lo - grow, 0)
-    stop = np.minimum(lo + size + grow, np.asarray(geometry.size))
+    stop = np.minimum(hi + grow, np.asarray(geometry.size))
     return start, stop - start
 
 

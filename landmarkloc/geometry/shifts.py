@@ -19,7 +19,8 @@ import SimpleITK as sitk
 from ..errors import InputError
 
 
-def _grid(image: sitk.Image) -> tuple:
+def grid_of(image: sitk.Image) -> tuple:
+    """(origin, spacing, direction matrix, size) of ``image`` as numpy arrays."""
     d = image.GetDimension()
     return (np.array(image.GetOrigin()), np.array(image.GetSpacing()),
             np.array(image.GetDirection()).reshape(d, d), np.array(image.GetSize()))
@@ -35,13 +36,13 @@ def resample_onto(image: sitk.Image, origin, spacing, direction, size, label: bo
 
 
 def centre_of(image: sitk.Image) -> np.ndarray:
-    origin, spacing, direction, size = _grid(image)
+    origin, spacing, direction, size = grid_of(image)
     return origin + direction @ (spacing * (size - 1) / 2.0)
 
 
 def pad(image: sitk.Image, mm: float, label: bool = False) -> sitk.Image:
     """Zero-padded by ``mm`` on every side (a wider field of view of nothing)."""
-    origin, spacing, direction, size = _grid(image)
+    origin, spacing, direction, size = grid_of(image)
     voxels = np.ceil(mm / spacing).astype(int)
     return resample_onto(image, origin - direction @ (voxels * spacing), spacing, direction, size + 2 * voxels,
                          label)
@@ -54,7 +55,7 @@ def field_of_view(image: sitk.Image, fov_mm: float, offset: float, rng: np.rando
     ``offset`` in [0, 1]: 0 centres the image, 1 pushes it into a random corner
     (as far as the field of view allows; an image larger than it is cut).
     """
-    origin, spacing, direction, size = _grid(image)
+    origin, spacing, direction, size = grid_of(image)
     new_size = np.maximum(np.round(fov_mm / spacing).astype(int), 1)
     room = np.maximum(new_size - size, 0) * spacing / 2.0  # how far the image can move along each axis
     sign = rng.choice([-1.0, 1.0], size=len(size))
@@ -79,7 +80,7 @@ def rotation_matrix(ndim: int, degrees: float, axis: int = 0) -> np.ndarray:
 def tilt(image: sitk.Image, degrees: float, axis: int = 0, label: bool = False) -> sitk.Image:
     """The same content on a grid turned by ``degrees`` about the image centre (3D: about image axis ``axis``):
     the anatomy turns relative to the image axes, what the networks see; corners beyond the old grid are 0."""
-    origin, spacing, direction, size = _grid(image)
+    origin, spacing, direction, size = grid_of(image)
     centre = centre_of(image)
     new_direction = direction @ rotation_matrix(len(size), degrees, axis)
     new_origin = centre - new_direction @ (spacing * (size - 1) / 2.0)
@@ -88,7 +89,7 @@ def tilt(image: sitk.Image, degrees: float, axis: int = 0, label: bool = False) 
 
 def respace(image: sitk.Image, spacing_mm, label: bool = False) -> sitk.Image:
     """Resampled to ``spacing_mm`` (one value or one per axis) over the same field of view (voxel edges kept)."""
-    origin, spacing, direction, size = _grid(image)
+    origin, spacing, direction, size = grid_of(image)
     new_spacing = np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), spacing.shape)
     new_size = np.maximum(np.round(size * spacing / new_spacing).astype(int), 1)
     new_origin = origin + direction @ ((new_spacing - spacing) / 2.0)

@@ -20,6 +20,7 @@ Python API (used by the Slicer module and the benchmark)::
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ from ..networks.fcn import FCNConfig, GlobalToLocal, bank_members
 from ..networks.fcn_encoding import get_variant
 from ..points import ControlPoint
 from ..runtime import resolve_device
-from .fcn_shape import ShapeModel
+from .fcn_shape import ShapeModel, rotation_angle_deg
 from .fcn_uncertainty import CONTRAST_GAMMA, TTA_KINDS, Calibration, logistic_probability, shift_offsets
 from .fcn_votes import VoteSummary, combine_members, summarize_votes
 
@@ -78,6 +79,21 @@ def preprocess(image: sitk.Image, spacing, intensity, with_normalizer: bool = Fa
     normalize = normalizer(raw, get_preset(intensity))
     array = np.ascontiguousarray(normalize(raw), dtype=np.float32)
     return (array, geometry, normalize) if with_normalizer else (array, geometry)
+
+
+def turned(image: sitk.Image, direction: np.ndarray, spacing) -> sitk.Image:
+    """``image`` resampled onto a grid with axes ``direction`` (and ``spacing``) that covers all of it; outside
+    it, the image's lowest value (air, not a bright frame)."""
+    geometry = ImageGeometry.from_image(image)
+    corners = np.array([geometry.index_to_physical(np.array(c, dtype=np.float64) * (np.array(geometry.size) - 1))
+                        for c in itertools.product((0, 1), repeat=geometry.ndim)])
+    along = corners @ direction  # mm along the new axes
+    spacing = np.asarray(spacing, dtype=np.float64)
+    size = np.ceil((along.max(axis=0) - along.min(axis=0)) / spacing).astype(int) + 1
+    target = ImageGeometry(origin=direction @ along.min(axis=0), spacing=spacing, direction=direction,
+                           size=tuple(int(v) for v in size))
+    low = float(sitk.GetArrayViewFromImage(image).min())
+    return resample_to_grid(image, target, "linear", low)
 
 
 def linear_interpolation(array: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -508,6 +524,7 @@ class LocalizationResult:
     evidence: dict = field(default_factory=dict)  # name -> sitk.Image posterior on the input grid
     votes: dict = field(default_factory=dict)  # name -> (positions (N, 3) LPS mm, weights (N,))
     warnings: list = field(default_factory=list)  # one-line warnings for the user (not errors)
+    pose_turned_deg: float | None = None  # localized again on a grid turned by this angle (a tilted anatomy)
 
     @property
     def points(self) -> list:
@@ -660,8 +677,27 @@ class Localizer:
 
         ``tta``: run the test-time-augmented local passes (default: when the
         model's calibration uses their signals); ``landmarkloc calibrate`` asks for them.
+        A model with a pose (its ``shape``) localizes a second time, on a grid turned with the anatomy, when
+        the points found lie in a pose further from the validation images' than they ever were (a tilted head).
         """
         start = time.perf_counter()
+        if image.GetDimension() == 3 and self.ndim == 2:
+            image = squeeze_single_slice(image)
+        result, grid = self._localize(image, evidence, use_local, tta, image)
+        rotation = None
+        if self.shape is not None and not any(lm.unlike_training for lm in result.landmarks):
+            found = np.array([lm.found for lm in result.landmarks])
+            points = np.array([from_point3(lm.position, self.ndim) for lm in result.landmarks])
+            rotation = self.shape.pose(np.where(found[:, None], (points - grid.origin) @ grid.direction, np.nan))
+        if rotation is not None:
+            result, _ = self._localize(turned(image, grid.direction @ rotation, grid.spacing), evidence, use_local,
+                                       tta, image)
+            result.pose_turned_deg = rotation_angle_deg(rotation)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def _localize(self, image: sitk.Image, evidence, use_local: bool, tta, evidence_grid: sitk.Image) -> tuple:
+        """(result, model grid geometry) of one pass; evidence maps on ``evidence_grid`` (the user's image)."""
         image, array, geometry, normalize = self._prepare(image)
         unlike = unlike_profile(array, self.metadata.get("intensity_profile"))
         glob = run_global(self.network.global_net, array, self.variant, geometry.spacing, self.device,
@@ -716,10 +752,9 @@ class Localizer:
         wanted = self.names if evidence is True else list(evidence or ())
         for name in wanted:
             n = self._name_index(name)
-            result.evidence[name] = self._posterior_image(glob, n, geometry, image)
+            result.evidence[name] = self._posterior_image(glob, n, geometry, evidence_grid)
             result.votes[name] = (to_point3(geometry.index_to_physical(glob.votes[n])), glob.weights[n].copy())
-        result.seconds = time.perf_counter() - start
-        return result
+        return result, geometry
 
     def _mirror(self, geometry: ImageGeometry):
         axis = left_right_axis(geometry)

@@ -8,6 +8,12 @@ mean the image is unlike the training images (another contrast, a damaged or
 mostly empty scan) even when its intensities looked alike. Both work without
 retraining and hold under the shifts that fool the networks themselves.
 
+The same fit gives the head's (or skull's) pose: the rotation from the mean
+configuration, kept in the orientation the validation images have relative to
+their model grids, to the points found. A pose far from any seen there (a
+tilted head) is turned back by localizing again on a grid rotated with it
+(``Localizer``), so the networks see the anatomy as they were trained to.
+
 The mean configuration (``ShapeModel``) is fitted by ``landmarkloc calibrate``
 on the reference points of the validation images and stored in the model's
 metadata under ``shape``.
@@ -38,21 +44,41 @@ def similarity_fit(source: np.ndarray, target: np.ndarray, weights: np.ndarray |
     return scale, rotation, mu_t - scale * rotation @ mu_s
 
 
-def robust_residuals(points: np.ndarray, mean: np.ndarray, keep: float = 0.6, rounds: int = 3) -> np.ndarray:
-    """Distance (in the points' own mm) of each point from where the mean shape, fitted to the best-fitting
-    ``keep`` share of the points (trimmed, refitted ``rounds`` times), puts it; NaN points give NaN."""
+def robust_fit(points: np.ndarray, mean: np.ndarray, keep: float = 0.6, rounds: int = 3) -> tuple | None:
+    """(rotation, residuals): the similarity fit of ``mean`` to the best-fitting ``keep`` share of ``points``
+    (trimmed, refitted ``rounds`` times) and each point's distance (in the points' own mm) from where it puts
+    it; NaN points give NaN. None when too few points are finite."""
     valid = np.all(np.isfinite(points), axis=1)
-    out = np.full(len(points), np.nan)
     if valid.sum() < max(3, points.shape[1] + 1):
-        return out
+        return None
     p, m = points[valid], mean[valid]
     chosen = np.ones(len(p), dtype=bool)
     for _ in range(rounds):
         scale, rot, shift = similarity_fit(m[chosen], p[chosen])
         residual = np.linalg.norm(m @ (scale * rot).T + shift - p, axis=1)
         chosen = residual <= np.quantile(residual, keep)
+    out = np.full(len(points), np.nan)
     out[valid] = residual
-    return out
+    return rot, out
+
+
+def robust_residuals(points: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    fitted = robust_fit(points, mean)
+    return np.full(len(points), np.nan) if fitted is None else fitted[1]
+
+
+def rotation_angle_deg(rotation: np.ndarray) -> float:
+    if len(rotation) == 2:
+        return float(abs(np.degrees(np.arctan2(rotation[1, 0], rotation[0, 0]))))
+    return float(np.degrees(np.arccos(np.clip((np.trace(rotation) - 1.0) / 2.0, -1.0, 1.0))))
+
+
+def mean_rotation(rotations: list) -> np.ndarray:
+    """The proper rotation nearest to the sum of ``rotations`` (their chordal mean)."""
+    u, _, vt = np.linalg.svd(np.sum(rotations, axis=0))
+    sign = np.ones(len(u))
+    sign[-1] = np.sign(np.linalg.det(u @ vt)) or 1.0
+    return u @ np.diag(sign) @ vt
 
 
 @dataclass
@@ -63,10 +89,19 @@ class ShapeModel:
     mean: np.ndarray  # (L, D) unit centroid size
     typical_mm: float  # median point residual on the validation references
     image_limit_mm: float  # an image whose median residual exceeds this is unlike the training images
+    # ``mean`` is oriented as the references lie on their model grids; a pose further than this from it is
+    # turned back (None: no pose known, e.g. an older model)
+    pose_limit_deg: float | None = None
 
     @classmethod
-    def fit(cls, names, shapes: list, image_limit_factor: float = 4.0) -> ShapeModel:
-        """Generalized Procrustes mean of ``shapes`` ((L, D) arrays, NaN for missing points)."""
+    def fit(cls, names, shapes: list, image_limit_factor: float = 4.0, grid_shapes: list | None = None,
+            pose_limit_factor: float = 1.5, min_pose_limit_deg: float = 5.0) -> ShapeModel:
+        """Generalized Procrustes mean of ``shapes`` ((L, D) arrays, NaN for missing points).
+
+        ``grid_shapes``: the same shapes in their model grid's axes (mm along the grid directions); the mean
+        is then turned to their average pose, and the pose limit is ``pose_limit_factor`` times the largest
+        of the 95 % of their angles from it that are smallest (at least ``min_pose_limit_deg``).
+        """
         shapes = [np.asarray(s, dtype=np.float64) for s in shapes]
         complete = [s for s in shapes if np.all(np.isfinite(s))]
         if len(complete) < 3:
@@ -83,14 +118,33 @@ class ShapeModel:
             mean = new
         residuals = np.concatenate([robust_residuals(s, mean) for s in shapes])
         typical = float(np.nanmedian(residuals))
-        return cls(list(names), mean, typical, image_limit_factor * typical)
+        pose_limit = None
+        if grid_shapes is not None:
+            rotations = [fitted[0] for fitted in (robust_fit(np.asarray(g, dtype=np.float64), mean)
+                                                  for g in grid_shapes) if fitted is not None]
+            mean = mean @ mean_rotation(rotations).T
+            angles = [rotation_angle_deg(r) for r in (robust_fit(np.asarray(g, dtype=np.float64), mean)[0]
+                                                     for g in grid_shapes)]
+            pose_limit = max(min_pose_limit_deg, pose_limit_factor * float(np.percentile(angles, 95)))
+        return cls(list(names), mean, typical, image_limit_factor * typical, pose_limit)
+
+    def pose(self, grid_points: np.ndarray) -> np.ndarray | None:
+        """The rotation from the mean's orientation to ``grid_points`` (found points in their grid's axes, NaN
+        for others) when it exceeds the pose limit; else None (or no pose known, or too few points)."""
+        if self.pose_limit_deg is None:
+            return None
+        fitted = robust_fit(np.asarray(grid_points, dtype=np.float64), self.mean)
+        if fitted is None or rotation_angle_deg(fitted[0]) <= self.pose_limit_deg:
+            return None
+        return fitted[0]
 
     def residuals(self, points: np.ndarray) -> np.ndarray:
         return robust_residuals(np.asarray(points, dtype=np.float64), self.mean)
 
     def to_metadata(self) -> dict:
         return {"names": self.names, "mean": np.round(self.mean, 6).tolist(),
-                "typical_mm": round(self.typical_mm, 4), "image_limit_mm": round(self.image_limit_mm, 4)}
+                "typical_mm": round(self.typical_mm, 4), "image_limit_mm": round(self.image_limit_mm, 4),
+                "pose_limit_deg": None if self.pose_limit_deg is None else round(self.pose_limit_deg, 3)}
 
     @classmethod
     def from_metadata(cls, meta: dict | None, names) -> ShapeModel | None:
@@ -98,8 +152,9 @@ class ShapeModel:
         if data is None:
             return None
         try:
+            pose = data.get("pose_limit_deg")
             model = cls(list(data["names"]), np.asarray(data["mean"], dtype=np.float64), float(data["typical_mm"]),
-                        float(data["image_limit_mm"]))
+                        float(data["image_limit_mm"]), None if pose is None else float(pose))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"model metadata: malformed shape model ({exc})") from None
         if model.names != list(names) or model.mean.shape[0] != len(names):

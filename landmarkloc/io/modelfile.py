@@ -106,6 +106,12 @@ def save_model(path, tensors: dict, metadata: dict) -> tuple:
     return weights, meta_path
 
 
+def as_float16(tensors: dict) -> dict:
+    """The floating-point tensors in half precision (half the file; networks load them back into float32
+    parameters, ``load_state_dict`` casts), integer ones (batch-norm counters) as they are."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+
+
 def read_metadata(path) -> dict:
     """The validated metadata of a model (no weights loaded); ``path`` may name a shipped model."""
     _, meta_path = model_paths(find_model(path))

@@ -58,6 +58,10 @@ AUGMENT_PRESETS = {
     "default": AugmentConfig(),
     "clinical": AugmentConfig(rotation_deg=30.0, scale=0.15, intensity_scale=0.15, intensity_shift=0.1, gamma=0.3,
                               bias_field=0.5, noise_std=0.03, blur_mm=1.0, anisotropy=0.25, outside_view=0.3),
+    # the appearance of clinical scans with the default geometry: for models whose Localizer turns fields of
+    # view and poses back (foreground crop, pose from the shape model), which leave appearance to training
+    "appearance": AugmentConfig(intensity_scale=0.15, intensity_shift=0.1, gamma=0.3, bias_field=0.5,
+                                noise_std=0.03, blur_mm=1.0, anisotropy=0.25),
 }
 
 

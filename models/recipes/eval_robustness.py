@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 from eval_common import (
     DATA,
     IXI8,
@@ -30,6 +29,16 @@ from eval_common import (
 )
 
 from landmarkloc.geometry.labels import label_boxes, label_centroids, label_extreme_points
+from landmarkloc.geometry.shifts import (
+    bias_field,
+    centre_of,
+    cut_off,
+    grid_of,
+    masked,
+    resample_onto,
+    respace,
+    rotation_matrix,
+)
 from landmarkloc.inference.baselines import registration_locate
 from landmarkloc.inference.fcn import Localizer
 from landmarkloc.inference.oneshot import OneShotLocator
@@ -48,69 +57,38 @@ ROBUST_CROP_TOP = 0.25  # share of the superior extent removed
 ROBUST_KEEP_VOLUME = 0.9  # on a new grid, a structure with less of its volume left is excluded
 
 
-def _resampled(image: sitk.Image, origin, spacing, direction, size, interpolator) -> sitk.Image:
-    return sitk.Resample(image, [int(v) for v in size], sitk.Transform(), interpolator,
-                         tuple(float(v) for v in origin), tuple(float(v) for v in spacing),
-                         tuple(float(v) for v in np.asarray(direction).ravel()), 0.0, image.GetPixelID())
-
-
-def _grid(image: sitk.Image) -> tuple:
-    return (np.array(image.GetOrigin()), np.array(image.GetSpacing()), np.array(image.GetDirection()).reshape(3, 3),
-            np.array(image.GetSize()))
-
-
 def _to_1mm(image: sitk.Image, seg: sitk.Image) -> tuple:
     """Linear resampling to 1 mm over the same field of view (voxel edges kept)."""
-    origin, spacing, direction, size = _grid(image)
-    new_size = np.round(size * spacing).astype(int)
-    new_origin = origin + direction @ ((1.0 - spacing) / 2.0)
-    ones = np.ones(3)
-    return (_resampled(image, new_origin, ones, direction, new_size, sitk.sitkLinear),
-            _resampled(seg, new_origin, ones, direction, new_size, sitk.sitkNearestNeighbor))
+    return respace(image, 1.0), respace(seg, 1.0, label=True)
 
 
 def _bias_field(image: sitk.Image, seg: sitk.Image, seed: int) -> tuple:
-    """A smooth multiplicative field from TorchIO's RandomBiasField (order 3), seeded per query."""
-    import torchio as tio
-
-    array = sitk.GetArrayFromImage(image).astype(np.float32)
-    torch.manual_seed(seed)
-    field = tio.RandomBiasField(coefficients=ROBUST_BIAS_COEFFICIENTS, order=3)(
-        torch.ones((1,) + array.shape)).numpy()[0]
-    out = sitk.GetImageFromArray(array * field)
-    out.CopyInformation(image)
-    brain = sitk.GetArrayViewFromImage(seg) > 0
-    return out, seg, float(np.percentile(field[brain], 99) / np.percentile(field[brain], 1))
+    """A smooth multiplicative field from TorchIO's RandomBiasField (order 3), seeded per query; third: the
+    field's range in the brain (99th over 1st percentile)."""
+    out = bias_field(image, ROBUST_BIAS_COEFFICIENTS, seed)
+    before = sitk.GetArrayViewFromImage(image).astype(np.float64)
+    inside = (sitk.GetArrayViewFromImage(seg) > 0) & (before > 0)
+    field = sitk.GetArrayViewFromImage(out)[inside] / before[inside]
+    return out, seg, float(np.percentile(field, 99) / np.percentile(field, 1))
 
 
 def _skull_stripped(image: sitk.Image, seg: sitk.Image) -> tuple:
-    mask = sitk.BinaryDilate(sitk.Cast(seg > 0, sitk.sitkUInt8), [ROBUST_DILATION_VOXELS] * 3)
-    return sitk.Mask(image, mask), seg
+    return masked(image, seg, ROBUST_DILATION_VOXELS), seg
 
 
 def _rotated(image: sitk.Image, seg: sitk.Image) -> tuple:
     """The same physical content on a grid rotated about the L-R axis through its centre: the anatomy turns by
     ``ROBUST_ROTATION_DEG`` relative to the image axes (what the networks see); the points stay where they are."""
-    origin, spacing, direction, size = _grid(image)
-    centre = origin + direction @ (spacing * (size - 1) / 2.0)
-    a = np.deg2rad(ROBUST_ROTATION_DEG)
-    rotation = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(a), -np.sin(a)], [0.0, np.sin(a), np.cos(a)]])
-    new_direction = rotation @ direction
-    new_origin = centre - new_direction @ (spacing * (size - 1) / 2.0)
-    return (_resampled(image, new_origin, spacing, new_direction, size, sitk.sitkLinear),
-            _resampled(seg, new_origin, spacing, new_direction, size, sitk.sitkNearestNeighbor))
+    origin, spacing, direction, size = grid_of(image)
+    new_direction = rotation_matrix(3, ROBUST_ROTATION_DEG, 0) @ direction  # about the physical L-R axis
+    new_origin = centre_of(image) - new_direction @ (spacing * (size - 1) / 2.0)
+    return (resample_onto(image, new_origin, spacing, new_direction, size),
+            resample_onto(seg, new_origin, spacing, new_direction, size, label=True))
 
 
 def _cropped_top(image: sitk.Image, seg: sitk.Image) -> tuple:
     """The superior ``ROBUST_CROP_TOP`` of the field of view removed (along the image axis closest to S)."""
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    axis = int(np.argmax(np.abs(direction[2])))
-    n = image.GetSize()[axis]
-    cut = int(round(ROBUST_CROP_TOP * n))
-    lo, hi = (0, n - cut) if direction[2, axis] > 0 else (cut, n)  # LPS: +z is superior
-    index = [slice(None)] * 3
-    index[axis] = slice(lo, hi)
-    return image[tuple(index)], seg[tuple(index)]
+    return cut_off(image, ROBUST_CROP_TOP, 2), cut_off(seg, ROBUST_CROP_TOP, 2)
 
 
 ROBUST_MNI = "MNI152 template (the demo's moved, cropped query)"

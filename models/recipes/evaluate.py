@@ -4,7 +4,8 @@ Reads ../shared/data through the files made by prepare_ixi.py and prepare_ceph.p
 (runs/ixi, runs/ceph); writes numbers to runs/eval/*.json and the report to
 docs/results.md with plots in docs/figures/. Sections can be run alone:
 
-    python models/recipes/evaluate.py [--only brain oneshot oneshot-val oneshot-robust ceph ceph-analysis]
+    python models/recipes/evaluate.py [--only brain brain-shift oneshot oneshot-val oneshot-robust ceph ceph-shift
+        ceph-analysis]
         [--report-only] [--reuse-registration]
 
 ``ceph-analysis`` is the error analysis of the ceph model on the training images held out for
@@ -35,6 +36,7 @@ from eval_common import (
 )
 from eval_report import report
 from eval_robustness import oneshot_robust
+from eval_shift import SETS, records_for
 
 from landmarkloc.geometry.labels import label_centroids, label_extreme_points
 from landmarkloc.inference.baselines import NccConfig, ncc_locate, registration_locate
@@ -175,9 +177,12 @@ def ceph() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*",
-                        choices=("brain", "oneshot", "oneshot-val", "oneshot-robust", "ceph", "ceph-analysis"),
+                        choices=("brain", "brain-shift", "oneshot", "oneshot-val", "oneshot-robust", "ceph",
+                                 "ceph-shift", "ceph-analysis"),
                         default=None,
-                        help="sections (default: brain oneshot ceph ceph-analysis; oneshot-val: the one-shot "
+                        help="sections (default: brain brain-shift oneshot ceph ceph-shift ceph-analysis; "
+                        "brain-shift / ceph-shift: the test split clean and under the shifts of issue 24 (and the "
+                        "validation split's, for the signal analysis); oneshot-val: the one-shot "
                         "ablation on the validation split, to choose variants and thresholds; oneshot-robust: the "
                         "robustness table on the MNI152 template and perturbed test queries, ~50 min on the shared "
                         "2-core machine)")
@@ -189,8 +194,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if not args.report_only:
-        for section in args.only or ("brain", "oneshot", "ceph", "ceph-analysis"):
+        for section in args.only or ("brain", "brain-shift", "oneshot", "ceph", "ceph-shift", "ceph-analysis"):
             {"brain": brain, "oneshot": oneshot, "oneshot-val": lambda: oneshot("val"),
+             "brain-shift": lambda: [records_for("brain", split) for split in SETS["brain"]["splits"]],
+             "ceph-shift": lambda: [records_for("ceph", split) for split in SETS["ceph"]["splits"]],
              "oneshot-robust": lambda: oneshot_robust(reuse_registration=args.reuse_registration), "ceph": ceph,
              "ceph-analysis": ceph_analysis}[section]()
     report()
