@@ -837,6 +837,9 @@ MISREAD_OPTION_ROWS = [
      "stores its own voxel spacing"),
     ("oneshot --template with --support-markups", lambda m, t: _oneshot(
         m, t, extra=["--template", str(t / "tpl.safetensors")]), "give either --template or a support"),
+    ("calibrate --spacing for volumes with their own", lambda m, t: [
+        "calibrate", str(_model_here(m, t, "fcn")), "--val", str(_dataset(t)), "--spacing", "0.5", "--radius", "3"],
+     "case0.nrrd stores its own voxel spacing"),
     ("evaluate folders with unmatched cases", lambda m, t: _case_folders(t, ["c1"], ["c1", "c2", "c3"]),
      "cases do not match (in {t}/ref without a prediction: c2, c3)"),
     ("evaluate folders, extra predictions", lambda m, t: _case_folders(t, ["c1", "c9"], ["c1"]),

@@ -42,9 +42,10 @@ from ..inference.fcn_uncertainty import (
 )
 from ..io.atomic import write_text_atomic
 from ..io.datasets import load_dataset
+from ..io.image import check_spacing_applies
 from ..io.modelfile import model_paths, read_metadata
 from ..runtime import progress
-from . import add_device_argument, add_quiet_argument, parse_floats
+from . import add_device_argument, add_quiet_argument, add_spacing_argument, parse_spacing
 
 EXAMPLE = """examples:
   landmarkloc calibrate models/brain-t1-ixi16.json --val runs/ixi/val.csv --masked-copies --radius 3 \\
@@ -67,7 +68,7 @@ def register(sub) -> None:
     p.add_argument("--val", required=True, help="validation dataset (folder, CSV list or pixel table)")
     p.add_argument("--held-out", action="store_true",
                    help="--val is the training dataset: use the images train-fcn held out of it")
-    p.add_argument("--spacing", help="pixel size in mm of 2D picture inputs (PNG/JPEG/...), e.g. 0.1")
+    add_spacing_argument(p)
     p.add_argument("--masked-copies", action="store_true",
                    help="also localize each image with its mask applied (CSV 'mask' column), e.g. skull-stripped")
     p.add_argument("--shifts", help="also localize each image changed as clinical images differ (comma-separated "
@@ -316,7 +317,7 @@ def run(args) -> int:
     radius = args.radius or (meta.get("calibration") or {}).get("radius_mm")
     if not radius:
         raise InputError("give --radius (mm): the error above which a point counts as wrong")
-    spacing = parse_floats(args.spacing, "--spacing") if args.spacing else None
+    spacing = parse_spacing(args.spacing)
     split = held_out_split(meta) if args.held_out else None  # refused before any image is read
     fixed = [s.strip() for s in args.signals.split(",")] if args.signals else None
     for s in fixed or []:
@@ -336,6 +337,7 @@ def run(args) -> int:
         print(f"read {len(records)} localized points from {records_path}")
     else:
         dataset = load_dataset(args.val)
+        check_spacing_applies([c.image_path for c in dataset.cases], spacing)
         if list(dataset.names) != list(meta["landmark_names"]) and not set(meta["landmark_names"]) <= set(
                 dataset.names):
             raise InputError("the validation dataset lacks some of the model's landmarks")
