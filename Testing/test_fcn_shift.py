@@ -235,6 +235,8 @@ def brain():
 def test_a_wider_or_off_centre_field_of_view_or_a_tilt_gives_the_same_points_or_flags_them(brain, shift):
     loc, template, clean = brain
     result = loc.localize(get_shift(shift).apply(template, seed=2))
+    assert (result.pose_turned_deg is not None) == (shift == "tilt30")  # only the tilted head is turned back
+    assert clean.pose_turned_deg is None
     for before, after in zip(clean.landmarks, result.landmarks):
         moved = np.linalg.norm(after.position - before.position)
         assert moved < 2.0 or after.uncertain, (after.name, moved)

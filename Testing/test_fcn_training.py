@@ -17,7 +17,7 @@ from landmarkloc.geometry.resample import crop_or_pad
 from landmarkloc.inference.fcn import Localizer, refine
 from landmarkloc.io.datasets import load_dataset
 from landmarkloc.io.markups import read_points
-from landmarkloc.training.fcn import train_config, train_fcn
+from landmarkloc.training.fcn import network_configs, train_config, train_fcn
 from landmarkloc.training.fcn_sampling import AUGMENT_PRESETS, AugmentConfig
 
 SPACING = 1.5
@@ -182,14 +182,14 @@ def test_a_local_ensemble_stacked_from_separately_trained_members_averages_them(
 
 def test_finetune_continues_both_networks_with_clinical_augmentation(trained):
     """--train-stage finetune: the global and the local networks start as the model's (both trained on from
-    there, none frozen), with the clinical augmentation; the result still finds held-out landmarks."""
+    there, none frozen), with the appearance augmentation; the result still finds held-out landmarks."""
     root, meta, base, held_out = trained
-    cfg = train_config("compact", 2, iterations=300, validate_every=150, intensity="ct", learning_rate=3e-4,
-                       init_from=str(root / "model"), train_stage="finetune",
-                       augment=replace(AUGMENT_PRESETS["clinical"], rotation_deg=10.0))
+    cfg = train_config("compact", 2, iterations=300, validate_every=150, crop_size=32, intensity="ct",
+                       learning_rate=3e-4, init_from=str(root / "model"), train_stage="finetune",
+                       augment=replace(AUGMENT_PRESETS["appearance"], rotation_deg=5.0, scale=0.05))
     tuned_meta = train_fcn(load_dataset(root / "train"), root / "tuned", cfg, quiet=True)
     assert tuned_meta["training"]["init_from"]["sha256"] == meta["sha256"]
-    assert tuned_meta["train_config"]["augment"]["bias_field"] == AUGMENT_PRESETS["clinical"].bias_field
+    assert tuned_meta["train_config"]["augment"]["bias_field"] == AUGMENT_PRESETS["appearance"].bias_field
     tuned = Localizer.from_file(root / "tuned.safetensors", "cpu")
     for part in ("global_net", "local_net"):  # trained on: changed, yet close to where they started
         before = torch.cat([p.flatten() for p in getattr(base.network, part).parameters()])
@@ -201,12 +201,10 @@ def test_finetune_continues_both_networks_with_clinical_augmentation(trained):
             assert lm.found and np.linalg.norm(lm.position[:2] - truth[lm.name]) < 2 * SPACING
 
 
-def test_finetune_refuses_a_model_with_a_fine_stage(trained, tmp_path):
-    root, _, _, _ = trained
-    fine = root / "fine.safetensors"
-    if not fine.exists():
-        pytest.skip("the fine-stage model of the earlier test is not there")
-    cfg = train_config("compact", 2, iterations=10, intensity="ct", init_from=str(root / "fine"),
-                       train_stage="finetune")
+def test_finetune_refuses_a_model_with_a_fine_stage(trained):
+    _, meta, _, _ = trained
+    cfg = train_config("compact", 2, iterations=10, intensity="ct", init_from="unused", train_stage="finetune")
+    network_configs(cfg, 2, meta)  # global and local only: fine
+    with_fine = {**meta, "fine_stage": {"spacing": [0.75, 0.75], "sub_image_size": 16}}
     with pytest.raises(InputError, match="no fine stage"):
-        train_fcn(load_dataset(root / "train"), tmp_path / "x", cfg, quiet=True)
+        network_configs(cfg, 2, with_fine)

@@ -225,6 +225,8 @@ def _localize_all(args, localizer_class, work, spacing, rows, failed) -> None:
         uncertain = [lm.name for lm in result.landmarks if lm.found and lm.uncertain]
         if uncertain:
             message += f"; uncertain: {', '.join(uncertain)}"
+        if result.pose_turned_deg is not None:
+            message += f"; the anatomy was tilted by {result.pose_turned_deg:.0f} degrees: localized on a turned grid"
         print(message)
         for warning in result.warnings:
             print(f"landmarkloc localize: warning: {image_path}: {warning}", file=sys.stderr)

@@ -130,6 +130,7 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
 
 FOREGROUND_STEP = 2  # the object is found on every 2nd voxel along each axis (8x fewer in 3D); the margin covers it
 FOREGROUND_SLICE_SHARE = 0.01  # slices with fewer object voxels than this share of the fullest one are empty
+FOREGROUND_KEEP_SHARE = 0.8  # an axis whose box (with the margin) spans this share of the image is not cut
 
 
 def _main_run(profile: np.ndarray) -> tuple:
@@ -148,7 +149,8 @@ def _main_run(profile: np.ndarray) -> tuple:
 def foreground_box(image: sitk.Image, margin_mm: float) -> tuple:
     """(start, size) in ITK index order of the bright object (voxels above the Otsu threshold, the contiguous
     run of non-empty slices around the fullest along each axis; specks of noise elsewhere do not count)
-    grown by ``margin_mm`` and kept inside the image: the head in a wide field of view.
+    grown by ``margin_mm`` and kept inside the image, along the axes where it spans less than
+    ``FOREGROUND_KEEP_SHARE`` of the image: the head in a wide field of view.
 
     The whole image when nothing stands out (a constant image).
     """
@@ -166,8 +168,13 @@ def foreground_box(image: sitk.Image, margin_mm: float) -> tuple:
         hi.append((last + 1) * step)
     lo, hi = np.array(lo[::-1]), np.array(hi[::-1])
     grow = np.ceil(margin_mm / geometry.spacing).astype(int)
+    size = np.asarray(geometry.size)
     start = np.maximum(lo - grow, 0)
-    stop = np.minimum(hi + grow, np.asarray(geometry.size))
+    stop = np.minimum(hi + grow, size)
+    # an axis the object nearly fills keeps its whole extent: a field of view like the training images' stays
+    # exactly as it is (and so do its intensity percentiles); only much wider ones are cut
+    keep = (stop - start) >= FOREGROUND_KEEP_SHARE * size
+    start, stop = np.where(keep, 0, start), np.where(keep, size, stop)
     return start, stop - start
 
 

@@ -170,8 +170,10 @@ class Shift:
             if mask is None:
                 raise InputError(f"the {self.name} shift needs a mask")
             return masked(image, mask)
-        if self.kind == "cut":
-            return cut_off(image, self.amount, self.axis)
+        if self.kind == "cut":  # axis -1: a side drawn at random
+            if self.axis >= 0:
+                return cut_off(image, self.amount, self.axis)
+            return cut_off(image, self.amount, int(rng.integers(image.GetDimension())), bool(rng.integers(2)))
         if self.kind == "invert":
             return inverted(image)
         raise InputError(f"unknown shift kind {self.kind!r}")
@@ -191,7 +193,7 @@ SHIFTS = {s.name: s for s in (
     Shift("inverted", "inverted contrast", "invert"),
     Shift("ceph_rot10", "rotated up to 10 degrees", "tilt", 10.0, ndim=2),
     Shift("ceph_scale10", "resampled by 0.9-1.1 (another pixel size, given truly)", "scale", 0.1, ndim=2),
-    Shift("ceph_crop20", "20 % of the picture cut off (the lower end)", "cut", 0.2, axis=1, ndim=2),
+    Shift("ceph_crop20", "20 % of the picture cut off (a side drawn at random)", "cut", 0.2, axis=-1, ndim=2),
 )}
 BRAIN_SHIFTS = ("pad80", "fov400", "corner600", "tilt30", "iso1mm", "bias", "stripped", "top25")
 CEPH_SHIFTS = ("ceph_rot10", "ceph_scale10", "ceph_crop20")

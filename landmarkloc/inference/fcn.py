@@ -81,14 +81,18 @@ def preprocess(image: sitk.Image, spacing, intensity, with_normalizer: bool = Fa
     return (array, geometry, normalize) if with_normalizer else (array, geometry)
 
 
+def _median_shape_residual(result: LocalizationResult) -> float:
+    return float(np.median([lm.signals["shape_residual_mm"] for lm in result.landmarks]))
+
+
 def turned(image: sitk.Image, direction: np.ndarray, spacing) -> sitk.Image:
-    """``image`` resampled onto a grid with axes ``direction`` (and ``spacing``) that covers all of it; outside
-    it, the image's lowest value (air, not a bright frame)."""
+    """``image`` resampled onto a grid with axes ``direction`` (and ``spacing``: one value or one per axis) that
+    covers all of it; outside it, the image's lowest value (air, not a bright frame)."""
     geometry = ImageGeometry.from_image(image)
     corners = np.array([geometry.index_to_physical(np.array(c, dtype=np.float64) * (np.array(geometry.size) - 1))
                         for c in itertools.product((0, 1), repeat=geometry.ndim)])
     along = corners @ direction  # mm along the new axes
-    spacing = np.asarray(spacing, dtype=np.float64)
+    spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (geometry.ndim,))
     size = np.ceil((along.max(axis=0) - along.min(axis=0)) / spacing).astype(int) + 1
     target = ImageGeometry(origin=direction @ along.min(axis=0), spacing=spacing, direction=direction,
                            size=tuple(int(v) for v in size))
@@ -690,9 +694,14 @@ class Localizer:
             points = np.array([from_point3(lm.position, self.ndim) for lm in result.landmarks])
             rotation = self.shape.pose(np.where(found[:, None], (points - grid.origin) @ grid.direction, np.nan))
         if rotation is not None:
-            result, _ = self._localize(turned(image, grid.direction @ rotation, grid.spacing), evidence, use_local,
-                                       tta, image)
-            result.pose_turned_deg = rotation_angle_deg(rotation)
+            # (on the image's own voxel size: a finer stage must not see a coarser copy)
+            again, _ = self._localize(turned(image, grid.direction @ rotation, min(image.GetSpacing())), evidence,
+                                      use_local, tta, image)
+            # kept only when its points fit the landmark configuration better: an unusual anatomy (not a tilt)
+            # can look like a pose, and turning such a head away from the training poses would harm it
+            if _median_shape_residual(again) < _median_shape_residual(result):
+                result = again
+                result.pose_turned_deg = rotation_angle_deg(rotation)
         result.seconds = time.perf_counter() - start
         return result
 
