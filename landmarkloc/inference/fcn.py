@@ -689,7 +689,7 @@ class Localizer:
             image = squeeze_single_slice(image)
         result, grid = self._localize(image, evidence, use_local, tta, image)
         rotation = None
-        if self.shape is not None and not any(lm.unlike_training for lm in result.landmarks):
+        if self.shape is not None:  # also when the first pass looked unlike: a tilt can be what made it so
             found = np.array([lm.found for lm in result.landmarks])
             points = np.array([from_point3(lm.position, self.ndim) for lm in result.landmarks])
             rotation = self.shape.pose(np.where(found[:, None], (points - grid.origin) @ grid.direction, np.nan))
