@@ -687,16 +687,20 @@ class Localizer:
         start = time.perf_counter()
         if image.GetDimension() == 3 and self.ndim == 2:
             image = squeeze_single_slice(image)
-        result, grid = self._localize(image, evidence, use_local, tta, image)
+        result, grid, other_intensities = self._localize(image, evidence, use_local, tta, image)
         rotation = None
-        if self.shape is not None:  # also when the first pass looked unlike: a tilt can be what made it so
+        # not for intensities unlike the training images' (no tilt makes a CT an MR), but when only the
+        # configuration looked odd: a tilt can be what made it so
+        if self.shape is not None and not other_intensities:
             found = np.array([lm.found for lm in result.landmarks])
             points = np.array([from_point3(lm.position, self.ndim) for lm in result.landmarks])
             rotation = self.shape.pose(np.where(found[:, None], (points - grid.origin) @ grid.direction, np.nan))
         if rotation is not None:
-            # (on the image's own voxel size: a finer stage must not see a coarser copy)
-            again, _ = self._localize(turned(image, grid.direction @ rotation, min(image.GetSpacing())), evidence,
-                                      use_local, tta, image)
+            # voxels as fine as the image's, but no finer than the finest stage needs (a 0.8 mm CT turned at 2 mm)
+            finest = min([min(grid.spacing)] + [min(stage.spacing) for stage in self.stages])
+            spacing = max(min(image.GetSpacing()), finest)
+            again, _, _ = self._localize(turned(image, grid.direction @ rotation, spacing), evidence, use_local,
+                                         tta, image)
             # kept only when its points fit the landmark configuration better: an unusual anatomy (not a tilt)
             # can look like a pose, and turning such a head away from the training poses would harm it
             if _median_shape_residual(again) < _median_shape_residual(result):
@@ -706,9 +710,10 @@ class Localizer:
         return result
 
     def _localize(self, image: sitk.Image, evidence, use_local: bool, tta, evidence_grid: sitk.Image) -> tuple:
-        """(result, model grid geometry) of one pass; evidence maps on ``evidence_grid`` (the user's image)."""
+        """(result, model grid geometry, whether the intensities were unlike the training images') of one pass;
+        evidence maps on ``evidence_grid`` (the user's image)."""
         image, array, geometry, normalize = self._prepare(image)
-        unlike = unlike_profile(array, self.metadata.get("intensity_profile"))
+        unlike = other_intensities = unlike_profile(array, self.metadata.get("intensity_profile"))
         glob = run_global(self.network.global_net, array, self.variant, geometry.spacing, self.device,
                           self.amp, self.channels_last)
         final, local, augmented = glob, None, None
@@ -763,7 +768,7 @@ class Localizer:
             n = self._name_index(name)
             result.evidence[name] = self._posterior_image(glob, n, geometry, evidence_grid)
             result.votes[name] = (to_point3(geometry.index_to_physical(glob.votes[n])), glob.weights[n].copy())
-        return result, geometry
+        return result, geometry, other_intensities is not None
 
     def _mirror(self, geometry: ImageGeometry):
         axis = left_right_axis(geometry)
