@@ -138,3 +138,52 @@ CEPH_FINDINGS = [
     "for seed 0 of the two-level stage, median 0.75 -> 0.71 mm, did not repeat with seeds 1 and 2). On Test1 "
     "(run once, at the end): median 0.98 -> 0.92 mm, MRE 1.34 -> 1.30 mm, SDR 2 mm 80.0 -> 81.3 %.",
 ]
+
+# Printed at the head of the distribution-shift section: the error analysis on the validation images and what it
+# changed (issue 24). Validation numbers: 20 subjects (320 points per row), the shipped weights before and after.
+SHIFT_FINDINGS = [
+    "### Error analysis under shift and what changed", "",
+    "Measured on the validation images and shifted copies of them (`python models/recipes/eval_shift.py brain "
+    "val`); the test rows below were run with the final models.", "",
+    "| validation, 320 points each | before: median mm, points > 5 mm written selected | after (the calibration "
+    "fitted on these images) |",
+    "|---|---|---|",
+    "| as they are | 0.86, 0 | 0.86, 0 |",
+    "| zero-padded 80 mm | 3.11, 131 | 0.93, 0 |",
+    "| off-centre, 400 mm field of view | 1.91, 101 | 0.93, 0 |",
+    "| corner of a 600 mm field of view | 14.38, 173 | 0.91, 0 |",
+    "| tilted 30 degrees | 2.00, 6 | 0.89, 0 |",
+    "| resampled to 1 mm | 0.88, 0 | 0.88, 0 |",
+    "| strong bias field | 1.84, 21 | 1.84, 0 |",
+    "| skull-stripped | 0.90, 0 | 0.92, 0 |",
+    "| top 25 % cut off | 0.88, 0 | 0.88, 0 |",
+    "| inverted contrast | 82.96, 13 | 83.28, 0 (warned) |", "",
+    "* **Empty space, not anatomy, broke the wide fields of view.** The global network's cells over the padding "
+    "still voted, and the padding moved the intensity percentiles: with the normalization of the unpadded image "
+    "the local stage was back to 1.9 mm, and with the image cut to its anatomy the global stage too. The fix "
+    "is a step before the networks, not retraining: the model grid is cut to the head plus 20 mm along the "
+    "axes the head spans less than 80 % of (images like the training ones stay as they are).",
+    "* **Tilts beyond the training poses.** The networks were trained on rotations up to 10 degrees; at 30 "
+    "degrees the local stage erred. The landmarks' configuration gives the pose: a similarity fit of the mean "
+    "configuration (kept in the validation images' pose on their model grids) to the points of a first pass. "
+    "Beyond 19 degrees (1.5 times the 95th percentile of the validation poses) the image is localized again on "
+    "a grid turned with the head, and the second pass is kept when its points fit the configuration better "
+    "(one test subject's anatomy read as a 20-degree pose: turning it put 4 points 30-70 mm off, which the "
+    "check now prevents; found on the test split, fixed without a tuned setting).",
+    "* **Confident and wrong.** The calibration had seen only clean images: on the shifted ones it flagged "
+    "10-28 % of the errors above 3 mm. Fitted on the validation images and their shifted copies (196 errors "
+    "above 3 mm instead of 17), it selects `local_spread_mm`, `landmark_rate` and `shape_residual_mm` (how far "
+    "a point lies from where the other 15 put it; AUC 0.88 on these points, the best signal that needs no "
+    "extra pass besides the local spread); guards and the conformal radius come on top (docs/fcn.md).",
+    "* **Not solved: a strong bias field.** Half of the points of images multiplied by a field of range x4 are "
+    "more than 3 mm off. The flag catches almost all of them, but the points are lost. Training on such images "
+    "(`--augment clinical` or `appearance`, from the shipped weights) helped there in a check on 6 validation "
+    "subjects but cost accuracy on ordinary images within the CPU budget (validation median 0.86 -> 0.97 mm "
+    "or worse), so neither was shipped; a longer run is the next step, and N4 bias correction before "
+    "localizing is the advice meanwhile.",
+    "* **Cephalograms.** The ceph model was calibrated before on its own training images, where its errors are "
+    "smaller than on new ones; the conformal radius must come from held-out images, so it is now calibrated on "
+    "the 15 training images its training held out, with four random draws of each cephalogram shift (195 "
+    "images, 189 errors above 4 mm). Rotations up to 10 degrees and crops cost it 0.2-0.4 mm of median; "
+    "turning radiographs by their pose did not help (tried on validation), so the pose step is 3D only.", "",
+]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from eval_common import IXI8, MODELS, ONESHOT_DEFAULT, REPO, _load
-from eval_findings import BRAIN_FINDINGS, CEPH_FINDINGS, CEPH_PUBLISHED, DISCUSSION
+from eval_findings import BRAIN_FINDINGS, CEPH_FINDINGS, CEPH_PUBLISHED, DISCUSSION, SHIFT_FINDINGS
 from eval_robustness import _robust_report
 from eval_shift import SETS, signal_table, table
 
@@ -280,7 +280,7 @@ def _shift_section(kept: dict) -> list:
           "`python models/recipes/evaluate.py --only brain-shift ceph-shift`). *Flagged*: written unselected "
           "(uncertain, or not found); *radius*: the point's conformal error radius (90 %), which should hold the "
           "true position for 90 % of the points; intervals are 95 % Wilson intervals. Nothing was tuned on the "
-          "test images: the calibration saw the validation images and shifted copies of them.", ""]
+          "test images: the calibration saw the validation images and shifted copies of them.", ""] + SHIFT_FINDINGS
     for which, splits in found.items():
         if not splits["test"]:
             continue
