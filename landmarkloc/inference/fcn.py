@@ -479,7 +479,7 @@ class LandmarkEstimate:
     global_position: np.ndarray
     global_confidence: float
     local_confidence: float | None = None
-    unlike_training: bool = False  # the image's intensities are unlike the training images'
+    unlike_training: bool = False  # the image is unlike the training images (intensities, or the configuration)
     p_large_error: float | None = None  # calibrated P(error > radius_mm); None for an uncalibrated model
     radius_mm: float | None = None
     # the distance from the point within which its true position lies at the calibration's stated rate
