@@ -60,7 +60,8 @@ BRAIN_FINDINGS = [
     "1.061 mm, median 0.855 / 0.876 mm (before: 1.515 / 1.283); the shipped one has the lower MRE (seed 0). "
     "Errors above 3 mm on the calibration data (original and skull-stripped) fell from 43 to 17 of 640, 15 of "
     "them at the corpus callosum. The model costs 2-5 % more CPU time per image (model card).",
-    "* **A calibration fix (before issue 24).** `landmarkloc calibrate` fitted its logistic model by plain Newton steps, which "
+    "* **A calibration fix (before issue 24).** `landmarkloc calibrate` fitted its logistic model by plain "
+    "Newton steps, which "
     "diverged (intercept -3e11, probabilities 0 or 1) when a landmark without any large error made the data "
     "nearly separable; on this model that scored `landmark_rate` at AUC 0.5 out of fold and the selection "
     "dropped it (47 % caught at 10 % flagged). With each step halved until the penalized loss decreases, the "
