@@ -9,7 +9,12 @@ from hypothesis import strategies as st
 
 from landmarkloc.errors import InputError
 from landmarkloc.geometry.frames import ImageGeometry, from_point3, lps_to_ras, ras_to_lps, to_point3
-from landmarkloc.geometry.resample import crop_or_pad, resample_to_spacing
+from landmarkloc.geometry.resample import (
+    canonical_direction,
+    canonical_orientation,
+    crop_or_pad,
+    resample_to_spacing,
+)
 
 
 def test_index_to_physical_matches_itk_for_every_direction(direction):
@@ -137,3 +142,13 @@ def test_geometry_does_not_import_io():
                 if module.startswith("..io") or module.startswith("landmarkloc.io"):
                     offenders.append(f"{source.name}: {module}")
     assert not offenders
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 0, 1), (1, 2, 0)])
+def test_canonical_direction_is_the_direction_canonical_orientation_gives(direction, order):
+    """The calibration's pose frame (computed without moving voxels) is the grid the networks see."""
+    d = np.asarray(direction)[:, list(order)]
+    image = sitk.Image([4, 5, 6], sitk.sitkFloat32)
+    image.SetDirection(tuple(d.ravel()))
+    got = np.array(canonical_orientation(image).GetDirection()).reshape(3, 3)
+    assert np.allclose(got, canonical_direction(d))

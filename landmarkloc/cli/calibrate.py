@@ -22,7 +22,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError, InputWarning
 from ..geometry.frames import to_point3
-from ..geometry.resample import canonical_orientation
+from ..geometry.resample import canonical_direction
 from ..geometry.shifts import BRAIN_SHIFTS, CEPH_SHIFTS, SHIFTS, get_shift
 from ..inference.fcn_shape import ShapeModel
 from ..inference.fcn_uncertainty import (
@@ -150,7 +150,8 @@ def collect(model_path, cases, names, spacing=None, masked_copies=False, device=
     for index, case in enumerate(progress(cases, desc="localize validation images", quiet=quiet)):
         image, truth = case.load(names, spacing)
         # the axes of the unshifted image's model grid: the references' pose as the networks saw it
-        grid_direction = [float(v) for v in canonical_orientation(image).GetDirection()]
+        ndim = image.GetDimension()
+        grid_direction = canonical_direction(np.reshape(image.GetDirection(), (ndim, ndim))).ravel().tolist()
         mask = sitk.ReadImage(str(case.mask_path)) if case.mask_path is not None else None
         tags = [""] + (["masked"] if masked_copies and mask is not None else []) + [
             tag for tag, s in shift_list if s.kind != "mask" or mask is not None]

@@ -30,6 +30,22 @@ def resampled_geometry(geometry: ImageGeometry, spacing) -> ImageGeometry:
     return ImageGeometry(origin=origin, spacing=new_spacing, direction=geometry.direction, size=tuple(size))
 
 
+def canonical_axes(direction: np.ndarray) -> tuple:
+    """(order, flips) that bring a direction matrix's axes to the nearest LPS axes: ``order[m]`` is the image
+    axis that runs closest to physical axis m, ``flips[m]`` whether it then runs against it."""
+    ndim = len(direction)
+    order = max(itertools.permutations(range(ndim)),
+                key=lambda perm: sum(abs(direction[m, perm[m]]) for m in range(ndim)))
+    flips = [bool(direction[m, order[m]] < 0) for m in range(ndim)]
+    return [int(a) for a in order], flips
+
+
+def canonical_direction(direction: np.ndarray) -> np.ndarray:
+    """The direction matrix :func:`canonical_orientation` gives an image with ``direction`` (no voxels moved)."""
+    order, flips = canonical_axes(np.asarray(direction, dtype=np.float64))
+    return np.asarray(direction, dtype=np.float64)[:, order] * np.where(flips, -1.0, 1.0)
+
+
 def canonical_orientation(image: sitk.Image) -> sitk.Image:
     """Permute and flip the image axes to the nearest LPS axes (no interpolation, positions unchanged).
 
@@ -39,14 +55,9 @@ def canonical_orientation(image: sitk.Image) -> sitk.Image:
     direction matrix, so physical positions stay exact.
     """
     ndim = image.GetDimension()
-    direction = np.array(image.GetDirection()).reshape(ndim, ndim)
-    # order[m] = the image axis that runs closest to physical axis m
-    order = max(itertools.permutations(range(ndim)),
-                key=lambda perm: sum(abs(direction[m, perm[m]]) for m in range(ndim)))
-    if list(order) != list(range(ndim)):
-        image = sitk.PermuteAxes(image, [int(a) for a in order])
-    direction = np.array(image.GetDirection()).reshape(ndim, ndim)
-    flips = [bool(direction[m, m] < 0) for m in range(ndim)]
+    order, flips = canonical_axes(np.array(image.GetDirection()).reshape(ndim, ndim))
+    if order != list(range(ndim)):
+        image = sitk.PermuteAxes(image, order)
     if any(flips):
         image = sitk.Flip(image, flips)
     return image

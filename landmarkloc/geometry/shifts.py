@@ -99,7 +99,11 @@ def respace(image: sitk.Image, spacing_mm, label: bool = False) -> sitk.Image:
 def bias_field(image: sitk.Image, coefficients: float, seed: int) -> sitk.Image:
     """Multiplied by a smooth field (TorchIO's RandomBiasField, order 3), as an uncorrected MR coil profile."""
     import torch
-    import torchio as tio
+
+    try:
+        import torchio as tio
+    except ImportError:
+        raise InputError("the bias-field shift needs TorchIO: pip install 'landmarkloc[train]'") from None
 
     array = sitk.GetArrayFromImage(image).astype(np.float32)
     volume = array if array.ndim == 3 else array[None]
