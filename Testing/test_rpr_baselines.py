@@ -131,6 +131,23 @@ def test_oneshot_cli_runs_all_three_methods_with_the_same_outputs(files, tmp_pat
                  str(tmp_path / "coarse.safetensors"), "-o", str(tmp_path / "t.mrk.json"), "--runs", "3", "--quiet"])
     assert code == 0
     assert np.allclose(_truth(read_points(tmp_path / "t.mrk.json")), _truth(read_points(tmp_path / "rpr.mrk.json")))
-    # bad input: one-line error, exit code 2
-    assert main(["oneshot", *query, "--model", str(tmp_path / "coarse.safetensors"), "-o", "x.mrk.json"]) == 2
+    # few-shot: two supports give one consensus set of points and boxes
+    model = ["--model", str(tmp_path / "coarse.safetensors")]
+    two = [*support, "--support", str(files / "img1.nii.gz"), "--support-labels", str(files / "seg1.nii.gz")]
+    few = tmp_path / "few.mrk.json"
+    code = main(["oneshot", *query, *two, *model, "-o", str(few), "--rois", str(tmp_path / "few_rois.mrk.json"),
+                 "--runs", "3", "--quiet", "--device", "cpu"])
+    assert code == 0
+    assert [p.label for p in read_points(few)] == [p.label for p in reference]
+    assert [b.name for b in read_boxes(tmp_path / "few_rois.mrk.json")] == ["A", "B"]
+    # bad input: one-line error, exit code 2, nothing written
+    capsys.readouterr()
+    assert main(["oneshot", *query, *model, "-o", "x.mrk.json"]) == 2
     assert "error" in capsys.readouterr().err
+    unpaired = [*support, "--support", str(files / "img1.nii.gz")]  # two images, one label map
+    for bad in ([*query, *unpaired, *model], [*query, *two, "--method", "ncc"],
+                [*query, *two, *model, "--save-template", str(tmp_path / "two")]):
+        assert main(["oneshot", *bad, "-o", str(tmp_path / "bad.mrk.json"), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "error:" in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "bad.mrk.json").exists() and not (tmp_path / "two.safetensors").exists()

@@ -160,3 +160,27 @@ def test_refinement_brings_points_closer_across_subjects(trained):
         # measured: 4.8 -> 0.8 mm and 4.0 -> 0.6 mm
         assert refined_error < 0.5 * agent_error and refined_error < 1.5, (agent_error, refined_error)
         assert all(p.selected for p in refined.points)  # found well: nothing flagged
+
+
+def test_few_shot_consensus_is_the_median_of_the_supports_and_flags_their_disagreement(trained):
+    """Multi-atlas: each support locates alone on the same starts; the median is not worse than the supports."""
+    data, locator, _, _ = trained
+    templates = [locator.make_template(data[s][0], data[s][1]) for s in (0, 1, 2)]
+    for q in QUERIES:
+        query, truth = data[q][0], _truth(data[q][1])
+        alone = [_truth(locator.locate(query, t, runs=9, seed=q).points) for t in templates]
+        consensus = locator.locate_consensus(query, templates, runs=9, seed=q)
+        assert np.allclose(_truth(consensus.points), np.median(alone, axis=0), atol=1e-6)
+        errors = [np.linalg.norm(a - truth, axis=1).mean() for a in alone]
+        assert np.linalg.norm(_truth(consensus.points) - truth, axis=1).mean() <= max(errors) + 1e-6, errors
+        assert all(p.properties["supports"] == 3 and "support_spread_mm" in p.properties for p in consensus.points)
+        two = locator.locate_consensus(query, templates[:2], runs=9, seed=q)  # two supports: their mean
+        assert np.allclose(_truth(two.points), (alone[0] + alone[1]) / 2, atol=1e-6)
+    # a support annotated 15 mm off on every point: the supports disagree, no point stays reliable
+    moved = [type(p)(p.label, p.position + [15.0, 0.0, 0.0]) for p in data[1][1]]
+    bad = locator.locate_consensus(data[8][0], [templates[0], locator.make_template(data[1][0], moved)], runs=9)
+    assert not any(p.selected for p in bad.points)
+    assert all("supports disagree" in p.description for p in bad.points)
+    renamed = [type(p)(p.label + "_x", p.position) for p in data[1][1]]
+    with pytest.raises(InputError, match="other point names"):
+        locator.locate_consensus(data[8][0], [templates[0], locator.make_template(data[1][0], renamed)])

@@ -35,6 +35,9 @@ EXAMPLE = """examples:
       --fine-model brain-t1-rpr-fine -o q.mrk.json     (the paper's coarse + fine agent, no refinement)
   landmarkloc oneshot --method registration --query q.nii.gz --support s.nii.gz \\
       --support-markups s.mrk.json -o q.mrk.json
+  landmarkloc oneshot --query q.nii.gz --support s1.nii.gz --support-labels s1_seg.nii.gz --support s2.nii.gz \\
+      --support-labels s2_seg.nii.gz --support s3.nii.gz --support-labels s3_seg.nii.gz --labels 35,47,48 \\
+      --model brain-t1-rpr-coarse -o q.mrk.json --rois q_rois.mrk.json     (few-shot: median of 3 supports)
   (-o and --rois folders (needed for several queries): QUERY.mrk.json / QUERY_rois.mrk.json)
 """
 
@@ -46,13 +49,18 @@ def register(sub) -> None:
                        "al. 2021), or with the template matching (ncc) or registration baselines.",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--query", required=True, nargs="+", help="query image(s)")
-    p.add_argument("--support", help="support image")
-    p.add_argument("--support-markups", help="support points (.mrk.json, .fcsv, .csv)")
-    p.add_argument("--support-labels", help="support label map: organ boxes from their six extreme points")
+    p.add_argument("--support", action="append",
+                   help="support image; give it two or more times (each with its own --support-markups or "
+                   "--support-labels, in the same order) for few-shot: rpr locates with each support alone "
+                   "and takes the per-point median")
+    p.add_argument("--support-markups", action="append", help="support points (.mrk.json, .fcsv, .csv)")
+    p.add_argument("--support-labels", action="append",
+                   help="support label map: organ boxes from their six extreme points")
     p.add_argument("--labels", help="with --support-labels: comma-separated label values")
     p.add_argument("--names", help="with --support-labels: comma-separated organ names")
-    p.add_argument("--template", help=model_help("rpr: a saved support template instead of --support",
-                                                 ("rpr-template",)))
+    p.add_argument("--template", nargs="+", help=model_help("rpr: saved support template(s) instead of --support "
+                                                            "(several: few-shot, as with several --support)",
+                                                            ("rpr-template",)))
     p.add_argument("--save-template", help="rpr: save the support template here (NAME.safetensors + NAME.json)")
     p.add_argument("--model", help=model_help("rpr: coarse model", ("rpr",)))
     p.add_argument("--fine-model", help=model_help("rpr: fine model (the paper's second step; not needed with "
@@ -95,18 +103,31 @@ def _read(path, args):
     return read_image(path, spacing=args.spacing_mm, series=args.series)
 
 
-def _support_points(args, support_image):
+def _supports(args) -> list:
+    """``(image, points)`` of each --support, with its annotation (the n-th --support-markups or -labels)."""
+    if bool(args.support_markups) == bool(args.support_labels):
+        raise InputError("give the support annotation as either --support-markups or --support-labels")
+    annotations = args.support_markups or args.support_labels
+    if len(annotations) != len(args.support):
+        option = "--support-markups" if args.support_markups else "--support-labels"
+        raise InputError(f"{len(args.support)} --support but {len(annotations)} {option}: give one per support")
+    supports = []
+    for image_path, annotation in zip(args.support, annotations):
+        image = _read(image_path, args)
+        supports.append((image, _support_points(args, image, annotation)))
+    return supports
+
+
+def _support_points(args, support_image, annotation):
     from ..geometry.labels import label_extreme_points
     from .derive import parse_labels
 
-    if bool(args.support_markups) == bool(args.support_labels):
-        raise InputError("give the support annotation as either --support-markups or --support-labels")
     if args.support_markups:
-        return read_points(args.support_markups)
+        return read_points(annotation)
     if not args.labels:
         raise InputError("--support-labels needs --labels")
     names = [n.strip() for n in args.names.split(",")] if args.names else None
-    labelmap = _read(args.support_labels, args)
+    labelmap = _read(annotation, args)
     if labelmap.GetSize() != support_image.GetSize() or not np.allclose(
             np.r_[labelmap.GetOrigin(), labelmap.GetSpacing(), labelmap.GetDirection()],
             np.r_[support_image.GetOrigin(), support_image.GetSpacing(), support_image.GetDirection()],
@@ -125,12 +146,15 @@ def _output_paths(queries, args) -> list:
 def _inputs(queries, args) -> list:
     """Every file this run reads, as ``(option, path)``: images, the support annotation, template and models."""
     files = [("--query", q) for q in queries]
-    files += [(option, value) for option, value in (("--support", args.support),
-                                                    ("--support-markups", args.support_markups),
-                                                    ("--support-labels", args.support_labels)) if value]
-    for option, model in (("--template", args.template), ("--model", args.model), ("--fine-model", args.fine_model)):
-        if model:
-            files += model_files(option, model)
+    files += [(option, value) for option, values in (("--support", args.support),
+                                                     ("--support-markups", args.support_markups),
+                                                     ("--support-labels", args.support_labels))
+              for value in values or ()]
+    for option, models in (("--template", args.template), ("--model", [args.model]),
+                           ("--fine-model", [args.fine_model])):
+        for model in models or ():
+            if model:
+                files += model_files(option, model)
     return files
 
 
@@ -161,12 +185,13 @@ def run(args) -> int:
                          "--support-labels), not both")
     check_outputs_are_not_inputs(_inputs(queries, args), _outputs(outputs, args))
     # Check every input file's header and every output path before any work or any file written.
-    images = queries + [Path(p) for p in (args.support, args.support_labels) if p]
+    images = queries + [Path(p) for p in (args.support or []) + (args.support_labels or [])]
     for path in images:
         check_image_file(path, args.series)
     check_spacing_applies(images, args.spacing_mm)
-    if args.support_markups and not Path(args.support_markups).is_file():
-        raise InputError(f"support markups not found: {args.support_markups}")
+    for markups in args.support_markups or ():
+        if not Path(markups).is_file():
+            raise InputError(f"support markups not found: {markups}")
     for out in (path for pair in outputs for path in pair):
         if out is not None:
             check_writable(out)
@@ -179,8 +204,9 @@ def run(args) -> int:
     else:
         if args.template or not args.support:
             raise InputError(f"--method {args.method} needs --support with --support-markups or --support-labels")
-        support = _read(args.support, args)
-        points = _support_points(args, support)
+        if len(args.support) > 1:
+            raise InputError(f"--method {args.method} takes one --support (few-shot is for --method rpr)")
+        support, points = _supports(args)[0]
         locate = _baseline(args, support, points)
     for query_path, (out, rois) in progress(list(zip(queries, outputs)), desc="queries",
                                             quiet=args.quiet or not several):
@@ -207,19 +233,25 @@ def _rpr(args):
     if not args.model:
         raise InputError("--method rpr needs --model (the coarse RPR model)")
     locator = OneShotLocator.from_files(args.model, args.fine_model, args.device, args.fine_steps)
+    if args.save_template and len(args.support or ()) + len(args.template or ()) > 1:
+        raise InputError("--save-template takes one support: save each support's template in its own run, "
+                         "then give them all to --template")
     if args.template:
-        template = Template.load(args.template)
+        templates = [Template.load(path) for path in args.template]
     else:
         if not args.support:
             raise InputError("give --support (with --support-markups or --support-labels) or --template")
-        support = _read(args.support, args)
-        template = locator.make_template(support, _support_points(args, support))
+        templates = [locator.make_template(image, points) for image, points in _supports(args)]
     if args.save_template:
-        template.save(args.save_template)
+        templates[0].save(args.save_template)
         if not args.quiet:
-            print(f"saved template ({len(template.names)} points) to {args.save_template}")
-    locator.check_template(template, args.refine)  # before reading any query
-    return lambda query: locator.locate(query, template, runs=args.runs, seed=args.seed, refine=args.refine)
+            print(f"saved template ({len(templates[0].names)} points) to {args.save_template}")
+    for template in templates:  # before reading any query
+        locator.check_template(template, args.refine)
+    if len(templates) == 1:
+        return lambda query: locator.locate(query, templates[0], runs=args.runs, seed=args.seed, refine=args.refine)
+    return lambda query: locator.locate_consensus(query, templates, runs=args.runs, seed=args.seed,
+                                                  refine=args.refine)
 
 
 def _baseline(args, support, points):

@@ -141,6 +141,17 @@ class Template:
 
 
 @dataclass
+class _QueryStarts:
+    """A query prepared for the models, with its K random start voxels and their coarse latents."""
+
+    volumes: dict
+    index: np.ndarray  # (K, D) ITK-order voxel indices in volumes[0]
+    latents: torch.Tensor  # (K, latent D)
+    runs: int
+    seconds: float
+
+
+@dataclass
 class OneShotResult:
     """Located points (LPS mm; ``properties['spread_mm']``), boxes if the support defined organs."""
 
@@ -165,6 +176,8 @@ def uncertainty_reasons(props: dict, config: RefineConfig) -> list[str]:
         reasons.append(f"point disagrees with the anchor map ({props['map_residual_mm']:.0f} mm)")
     if "ncc" in props and props["ncc"] < config.min_ncc:
         reasons.append(f"weak image match (NCC {props['ncc']:.2f})")
+    if props.get("support_spread_mm", 0.0) > config.max_support_spread_mm:
+        reasons.append(f"supports disagree (spread {props['support_spread_mm']:.0f} mm)")
     return reasons
 
 
@@ -375,6 +388,19 @@ class OneShotLocator:
             raise ModelError("this template has no support patches for the NCC search: make it again, or use "
                              "--refine affine")
 
+    def _query_starts(self, query_image: sitk.Image, runs: int, seed: int) -> _QueryStarts:
+        """The query prepared for the models and the K start patches' latents: shared by every template."""
+        if runs < 1:
+            raise InputError("runs must be at least 1")
+        start = time.perf_counter()
+        volumes = self.prepare(query_image, "query image")
+        generator = torch.Generator().manual_seed(int(seed))
+        fg = volumes[0].foreground
+        picks = torch.randint(len(fg), (runs,), generator=generator).to(fg.device)
+        start_index = fg[picks].cpu().numpy()
+        latents = self._latents(self.coarse, volumes[0], start_index)  # (K, D): once for all points
+        return _QueryStarts(volumes, start_index, latents, runs, time.perf_counter() - start)
+
     def locate(self, query_image: sitk.Image, template: Template, runs: int = 15, seed: int = 0,
                refine: str = "ncc", config: RefineConfig = DEFAULT_REFINE) -> OneShotResult:
         """Locate the template's points (and boxes) in ``query_image``.
@@ -387,18 +413,64 @@ class OneShotLocator:
         them says it cannot be trusted (:func:`uncertainty_reasons`).
         """
         self.check_template(template, refine)
-        if runs < 1:
-            raise InputError("runs must be at least 1")
+        starts = self._query_starts(query_image, runs, seed)
+        return self._locate_from(query_image, starts, template, refine, config)
+
+    def locate_consensus(self, query_image: sitk.Image, templates: Sequence[Template], runs: int = 15,
+                         seed: int = 0, refine: str = "ncc", config: RefineConfig = DEFAULT_REFINE) -> OneShotResult:
+        """Few-shot: locate with each support's template alone, then take the per-point median (multi-atlas).
+
+        One support's anatomy biases every point it gives; supports whose
+        errors are independent cancel out in the median (two: the mean). The
+        query is prepared and its start patches encoded once. Each point gets
+        ``support_spread_mm`` (RMS distance of the supports' positions to the
+        consensus) and is unselected when the supports disagree
+        (> ``config.max_support_spread_mm``) or when the median of the supports' signals (spread, residual,
+        NCC) crosses a limit.
+        """
+        templates = list(templates)
+        if not templates:
+            raise InputError("give at least one template")
+        names = templates[0].names
+        for n, template in enumerate(templates[1:], start=2):
+            if template.names != names:
+                raise InputError(f"support {n} has other point names than support 1 ({', '.join(names[:3])} ...); "
+                                 "every support must annotate the same points")
+        for template in templates:
+            self.check_template(template, refine)
+        if len(templates) == 1:
+            return self.locate(query_image, templates[0], runs, seed, refine, config)
         start = time.perf_counter()
-        timings = {}
-        volumes = self.prepare(query_image, "query image")
+        starts = self._query_starts(query_image, runs, seed)
+        results = [self._locate_from(query_image, starts, t, refine, config, flag=False) for t in templates]
+        positions = np.stack([from_point3(np.stack([p.position for p in r.points]), self.ndim) for r in results])
+        consensus = np.median(positions, axis=0)
+        support_spread = np.sqrt(((positions - consensus[None]) ** 2).sum(axis=-1).mean(axis=0))
+        properties = []
+        for n in range(len(names)):
+            props = {key: round(float(np.median([r.points[n].properties[key] for r in results])), 4)
+                     for key, value in results[0].points[n].properties.items()
+                     if isinstance(value, (int, float)) and key != "runs"}
+            props.update(runs=runs, supports=len(templates), support_spread_mm=round(float(support_spread[n]), 3))
+            properties.append(props)
+        result = result_from_positions(names, consensus, query_image, "rpr", time.perf_counter() - start,
+                                       properties)
+        flag_uncertain(result, config, self._unlike(starts))
+        result.refine = refine
+        result.timings = {"prepare and starts": starts.seconds,
+                          "supports": time.perf_counter() - start - starts.seconds}
+        return result
+
+    def _unlike(self, starts: _QueryStarts) -> str | None:
+        return unlike_profile(starts.volumes[0].data.cpu().numpy(), self.coarse.metadata.get("intensity_profile"))
+
+    def _locate_from(self, query_image: sitk.Image, starts: _QueryStarts, template: Template, refine: str,
+                     config: RefineConfig, flag: bool = True) -> OneShotResult:
+        """:meth:`locate` on a query whose preparation and start latents are done (``flag``: set the flags)."""
+        start = time.perf_counter()
+        timings = {"prepare": starts.seconds}
+        volumes, start_index, latent_q, runs = starts.volumes, starts.index, starts.latents, starts.runs
         coarse_vol = volumes[0]
-        timings["prepare"] = time.perf_counter() - start
-        generator = torch.Generator().manual_seed(int(seed))
-        fg = coarse_vol.foreground
-        picks = torch.randint(len(fg), (runs,), generator=generator).to(fg.device)
-        start_index = fg[picks].cpu().numpy()
-        latent_q = self._latents(self.coarse, coarse_vol, start_index)  # (K, D): once for all points
         count = len(template.names)
         support_latents = template.coarse_latents
         if refine != "none":
@@ -410,7 +482,7 @@ class OneShotLocator:
         spread_all = np.sqrt(((runs_all - mean_all[None]) ** 2).sum(axis=-1).mean(axis=0))
         runs_pos, position, spread = runs_all[:, :count], mean_all[:count], spread_all[:count]
         coarse_position = position.copy()
-        timings["coarse"] = time.perf_counter() - start - timings["prepare"]
+        timings["coarse"] = time.perf_counter() - start
         properties = [{"spread_mm": round(float(s), 3), "runs": runs} for s in spread]
         fit = None
         t0 = time.perf_counter()
@@ -447,9 +519,9 @@ class OneShotLocator:
                 props["ncc_on_border"] = int(edge)
         timings["ncc search"] = time.perf_counter() - t0
         result = result_from_positions(template.names, position, query_image, "rpr",
-                                       time.perf_counter() - start, properties)
-        unlike = unlike_profile(coarse_vol.data.cpu().numpy(), self.coarse.metadata.get("intensity_profile"))
-        flag_uncertain(result, config, unlike)
+                                       starts.seconds + time.perf_counter() - start, properties)
+        if flag:
+            flag_uncertain(result, config, self._unlike(starts))
         result.run_positions = runs_pos
         result.refine = refine
         result.timings = timings

@@ -70,6 +70,8 @@ class RefineConfig:
     # phantoms of another contrast (Testing/test_rpr_appearance.py): 0.66-0.67.
     min_median_ncc: float = 0.7
     max_fit_rms_mm: float = 15.0
+    # few-shot (OneShotLocator.locate_consensus): RMS distance of the supports' positions to their median
+    max_support_spread_mm: float = 6.0
 
 
 DEFAULT_REFINE = RefineConfig()
