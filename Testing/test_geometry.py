@@ -152,3 +152,21 @@ def test_canonical_direction_is_the_direction_canonical_orientation_gives(direct
     image.SetDirection(tuple(d.ravel()))
     got = np.array(canonical_orientation(image).GetDirection()).reshape(3, 3)
     assert np.allclose(got, canonical_direction(d))
+
+
+def test_random_rotation_is_a_bounded_seeded_rotation():
+    """The training augmentations' rotation (geometry/rotations.py): orthonormal, det 1, angles <= max, seeded."""
+    import torch
+
+    from landmarkloc.geometry.rotations import random_rotation, rotation_matrix
+
+    for ndim in (2, 3):
+        r = random_rotation(ndim, 20.0, torch.Generator().manual_seed(3))
+        assert r.dtype == torch.float64 and r.shape == (ndim, ndim)
+        assert torch.allclose(r @ r.T, torch.eye(ndim, dtype=torch.float64), atol=1e-12)
+        assert abs(float(torch.det(r)) - 1.0) < 1e-12
+        assert torch.equal(r, random_rotation(ndim, 20.0, torch.Generator().manual_seed(3)))
+        cos = float(r[0, 0]) if ndim == 2 else (float(torch.trace(r)) - 1) / 2
+        assert np.degrees(np.arccos(np.clip(cos, -1, 1))) <= 20.0 * (3 if ndim == 3 else 1) + 1e-9
+    assert np.allclose(random_rotation(3, 0.0, torch.Generator()).numpy(), np.eye(3))
+    assert np.allclose(rotation_matrix(2, 90.0), [[0, -1], [1, 0]])

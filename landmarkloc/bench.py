@@ -8,7 +8,9 @@ architecture (the report says which).
 
 Scenarios: the global-to-local FCN on a brain MRI, a CT-sized volume and a
 cephalogram; RPR one-shot boxes of 8 organs (48 points) against template
-matching (sliding window and FFT) and affine registration; time and memory
+matching (sliding window and FFT), affine registration and deformable
+registration (ANTs SyN, ``oneshot --method deformable``; reported as failed
+when antspyx is not installed); time and memory
 against input size; process start to first result of ``landmarkloc localize``.
 """
 
@@ -75,6 +77,7 @@ class BenchConfig:
     scaling: tuple  # ImageSpecs, growing, for FCN and RPR
     repeat: int = 10
     baseline_repeat: int = 3  # ncc / registration (slow): fewer repetitions
+    deformable_repeat: int = 1  # ANTs SyN (slowest, ~10 s a query): one query
     ncc_timed_points: int = 3  # the stride-2 sliding window is timed on 1 and this many points
     organs: int = ORGANS
     runs: int = 15  # K random starts of the RPR agent
@@ -109,6 +112,7 @@ TARGETS = {
     "rpr_boxes_s": 0.15,
     "rpr_vs_registration": 20.0,
     "rpr_vs_ncc_stride2": 1000.0,
+    "rpr_vs_deformable": 50.0,  # issue 20: the one-shot at least 50x faster than ANTs SyN in the same run
     "ct_peak_rss_mb": 2048.0,
     "startup_s": 5.0,
 }
@@ -368,6 +372,8 @@ def run_bench(config: BenchConfig, models_dir=None, device: str = "auto", output
                              "timed_points": config.ncc_timed_points, "repeat": config.baseline_repeat}),
             ("registration", {"scenario": "registration", "image": image(config.brain),
                               "repeat": config.baseline_repeat}),
+            ("deformable", {"scenario": "deformable", "image": image(config.brain),
+                            "repeat": config.deformable_repeat}),
         ]
         if dev.type == "cuda" and config.cuda_variants:
             for amp, cl in ((False, False), (True, False), (False, True)):
@@ -408,6 +414,7 @@ def run_bench(config: BenchConfig, models_dir=None, device: str = "auto", output
         "rpr_vs_registration": _ratio(s.get("registration"), s.get("rpr_boxes")),
         "rpr_vs_ncc_stride2": _ratio(s.get("ncc_stride2"), s.get("rpr_boxes")),
         "rpr_vs_ncc_fft": _ratio(s.get("ncc_fft"), s.get("rpr_boxes")),
+        "rpr_vs_deformable": _ratio(s.get("deformable"), s.get("rpr_boxes")),
     }
     report["environment"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()] \
         if hasattr(os, "getloadavg") else None
@@ -433,6 +440,8 @@ def check_targets(report: dict) -> list:
          lambda v: v >= TARGETS["rpr_vs_registration"], "x"),
         ("RPR vs NCC sliding window (stride 2)", f">= {TARGETS['rpr_vs_ncc_stride2']:g}x",
          r.get("rpr_vs_ncc_stride2"), lambda v: v >= TARGETS["rpr_vs_ncc_stride2"], "x"),
+        ("RPR vs deformable registration (ANTs SyN)", f">= {TARGETS['rpr_vs_deformable']:g}x",
+         r.get("rpr_vs_deformable"), lambda v: v >= TARGETS["rpr_vs_deformable"], "x"),
         ("CT-sized volume: peak RSS", f"<= {TARGETS['ct_peak_rss_mb']:g} MB",
          value(s.get("fcn_ct"), "peak_rss_mb"), lambda v: v <= TARGETS["ct_peak_rss_mb"], "MB"),
         ("Process start to first result (localize)", f"<= {TARGETS['startup_s']} s",
@@ -510,6 +519,10 @@ def to_markdown(report: dict) -> str:
     lines.append(row("NCC template matching, stride 2", brain, d, note))
     lines.append(row("Affine registration (SimpleITK, Mattes MI)", brain, s.get("registration", {}),
                      "rigid then affine, support -> query, 48 points mapped"))
+    d = s.get("deformable", {})
+    lines.append(row("Deformable registration (ANTs SyN, `--method deformable`)", brain, d,
+                     f"affine then SyN, support -> query, 48 points mapped; {d.get('repeat', 1)} query"
+                     if d and not d.get("error") else ""))
     for key, d in s.items():
         if key.startswith("fcn_brain_cuda"):
             lines.append(row(f"FCN brain, CUDA variant {key[len('fcn_brain_cuda_'):]}", brain, d,

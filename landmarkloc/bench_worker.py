@@ -141,7 +141,20 @@ def run_registration(spec: dict, device, synchronize) -> dict:
     return {**timing, "points": len(points)}
 
 
-SCENARIOS = {"fcn": run_fcn, "rpr": run_rpr, "ncc": run_ncc, "registration": run_registration}
+def run_deformable(spec: dict, device, synchronize) -> dict:
+    """ANTs SyN (``oneshot --method deformable``): slow, so one query by default, timed without a warm-up (the
+    import of antspyx is done before)."""
+    from landmarkloc.inference.deformable import DeformableConfig, deformable_locate, require_ants
+
+    require_ants("the deformable scenario")
+    support, points, query = _support_and_query(spec)
+    timing = _timed(lambda: deformable_locate(query, support, points, DeformableConfig()), spec["repeat"],
+                    synchronize, warmup=False)
+    return {**timing, "points": len(points)}
+
+
+SCENARIOS = {"fcn": run_fcn, "rpr": run_rpr, "ncc": run_ncc, "registration": run_registration,
+             "deformable": run_deformable}
 
 
 def main(argv=None) -> int:

@@ -4,7 +4,7 @@
 # (install your CUDA build of torch into .venv first to use a GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-test,slicer,demo,train}"
+extras="${1:-test,slicer,demo,train,deformable}"
 python="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv with $($python --version 2>&1)"

@@ -38,6 +38,8 @@ EXAMPLE = """examples:
   landmarkloc oneshot --query q.nii.gz --support s1.nii.gz --support-labels s1_seg.nii.gz --support s2.nii.gz \\
       --support-labels s2_seg.nii.gz --support s3.nii.gz --support-labels s3_seg.nii.gz --labels 35,47,48 \\
       --model brain-t1-rpr-coarse -o q.mrk.json --rois q_rois.mrk.json     (few-shot: median of 3 supports)
+  landmarkloc oneshot --method deformable --query q.nii.gz --support s.nii.gz \\
+      --support-labels s_seg.nii.gz --labels 35,47 -o q.mrk.json --rois q_rois.mrk.json   (ANTs SyN)
   (-o and --rois folders (needed for several queries): QUERY.mrk.json / QUERY_rois.mrk.json)
 """
 
@@ -46,7 +48,8 @@ def register(sub) -> None:
     p = sub.add_parser("oneshot", help="one-shot localization of points / organ boxes from one annotated support",
                        description="Locate the points of a support image (a markups file, or the six extreme "
                        "points of label-map organs) in query images with relative position regression (Lei et "
-                       "al. 2021), or with the template matching (ncc) or registration baselines.",
+                       "al. 2021), or with the template matching (ncc), registration (affine) or deformable "
+                       "registration (ANTs SyN, needs antspyx) baselines.",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--query", required=True, nargs="+", help="query image(s)")
     p.add_argument("--support", action="append",
@@ -68,7 +71,10 @@ def register(sub) -> None:
     p.add_argument("--fine-steps", type=int, default=1, help="rpr: fine steps (default 1)")
     p.add_argument("--runs", type=int, default=15, help="rpr: random starts K of the multi-run ensemble (default 15)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--method", choices=("rpr", "ncc", "registration"), default="rpr")
+    p.add_argument("--method", choices=("rpr", "ncc", "registration", "deformable"), default="rpr",
+                   help="rpr (default): the one-shot agent; ncc: template matching; registration: SimpleITK "
+                   "rigid + affine; deformable: ANTs SyN after affine (antspyx: pip install "
+                   "'landmarkloc[deformable]'): the most accurate baseline, 10-20 s per query on a 2-core CPU")
     p.add_argument("--refine", choices=("none", "affine", "ncc"), default="ncc",
                    help="rpr: after the coarse agent, 'affine' maps the points by a robust affine fit to the "
                    "template's anchor points, 'ncc' (default) then searches the best local image match "
@@ -199,6 +205,10 @@ def run(args) -> int:
         _check_template_name(args.save_template)
         for path in model_paths(args.save_template):
             check_writable(path)
+    if args.method == "deformable":
+        from ..inference.deformable import require_ants
+
+        require_ants()  # before reading anything
     if args.method == "rpr":
         locate = _rpr(args)
     else:
@@ -260,5 +270,10 @@ def _baseline(args, support, points):
     if args.method == "ncc":
         config = NccConfig(stride=max(1, args.ncc_stride), use_fft=args.ncc_stride == 0)
         return lambda query: ncc_locate(query, support, points, config)
+    if args.method == "deformable":
+        from ..inference.deformable import DeformableConfig, deformable_locate
+
+        deformable = DeformableConfig(seed=args.seed)
+        return lambda query: deformable_locate(query, support, points, deformable)
     config = RegistrationConfig(bspline=args.bspline, seed=args.seed)
     return lambda query: registration_locate(query, support, points, config)

@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from .rotations import rotation_matrix  # noqa: F401  (also imported from here by recipes and tests)
 
 
 def grid_of(image: sitk.Image) -> tuple:
@@ -63,18 +64,6 @@ def field_of_view(image: sitk.Image, fov_mm: float, offset: float, rng: np.rando
     new_centre = centre_of(image) - direction @ shift
     new_origin = new_centre - direction @ (spacing * (new_size - 1) / 2.0)
     return resample_onto(image, new_origin, spacing, direction, new_size, label)
-
-
-def rotation_matrix(ndim: int, degrees: float, axis: int = 0) -> np.ndarray:
-    """A rotation by ``degrees`` (3D: about image axis ``axis``; 2D: in the plane)."""
-    a = np.deg2rad(degrees)
-    c, s = np.cos(a), np.sin(a)
-    if ndim == 2:
-        return np.array([[c, -s], [s, c]])
-    i, j = [k for k in range(3) if k != axis]
-    r = np.eye(3)
-    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-    return r
 
 
 def tilt(image: sitk.Image, degrees: float, axis: int = 0, label: bool = False) -> sitk.Image:

@@ -41,6 +41,7 @@ from landmarkloc.errors import InputError, ModelError
 from landmarkloc.geometry.frames import ImageGeometry
 from landmarkloc.geometry.intensity import get_preset
 from landmarkloc.geometry.resample import resample_to_grid
+from landmarkloc.geometry.rotations import random_rotation
 from landmarkloc.inference.patches import PreparedVolume, prepare_volume, sample_patches
 from landmarkloc.networks.pnet import Pnet, PnetConfig, relative_offset, rpr_metadata
 from landmarkloc.training.views import ViewConfig, ViewPairSampler, labelled_volume
@@ -116,23 +117,6 @@ def rpr_preset(name: str, ndim: int = 3) -> RprTrainingConfig:
             batch_size=8, epochs=100, iterations_per_epoch=200, lr_step_epochs=5, lr_gamma=0.9,
             augmentation=AugmentationConfig(rotation_deg=10.0, scale=0.1, intensity_probability=0.5))
     raise InputError(f"unknown RPR preset {name!r}; choose 'paper' or 'compact'")
-
-
-def random_rotation(ndim: int, max_deg: float, generator: torch.Generator) -> torch.Tensor:
-    """A random rotation matrix with angles up to ``max_deg`` about each axis (float64)."""
-    angles = (torch.rand(3 if ndim == 3 else 1, generator=generator, dtype=torch.float64) * 2 - 1)
-    angles = angles * math.radians(max_deg)
-    if ndim == 2:
-        c, s = torch.cos(angles[0]), torch.sin(angles[0])
-        return torch.stack([torch.stack([c, -s]), torch.stack([s, c])])
-    rot = torch.eye(3, dtype=torch.float64)
-    for axis, a in enumerate(angles):
-        c, s = torch.cos(a), torch.sin(a)
-        m = torch.eye(3, dtype=torch.float64)
-        i, j = [x for x in range(3) if x != axis]
-        m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
-        rot = rot @ m
-    return rot
 
 
 class PairSampler:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from landmarkloc.errors import InputError
 from landmarkloc.geometry.intensity import get_preset, normalize
+from landmarkloc.geometry.rotations import random_rotation
 from landmarkloc.inference.patches import patch_grid, sample_at
 
 
@@ -137,12 +138,6 @@ def render(volume: LabelledVolume, config: ViewConfig, generator: torch.Generato
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), stripped
 
 
-def _rotation(ndim: int, max_deg: float, generator: torch.Generator) -> torch.Tensor:
-    from landmarkloc.training.rpr import random_rotation
-
-    return random_rotation(ndim, max_deg, generator)
-
-
 class ViewWarp:
     """A known random deformation: view voxel y (ITK order) -> source voxel ``c + L (y - c) + d(y)``.
 
@@ -163,7 +158,7 @@ class ViewWarp:
             self.field = None
             return
         scales = 1 + config.scale * (2 * torch.rand(ndim, generator=generator, dtype=torch.float64) - 1)
-        physical = _rotation(ndim, config.rotation_deg, generator) @ torch.diag(scales)
+        physical = random_rotation(ndim, config.rotation_deg, generator) @ torch.diag(scales)
         self.linear = torch.diag(1 / s) @ physical @ torch.diag(s)
         self.field = None
         if config.elastic_mm > 0:

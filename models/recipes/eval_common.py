@@ -23,6 +23,8 @@ IXI16_LABELS = {"3rdVentricle": 4, "4thVentricle": 11, "BrainStem": 35, "Amygdal
                 "ThalamusProper_L": 60, "CorpusCallosum": 95}
 # The shipped one-shot configuration (chosen on validation): its label in the caches and the report.
 ONESHOT_DEFAULT = "coarse + anchor affine + NCC search (default)"
+# The deformable registration baseline (`oneshot --method deformable`): its label in the caches and the report.
+DEFORMABLE = "registration (deformable, SyN)"
 
 
 def _lines(path: Path) -> list:

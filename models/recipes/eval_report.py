@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from eval_common import IXI8, MODELS, ONESHOT_DEFAULT, REPO, _load
+from eval_common import DEFORMABLE, IXI8, MODELS, ONESHOT_DEFAULT, REPO, _load
 from eval_findings import BRAIN_FINDINGS, CEPH_FINDINGS, CEPH_PUBLISHED, DISCUSSION, SHIFT_FINDINGS
 from eval_robustness import _robust_report
 from eval_shift import SETS, signal_table, table
@@ -197,14 +197,17 @@ def _oneshot_report(one: dict) -> list:
                   f"{np.median(cfg['seconds']):.3f} | {refine_s} | {flags} |")
     best = ONESHOT_DEFAULT
     reg = one["configs"].get("registration (affine)")
+    syn = one["configs"].get(DEFORMABLE)
     if best in one["configs"] and reg:
-        md += ["", f"Per structure ({best} vs affine registration):", "",
-               "| structure | IoU rpr | AWD rpr mm | IoU registration | AWD registration mm |", "|---|---|---|---|---|"]
+        md += ["", f"Per structure ({best} vs affine" + (" and deformable (SyN)" if syn else "") + " registration):",
+               "", "| structure | IoU rpr | AWD rpr mm | IoU registration | AWD registration mm |"
+               + (" IoU SyN | AWD SyN mm |" if syn else ""), "|---|---|---|---|---|" + ("---|---|" if syn else "")]
         for name in IXI8:
-            r = [c[name] for c in one["configs"][best]["boxes"].values() if name in c]
-            g = [c[name] for c in reg["boxes"].values() if name in c]
-            md.append(f"| {name} | {np.mean([v['iou'] for v in r]):.3f} | {np.mean([v['awd'] for v in r]):.2f} | "
-                      f"{np.mean([v['iou'] for v in g]):.3f} | {np.mean([v['awd'] for v in g]):.2f} |")
+            cells = []
+            for cfg in (one["configs"][best], reg) + ((syn,) if syn else ()):
+                r = [c[name] for c in cfg["boxes"].values() if name in c]
+                cells += [f"{np.mean([v['iou'] for v in r]):.3f}", f"{np.mean([v['awd'] for v in r]):.2f}"]
+            md.append(f"| {name} | " + " | ".join(cells) + " |")
     md.append("")
     return md
 

@@ -1,9 +1,10 @@
 """The one-shot robustness experiment (``evaluate.py --only oneshot-robust``) and its report section, kept
 together because the section's text describes the perturbations' settings.
 
-The default one-shot configuration (coarse + anchor map + NCC search, K=15, support IXI012) and affine registration
-on the MNI152 template and on perturbed IXI test queries. The perturbations keep the physical content (or move it by
-a known map), so the references are exact; nothing here is tuned (test split, a report).
+The default one-shot configuration (coarse + anchor map + NCC search, K=15, support IXI012), affine registration and
+deformable registration (ANTs SyN, ``oneshot --method deformable``) on the MNI152 template and on perturbed IXI test
+queries. The perturbations keep the physical content (or move it by a known map), so the references are exact;
+nothing here is tuned (test split, a report).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 from eval_common import (
     DATA,
+    DEFORMABLE,
     IXI8,
     IXI16_LABELS,
     MODELS,
@@ -40,6 +42,7 @@ from landmarkloc.geometry.shifts import (
     rotation_matrix,
 )
 from landmarkloc.inference.baselines import registration_locate
+from landmarkloc.inference.deformable import deformable_locate, require_ants
 from landmarkloc.inference.fcn import Localizer
 from landmarkloc.inference.oneshot import OneShotLocator
 from landmarkloc.io.image import read_image
@@ -108,10 +111,11 @@ def _label_volumes(seg: sitk.Image, labels) -> dict:
 
 def _robust_query(name: str, image: sitk.Image, references: dict, loc, templates, support, extreme, centroids,
                   out: dict, cached: dict | None = None) -> None:
-    """Default one-shot configuration and affine registration on one query; append its scores to ``out``."""
+    """Default one-shot configuration, affine and deformable registration on one query; append its scores to
+    ``out``. ``cached``: the previous run's row, whose registration scores (they do not depend on the one-shot
+    models) are reused where it has this query."""
     ref_boxes, ref_points = references.get("boxes", {}), references["points"]
-    rows = {"rpr": out.setdefault("rpr", {"boxes": {}, "points": {}, "seconds": [], "selected": []}),
-            "registration": out.setdefault("registration", {"boxes": {}, "points": {}, "seconds": []})}
+    rows = {"rpr": out.setdefault("rpr", {"boxes": {}, "points": {}, "seconds": [], "selected": []})}
     support_points = (extreme if ref_boxes else []) + centroids
     if ref_boxes:
         result = loc.locate(image, templates[0], runs=15, seed=0, refine="ncc")
@@ -124,16 +128,19 @@ def _robust_query(name: str, image: sitk.Image, references: dict, loc, templates
         rows["rpr"]["seconds"].append(centre.seconds)
     rows["rpr"]["selected"] += [bool(p.selected) for p in centre.points if p.label in ref_points]
     rows["rpr"]["points"][name] = _errors_by_name({p.label: p.position for p in centre.points}, ref_points)
-    if cached is not None and name in cached["points"]:  # registration does not depend on the one-shot models
-        for key in ("boxes", "points"):
-            rows["registration"][key][name] = cached[key][name]
-        rows["registration"]["seconds"].append(cached["seconds"][list(cached["points"]).index(name)])
-        return
-    result = registration_locate(image, support, support_points)
-    rows["registration"]["seconds"].append(result.seconds)
-    got = {b.name: b for b in result.boxes}
-    rows["registration"]["boxes"][name] = {n: box_iou(got[n], ref) for n, ref in ref_boxes.items() if n in got}
-    rows["registration"]["points"][name] = _errors_by_name({p.label: p.position for p in result.points}, ref_points)
+    for key, locate in (("registration", registration_locate), ("deformable", deformable_locate)):
+        row = out.setdefault(key, {"boxes": {}, "points": {}, "seconds": []})
+        before = (cached or {}).get(key)
+        if before is not None and name in before["points"]:
+            for part in ("boxes", "points"):
+                row[part][name] = before[part][name]
+            row["seconds"].append(before["seconds"][list(before["points"]).index(name)])
+            continue
+        result = locate(image, support, support_points)
+        row["seconds"].append(result.seconds)
+        got = {b.name: b for b in result.boxes}
+        row["boxes"][name] = {n: box_iou(got[n], ref) for n, ref in ref_boxes.items() if n in got}
+        row["points"][name] = _errors_by_name({p.label: p.position for p in result.points}, ref_points)
 
 
 def _robust_mni(loc, templates, support, extreme, centroids, scratch: Path, previous: dict | None = None) -> dict:
@@ -152,7 +159,7 @@ def _robust_mni(loc, templates, support, extreme, centroids, scratch: Path, prev
     sitk.WriteImage(query, str(scratch / "mni152" / "moved_cropped.nii.gz"))
     row = {"queries": 1, "excluded": {}, "reference_model_sha256": fcn_sha256}
     same_reference = (previous or {}).get("reference_model_sha256") == fcn_sha256
-    cached = previous.get("registration") if same_reference else None
+    cached = previous if same_reference else None
     _robust_query("MNI152", query, {"points": ref}, loc, templates, support, extreme, centroids, row, cached)
     return row
 
@@ -163,6 +170,7 @@ def oneshot_robust(queries: int = ROBUST_QUERIES, rows=None, reuse_registration:
 
     ``rows``: labels of the rows to run (default: all, ``ROBUST_MNI`` and the keys of ``ROBUST_ROWS``);
     ``reuse_registration``: registration's scores come from the cached run where it has the query."""
+    require_ants("the deformable registration columns of the robustness table")
     previous = (_load("oneshot_robust") or {}).get("rows", {}) if reuse_registration else {}
     train = _lines(RUNS / "ixi" / "train_images.txt")
     test = _lines(RUNS / "ixi" / "test_images.txt")[:queries]
@@ -219,7 +227,7 @@ def oneshot_robust(queries: int = ROBUST_QUERIES, rows=None, reuse_registration:
             if excluded:
                 row["excluded"][subject] = excluded
             _robust_query(subject, image, {"boxes": boxes, "points": points}, loc, templates, support, extreme,
-                          centroids, row, previous.get(label, {}).get("registration"))
+                          centroids, row, previous.get(label))
         row["wall_seconds"] = time.perf_counter() - t0
         out["rows"][label] = row
         _save("oneshot_robust", out)
@@ -233,7 +241,7 @@ def _robust_report(rob: dict, one: dict | None) -> list:
     runtime = rob.get("total_seconds") or sum(row.get("wall_seconds", np.nan) for row in rob["rows"].values())
     md = ["## One-shot robustness: the MNI152 template and perturbed IXI test queries", "",
           f"The shipped default one-shot configuration (coarse model + anchor map + NCC search, K = 15, support "
-          f"{rob['support']} as above) and affine registration (same support) "
+          f"{rob['support']} as above), affine and deformable (ANTs SyN) registration (same support) "
           + ("(its scores from an earlier run on the same perturbed queries: they do not depend on the one-shot "
              "models) " if rob.get("registration_reused") else "in the same run ")
           + "(`python models/recipes/evaluate.py --only oneshot-robust`"
@@ -245,10 +253,13 @@ def _robust_report(rob: dict, one: dict | None) -> list:
           "flags; time: median per query for the 8 boxes (excluding model loading and reading; wall time on the "
           "shared 2-core machine).", "",
           "| query | n | IoU rpr | centroids median mm rpr | uncertain | s / query rpr | IoU registration | "
-          "centroids median mm registration | s / query registration | structures excluded |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+          "centroids median mm registration | s / query registration | IoU SyN | centroids median mm SyN | "
+          "s / query SyN | structures excluded |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
-    def cells(cfg: dict, subjects=None) -> tuple:
+    def cells(cfg: dict | None, subjects=None) -> tuple:
+        if cfg is None:  # a cache from before the deformable columns
+            return "–", "–", "–"
         keep = (lambda d: d) if subjects is None else (lambda d: {k: v for k, v in d.items() if k in subjects})
         ious = [v if not isinstance(v, dict) else v["iou"] for case in keep(cfg["boxes"]).values()
                 for v in case.values()]
@@ -268,16 +279,16 @@ def _robust_report(rob: dict, one: dict | None) -> list:
             picked = [r for k, chunk in zip(rpr["boxes"], range(0, len(records), per_query)) if k in subjects
                       for r in records[chunk:chunk + per_query]]
             flags = f"{100 * np.mean([not r['selected'] for r in picked]):.0f}%" if picked else "–"
-        a, b = cells(rpr, subjects), cells(reg, subjects)
+        a, b, c = cells(rpr, subjects), cells(reg, subjects), cells(one["configs"].get(DEFORMABLE), subjects)
         md.append(f"| unperturbed (the same queries, from the one-shot test section above) | {len(subjects)} | "
-                  f"{a[0]} | {a[1]} | {flags} | {a[2]} | {b[0]} | {b[1]} | {b[2]} | – |")
+                  f"{a[0]} | {a[1]} | {flags} | {a[2]} | {b[0]} | {b[1]} | {b[2]} | {c[0]} | {c[1]} | {c[2]} | – |")
     for label, row in rob["rows"].items():
-        a, b = cells(row["rpr"]), cells(row["registration"])
+        a, b, c = cells(row["rpr"]), cells(row["registration"]), cells(row.get("deformable"))
         share = f"{100 * (1 - np.mean(row['rpr']['selected'])):.0f}%" if row["rpr"]["selected"] else "–"
         excluded = "; ".join(f"{k}: {', '.join(v)}" for k, v in row["excluded"].items())
         excluded = excluded or ("–" if label == ROBUST_MNI else "none")
         md.append(f"| {label} | {row['queries']} | {a[0]} | {a[1]} | {share} | {a[2]} | {b[0]} | {b[1]} | {b[2]} | "
-                  f"{excluded} |")
+                  f"{c[0]} | {c[1]} | {c[2]} | {excluded} |")
     bias = rob["rows"].get("strong bias field", {}).get("bias_range")
     md += ["", "Rows:", "",
            "* **MNI152 template**: the demo's query (nilearn's MNI152 2009c T1 template moved by the demo's known "

@@ -23,6 +23,7 @@ import SimpleITK as sitk
 import torch
 from eval_common import (
     DATA,
+    DEFORMABLE,
     IXI8,
     IXI16_LABELS,
     MODELS,
@@ -40,6 +41,7 @@ from eval_shift import SETS, records_for
 
 from landmarkloc.geometry.labels import label_centroids, label_extreme_points
 from landmarkloc.inference.baselines import NccConfig, ncc_locate, registration_locate
+from landmarkloc.inference.deformable import deformable_locate, require_ants
 from landmarkloc.inference.fcn import Localizer
 from landmarkloc.inference.oneshot import OneShotLocator
 from landmarkloc.io.image import read_image
@@ -155,6 +157,15 @@ def oneshot(split: str = "test") -> None:
         cfg["boxes"][subject] = box_scores(result, subject)
         cfg["points"][subject] = _errors_by_name({p.label: p.position for p in result.points}, ref_points[subject])
     out["configs"]["registration (affine)"] = cfg
+    # The deformable baseline (`oneshot --method deformable`, ANTs SyN), the same way: ~10-20 s per query.
+    require_ants("the deformable registration rows of the evaluation")
+    cfg = {"boxes": {}, "seconds": [], "points": {}}
+    for subject, image in progress(query_images.items(), desc=DEFORMABLE):
+        result = deformable_locate(image, support, extreme + centroids)
+        cfg["seconds"].append(result.seconds)
+        cfg["boxes"][subject] = box_scores(result, subject)
+        cfg["points"][subject] = _errors_by_name({p.label: p.position for p in result.points}, ref_points[subject])
+    out["configs"][DEFORMABLE] = cfg
     _save("oneshot" if split == "test" else f"oneshot_{split}", out)
 
 
@@ -184,10 +195,11 @@ def main() -> None:
                         "brain-shift / ceph-shift: the test split clean and under the shifts of issue 24 (and the "
                         "validation split's, for the signal analysis); oneshot-val: the one-shot "
                         "ablation on the validation split, to choose variants and thresholds; oneshot-robust: the "
-                        "robustness table on the MNI152 template and perturbed test queries, ~50 min on the shared "
+                        "robustness table on the MNI152 template and perturbed test queries, ~60 min on the shared "
                         "2-core machine)")
     parser.add_argument("--reuse-registration", action="store_true",
-                        help="oneshot-robust: take affine registration's scores from the cached run (they do not "
+                        help="oneshot-robust: take affine and deformable registration's scores from the cached run "
+                        "where it has them (they do not "
                         "depend on the one-shot models; on the MNI152 row only if brain-t1-ixi16, whose points are "
                         "the reference there, is the same) and rerun only the one-shot rows")
     parser.add_argument("--report-only", action="store_true")
