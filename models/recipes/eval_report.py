@@ -164,6 +164,41 @@ def _uncertainty_section(model_name: str, sets: dict, key: str, split: str) -> l
     return md
 
 
+def _query_bootstrap(per_query: list, statistic, draws: int = 2000, seed: int = 0) -> tuple:
+    """95 % percentile interval of ``statistic`` over queries resampled with replacement (each query keeps all
+    its structures or points: they are not independent)."""
+    rng = np.random.default_rng(seed)
+    values = [statistic([per_query[i] for i in rng.integers(len(per_query), size=len(per_query))])
+              for _ in range(draws)]
+    return tuple(np.percentile(values, [2.5, 97.5]))
+
+
+def _mean_iou(cases: list) -> float:
+    return float(np.mean([v["iou"] for case in cases for v in case.values()]))
+
+
+def _median_error(cases: list) -> float:
+    return float(np.median([e for case in cases for e in case.values()]))
+
+
+def _paired_gain(one: dict, name: str, baseline: str) -> list:
+    """Per-query paired difference of ``name`` against ``baseline``: IoU gain and centroid median reduction."""
+    a, b = one["configs"][name], one["configs"][baseline]
+    subjects = [s for s in a["boxes"] if s in b["boxes"]]
+    pairs = [(a["boxes"][s], b["boxes"][s]) for s in subjects]
+    gain = _mean_iou([p for p, _ in pairs]) - _mean_iou([q for _, q in pairs])
+    lo, hi = _query_bootstrap(pairs, lambda d: _mean_iou([p for p, _ in d]) - _mean_iou([q for _, q in d]))
+    text = f"IoU {gain:+.3f} (95 % CI {lo:+.3f} to {hi:+.3f})"
+    if "points" in a and "points" in b:
+        pts = [(a["points"][s], b["points"][s]) for s in subjects]
+
+        def reduction(d):
+            return _median_error([q for _, q in d]) - _median_error([p for p, _ in d])
+        lo, hi = _query_bootstrap(pts, reduction)
+        text += f", centroid median {reduction(pts):+.2f} mm lower (95 % CI {lo:+.2f} to {hi:+.2f})"
+    return [f"* {name} against {baseline}, same {len(subjects)} queries: {text}"]
+
+
 def _oneshot_report(one: dict) -> list:
     split = one.get("split", "test")
     title = "IXI test split" if split == "test" else "IXI validation split (used to choose the variant and thresholds)"
@@ -174,15 +209,19 @@ def _oneshot_report(one: dict) -> list:
           "reading the image (wall time on the shared 2-core machine; `landmarkloc bench` has controlled timings); "
           "*refinement s* is the anchor map + NCC search alone. *Uncertain*: share of points unselected by the "
           "uncertainty flags, and the median error of unselected / selected points.", "",
-          "| method | mean IoU | mean AWD mm | centroids median (IQR) mm | median s / query | refinement s "
-          "| uncertain: share, median error unsel. / sel. mm |", "|---|---|---|---|---|---|---|"]
+          "Intervals: 95 % bootstrap over the queries (each query keeps all its structures).", "",
+          "| method | mean IoU (95 % CI) | mean AWD mm | centroids median (IQR) mm | centroid median 95 % CI mm "
+          "| median s / query | refinement s | uncertain: share, median error unsel. / sel. mm |",
+          "|---|---|---|---|---|---|---|---|"]
     for name, cfg in one["configs"].items():
         ious = [v["iou"] for case in cfg["boxes"].values() for v in case.values()]
         awds = [v["awd"] for case in cfg["boxes"].values() for v in case.values()]
-        centroid = "–"
+        iou_lo, iou_hi = _query_bootstrap(list(cfg["boxes"].values()), _mean_iou)
+        centroid = centroid_ci = "–"
         if "points" in cfg:
             c = summarize_errors([e for case in cfg["points"].values() for e in case.values()], THRESHOLDS)
             centroid = f"{c['median']:.2f} ({c['iqr']:.2f})"
+            centroid_ci = "{:.2f}-{:.2f}".format(*_query_bootstrap(list(cfg["points"].values()), _median_error))
         refine_s = "–"
         if cfg.get("steps"):
             refine_s = f"{np.median([st['anchor map'] + st['ncc search'] for st in cfg['steps']]):.3f}"
@@ -193,11 +232,16 @@ def _oneshot_report(one: dict) -> list:
             sel = [r["error"] for r in records if r["selected"]]
             med_unsel, med_sel = (f"{np.median(v):.1f}" if v else "–" for v in (unsel, sel))
             flags = f"{100 * len(unsel) / len(records):.0f}%, {med_unsel} / {med_sel}"
-        md.append(f"| {name} | {np.mean(ious):.3f} | {np.mean(awds):.2f} | {centroid} | "
-                  f"{np.median(cfg['seconds']):.3f} | {refine_s} | {flags} |")
+        md.append(f"| {name} | {np.mean(ious):.3f} ({iou_lo:.3f}-{iou_hi:.3f}) | {np.mean(awds):.2f} | {centroid} | "
+                  f"{centroid_ci} | {np.median(cfg['seconds']):.3f} | {refine_s} | {flags} |")
     best = ONESHOT_DEFAULT
     reg = one["configs"].get("registration (affine)")
     syn = one["configs"].get(DEFORMABLE)
+    if best in one["configs"]:
+        md += ["", "Paired differences (positive: better than the baseline):", ""]
+        for name in (best,) + tuple(n for n in one["configs"] if n.startswith("few-shot")):
+            md += [line for baseline in ("registration (affine)", DEFORMABLE) if baseline in one["configs"]
+                   for line in _paired_gain(one, name, baseline)]
     if best in one["configs"] and reg:
         md += ["", f"Per structure ({best} vs affine" + (" and deformable (SyN)" if syn else "") + " registration):",
                "", "| structure | IoU rpr | AWD rpr mm | IoU registration | AWD registration mm |"

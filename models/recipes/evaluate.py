@@ -98,9 +98,20 @@ ONESHOT_VARIANTS = (
 
 def _point_record(point, reference) -> dict:
     """A located point's error and what the uncertainty flags saw (for choosing thresholds on validation)."""
-    keep = ("spread_mm", "map_residual_mm", "fit_rms_mm", "ncc", "ncc_on_border")
+    keep = ("spread_mm", "map_residual_mm", "fit_rms_mm", "ncc", "ncc_on_border", "support_spread_mm")
     return {"error": float(np.linalg.norm(point.position - reference)), "selected": bool(point.selected),
             **{k: point.properties[k] for k in keep if k in point.properties}}
+
+
+FEW_SHOT = 3  # supports of the few-shot row: the first training subjects
+FEW_SHOT_LABEL = f"few-shot: {FEW_SHOT} supports, median (default refinement each)"
+
+
+def _support(path: Path) -> tuple:
+    """A support image with the IXI-8 extreme points and the IXI-16 centroids of its label map."""
+    seg = sitk.Cast(sitk.ReadImage(str(DATA / "ixi" / "seg" / path.name)), sitk.sitkUInt16)
+    return (read_image(path), label_extreme_points(seg, list(IXI8.values()), list(IXI8)),
+            label_centroids(seg, list(IXI16_LABELS.values()), list(IXI16_LABELS)))
 
 
 def oneshot(split: str = "test") -> None:
@@ -108,10 +119,7 @@ def oneshot(split: str = "test") -> None:
     train = _lines(RUNS / "ixi" / "train_images.txt")
     queries = _lines(RUNS / "ixi" / f"{split}_images.txt")
     support_path = train[0]
-    support = read_image(support_path)
-    support_seg = sitk.Cast(sitk.ReadImage(str(DATA / "ixi" / "seg" / support_path.name)), sitk.sitkUInt16)
-    extreme = label_extreme_points(support_seg, list(IXI8.values()), list(IXI8))
-    centroids = label_centroids(support_seg, list(IXI16_LABELS.values()), list(IXI16_LABELS))
+    support, extreme, centroids = _support(support_path)
     coarse, fine = MODELS / "brain-t1-rpr-coarse.safetensors", MODELS / "brain-t1-rpr-fine.safetensors"
     locators = {False: OneShotLocator.from_files(coarse, None, device="cpu"),
                 True: OneShotLocator.from_files(coarse, fine, device="cpu")}
@@ -143,6 +151,20 @@ def oneshot(split: str = "test") -> None:
                                                      ref_points[subject])
             cfg["point_records"] += [_point_record(p, ref_points[subject][p.label]) for p in centre.points]
         out["configs"][label] = cfg
+    # Few-shot (`oneshot` with --support three times): the first three training subjects, median of their points.
+    loc = locators[False]
+    few = [templates[False]] + [(loc.make_template(image, extreme_points), loc.make_template(image, centre_points))
+                                for image, extreme_points, centre_points in map(_support, train[1:FEW_SHOT])]
+    cfg = {"boxes": {}, "seconds": [], "points": {}, "point_records": []}
+    for subject, image in progress(query_images.items(), desc=FEW_SHOT_LABEL):
+        result = loc.locate_consensus(image, [t[0] for t in few], runs=15, seed=0)
+        cfg["seconds"].append(result.seconds)
+        cfg["boxes"][subject] = box_scores(result, subject)
+        cfg["point_records"] += [_point_record(p, ref_extreme[subject][p.label]) for p in result.points]
+        centre = loc.locate_consensus(image, [t[1] for t in few], runs=15, seed=0)
+        cfg["points"][subject] = _errors_by_name({p.label: p.position for p in centre.points}, ref_points[subject])
+        cfg["point_records"] += [_point_record(p, ref_points[subject][p.label]) for p in centre.points]
+    out["configs"][FEW_SHOT_LABEL] = cfg
     cfg = {"boxes": {}, "seconds": []}
     for subject, image in progress(query_images.items(), desc="ncc (FFT)"):
         result = ncc_locate(image, support, extreme, NccConfig(use_fft=True))
