@@ -208,3 +208,40 @@ def test_finetune_refuses_a_model_with_a_fine_stage(trained):
     with_fine = {**meta, "fine_stage": {"spacing": [0.75, 0.75], "sub_image_size": 16}}
     with pytest.raises(InputError, match="no fine stage"):
         network_configs(cfg, 2, with_fine)
+
+
+def test_global_stage_alone_trains_the_global_network_and_keeps_the_later_stages(trained):
+    """--train-stage global: only the global network trains on (here with the strong appearance
+    augmentation); the local stage stays exactly as trained, so its precision cannot suffer."""
+    root, meta, base, held_out = trained
+    cfg = train_config("compact", 2, iterations=300, validate_every=150, crop_size=32, intensity="ct",
+                       learning_rate=3e-4, init_from=str(root / "model"), train_stage="global",
+                       augment=replace(AUGMENT_PRESETS["appearance-strong"], rotation_deg=5.0, scale=0.05))
+    tuned_meta = train_fcn(load_dataset(root / "train"), root / "global", cfg, quiet=True)
+    assert tuned_meta["training"]["init_from"]["sha256"] == meta["sha256"]
+    assert tuned_meta["local_architecture"] == meta["local_architecture"]
+    tuned = Localizer.from_file(root / "global.safetensors", "cpu")
+    for (key, before), after in zip(base.network.local_net.state_dict().items(),
+                                    tuned.network.local_net.state_dict().values()):
+        assert torch.equal(before, after), key
+    before = torch.cat([p.flatten() for p in base.network.global_net.parameters()])
+    after = torch.cat([p.flatten() for p in tuned.network.global_net.parameters()])
+    assert not torch.equal(before, after)
+    for (key, stat), tuned_stat in zip(base.network.global_net.state_dict().items(),
+                                       tuned.network.global_net.state_dict().values()):
+        if "running_" in key:  # batch-norm statistics as first trained
+            assert torch.equal(stat, tuned_stat), key
+    for image, truth in held_out:
+        for lm in tuned.localize(image).landmarks:
+            assert lm.found and np.linalg.norm(lm.position[:2] - truth[lm.name]) < 2 * SPACING
+
+
+def test_global_stage_alone_keeps_a_fine_stage_and_needs_a_local_one(trained):
+    _, meta, _, _ = trained
+    cfg = train_config("compact", 2, iterations=10, intensity="ct", init_from="unused", train_stage="global")
+    fine_arch = network_configs(cfg, 2, meta)[1].to_dict()
+    with_fine = {**meta, "fine_stage": {"spacing": [0.75, 0.75], "sub_image_size": 16, "architecture": fine_arch}}
+    _, local, fine = network_configs(cfg, 2, with_fine)
+    assert local.to_dict() == meta["local_architecture"] and fine.to_dict() == fine_arch
+    with pytest.raises(InputError, match="has none"):
+        network_configs(cfg, 2, {**meta, "local_architecture": None})

@@ -12,7 +12,7 @@ from ..io.datasets import load_dataset
 from ..io.image import check_spacing_applies
 from ..io.modelfile import model_paths
 from ..networks.fcn_encoding import VARIANTS
-from ..training.fcn import train_config, train_fcn
+from ..training.fcn import TRAIN_STAGES, train_config, train_fcn
 from ..training.fcn_sampling import AUGMENT_PRESETS, AugmentConfig
 from . import add_device_argument, add_quiet_argument, add_spacing_argument, parse_floats, parse_spacing
 from .outputs import check_outputs_are_not_inputs, model_files, output_paths
@@ -30,7 +30,10 @@ EXAMPLE = """examples:
   (--train-stage local: keep the --init-from model's global network, train a new local stage, with
    --local-members networks per landmark (an ensemble); --train-stage fine: keep its global and local
    stages and train a fine stage on a finer grid that refines the local estimate; --train-stage finetune:
-   train its global and local networks further, e.g. on images changed as clinical ones differ)
+   train its global and local networks further, e.g. on images changed as clinical ones differ;
+   --train-stage global: train only its global network further, its local and fine stages kept as trained)
+  landmarkloc train-fcn ixi_train.csv --val ixi_val.csv -o brain-global --init-from brain-t1-ixi16 \
+      --train-stage global --augment appearance-strong
   (a dataset is a folder of images with IMG.mrk.json/.fcsv/.csv landmark files, a CSV with columns
    image,landmarks, or a pixel table image,landmark,x_px,y_px; writes model.safetensors + model.json,
    a training log model.log and resume state model.resume.*)
@@ -81,9 +84,10 @@ def register(sub) -> None:
     p.add_argument("--local-arch", help="JSON of local network settings to change")
     p.add_argument("--local-members", type=int, help="local networks per landmark, an ensemble (default 1)")
     p.add_argument("--init-from", help="start from this trained FCN model (its global network, grid, intensity)")
-    p.add_argument("--train-stage", choices=["all", "local", "fine", "finetune"], default="all",
+    p.add_argument("--train-stage", choices=TRAIN_STAGES, default="all",
                    help="all (default): global and local together; local / fine (with --init-from): train only "
-                   "a new local stage / a fine stage, the earlier stages kept as they are")
+                   "a new local stage / a fine stage, the earlier stages kept as they are; finetune: all networks "
+                   "further; global: only the global network further, the later stages kept")
     p.add_argument("--fine-spacing", help="grid of the fine stage in mm, e.g. 0.2")
     p.add_argument("--fine-sub-image-size", type=int, help="fine-stage sub-image size in voxels (default 32)")
     p.add_argument("--fine-arch", help="JSON of fine network settings to change (local preset)")

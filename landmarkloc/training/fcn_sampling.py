@@ -62,6 +62,14 @@ AUGMENT_PRESETS = {
     # view and poses back (foreground crop, pose from the shape model), which leave appearance to training
     "appearance": AugmentConfig(intensity_scale=0.15, intensity_shift=0.1, gamma=0.3, bias_field=0.5,
                                 noise_std=0.03, blur_mm=1.0, anisotropy=0.25),
+    # the same, stronger: uncorrected coil profiles of surface coils reach a factor of 3-4 across a head, and
+    # of 0.5-1.5 across one local sub-image (which sees the intensity scale, not the field)
+    "appearance-strong": AugmentConfig(intensity_scale=0.5, intensity_shift=0.1, gamma=0.4, bias_field=0.8,
+                                       noise_std=0.05, blur_mm=1.5, anisotropy=0.3),
+    # radiographs from other machines and positionings: head rotation and magnification, exposure and
+    # contrast (gamma, uneven exposure as a smooth field), noise and blur, a picture that does not show it all
+    "radiograph": AugmentConfig(rotation_deg=15.0, scale=0.15, intensity_scale=0.2, intensity_shift=0.1, gamma=0.4,
+                                bias_field=0.3, noise_std=0.03, blur_mm=1.0, outside_view=0.2),
 }
 
 
