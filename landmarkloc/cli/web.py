@@ -74,6 +74,8 @@ def run(args) -> int:
         raise InputError(f"landmarkloc web cannot start ({exc}); {EXTRA_HELP}") from None
     app = WebApp(config)
     print(f"landmarkloc web: serving {config.url()} (data folder {config.data_folder}; Ctrl-C stops)", flush=True)
-    app.start()
-    app.session.close()
+    try:
+        app.start()
+    finally:  # also on Ctrl-C or SIGTERM: a running worker (in its own process group) is ended
+        app.session.close()
     return 0
