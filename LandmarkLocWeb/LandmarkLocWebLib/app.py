@@ -23,7 +23,7 @@ from trame_slicer.rca_view import register_rca_factories
 
 from landmarkloc.errors import LandmarkLocError
 
-from .guard import TOKEN_COOKIE, TOKEN_PARAMETER, WebConfig, token_matches
+from .guard import TOKEN_COOKIE, TOKEN_PARAMETER, WebConfig, check_upload_size, token_matches
 from .session import EXPORT_FORMATS, WebSession
 
 POLL_SECONDS = 0.1
@@ -117,7 +117,6 @@ class WebApp:
         s.export_stem = self.session.source_name
         if not 0 <= s.selected_index < len(s.rows):
             s.selected_index = -1
-        s.dirty("rows")
 
     def _say(self, text: str, error: bool = True) -> None:
         self.state.message, self.state.message_error = text, error
@@ -145,11 +144,15 @@ class WebApp:
         views.reset_views()
         self._observe(None)
 
+    def _open(self, opener, *args) -> None:
+        opener(*args)
+        self._volume_opened()
+
     def open_sample(self) -> None:
-        self._guarded(lambda: (self.session.open_sample(), self._volume_opened()))
+        self._guarded(self._open, self.session.open_sample)
 
     def open_path(self) -> None:
-        self._guarded(lambda: (self.session.open_path(self.state.path_text), self._volume_opened()))
+        self._guarded(self._open, self.session.open_path, self.state.path_text)
 
     def on_upload(self, upload, **_) -> None:
         if not upload:
@@ -158,12 +161,10 @@ class WebApp:
         content = upload.get("content")
         if isinstance(content, list):
             content = b"".join(content)
-        self._guarded(lambda: (self.session.open_upload(upload.get("name", ""), content or b""),
-                               self._volume_opened()))
+        self._guarded(self._open, self.session.open_upload, upload.get("name", ""), content or b"")
 
     def refuse_upload(self, name: str, size: int) -> None:
-        from .guard import check_upload_size
-
+        """The page found the file too large and did not send it: say why, as the server would."""
         self._guarded(check_upload_size, name, int(size), self.config.max_upload_bytes)
 
     def localize(self) -> None:

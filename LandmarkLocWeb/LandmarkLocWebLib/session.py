@@ -59,7 +59,7 @@ def find_templates(*folders) -> list:
         for meta in sorted(Path(folder).glob("*.json")):
             try:
                 rpr_logic.inspect_template(meta)
-            except (LandmarkLocError, ValueError, KeyError):
+            except (LandmarkLocError, OSError, ValueError, KeyError):
                 continue
             found.setdefault(meta.name[: -len(".json")], str(meta))
     return [Template(path, name) for name, path in sorted(found.items())]
@@ -146,7 +146,8 @@ class WebSession:
     def localize(self, model_path: str) -> None:
         """Start Localize on the open volume; the points replace any earlier result."""
         model, volume = self.model(model_path, self.fcn_models), self.volume
-        self._start("Localize", fcn_logic.start_localize(volume, model, self.config.device, python=self.python),
+        self._start("Localize", lambda: fcn_logic.start_localize(volume, model, self.config.device,
+                                                                 python=self.python),
                     lambda result: self._localized(result, volume, model))
 
     def refine(self, index: int, model_path: str) -> None:
@@ -155,8 +156,8 @@ class WebSession:
         volume = fcn_logic.refine_volume(points, self.volume)
         point_id = points.GetNthControlPointID(index) if points is not None and \
             0 <= index < points.GetNumberOfControlPoints() else ""
-        self._start("Refine", fcn_logic.start_refine(volume, model, points, index, self.config.device,
-                                                     python=self.python),
+        self._start("Refine", lambda: fcn_logic.start_refine(volume, model, points, index, self.config.device,
+                                                             python=self.python),
                     lambda result: self._refined(result, points, point_id, volume))
 
     def find(self, template_path: str, coarse_path: str, fine_path: str = "") -> None:
@@ -166,15 +167,16 @@ class WebSession:
         coarse = self.model(coarse_path, self.coarse_models)
         fine = self.model(fine_path, self.fine_models) if fine_path else None
         volume = self.volume
-        self._start("Find", rpr_logic.start_find(volume, rpr_logic.Support(), "rpr", coarse, fine, template_path,
-                                                 device=self.config.device, python=self.python),
+        self._start("Find", lambda: rpr_logic.start_find(volume, rpr_logic.Support(), "rpr", coarse, fine,
+                                                         template_path, device=self.config.device,
+                                                         python=self.python),
                     lambda result: self._found(result, volume))
 
-    def _start(self, what: str, job, finish) -> None:
+    def _start(self, what: str, start, finish) -> None:
+        """``start()`` checks the inputs and starts the worker (as the module widgets do); one job at a time."""
         if self._job is not None:
-            job.cleanup()
             raise InputError("a job is running: wait for it or cancel it")
-        self._job, self._finish = job, finish
+        self._job, self._finish = start(), finish
         self.status = Status(busy=True, stage=f"{what}: starting")
 
     def cancel(self) -> None:
