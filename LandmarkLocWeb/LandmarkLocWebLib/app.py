@@ -59,9 +59,9 @@ def token_middleware(token: str):
 
 
 class WebApp:
-    def __init__(self, config: WebConfig, server=None):
+    def __init__(self, config: WebConfig):
         self.config = config
-        self.server = server or get_server(client_type="vue3")
+        self.server = get_server(client_type="vue3")
         self.server.enable_module(trame_slicer_module)
         self.slicer_app = SlicerApp()
         slicer.mrmlScene = self.slicer_app.scene  # slicer.util (arrays of volumes) finds the scene here
@@ -110,7 +110,7 @@ class WebApp:
         s.warnings = list(st.warnings)
         s.volume_name = self.session.volume.GetName() if self.session.volume is not None else ""
 
-    def _show_results(self, *_) -> None:
+    def _show_results(self) -> None:
         s = self.state
         s.rows = self.session.rows()
         s.n_boxes = len(self.session.rois)
@@ -118,8 +118,8 @@ class WebApp:
         if not 0 <= s.selected_index < len(s.rows):
             s.selected_index = -1
 
-    def _say(self, text: str, error: bool = True) -> None:
-        self.state.message, self.state.message_error = text, error
+    def _say_error(self, text: str) -> None:
+        self.state.message, self.state.message_error = text, True
 
     # ------------------------------------------------------------------ actions
 
@@ -130,7 +130,7 @@ class WebApp:
         except LandmarkLocError as exc:
             with self.state:
                 self._show_status()
-                self._say(str(exc))
+                self._say_error(str(exc))
             return
         with self.state:
             self._show_status()
@@ -230,7 +230,7 @@ class WebApp:
         try:
             return self.session.export(fmt)[1]
         except LandmarkLocError as exc:
-            self._say(str(exc))
+            self._say_error(str(exc))
             return ""
 
     # ------------------------------------------------------------------ page

@@ -20,8 +20,9 @@ EXAMPLE = """examples:
   (serves on http://127.0.0.1:8080/ only; open it in a browser on this machine, click 'MNI152 T1 sample', then
   Localize; images are opened from ~/scans only)
 
-  landmarkloc web --host 0.0.0.0 --port 8443 --data-folder /data/ct --max-upload-mb 1024
-  (reachable from other machines: prints the address with its access token; requests without it are refused)
+  landmarkloc web --host 0.0.0.0 --port 8081 --data-folder /data/ct --max-upload-mb 1024
+  (reachable from other machines: prints the address with its access token; requests without it are refused;
+  put it behind an HTTPS reverse proxy on a real network)
 """
 # The folders beside the package that hold the page and the module logic it shares with Slicer.
 LIB_FOLDERS = ("LandmarkLocalizer", "RPROneShot", "LandmarkLocWeb")
@@ -32,11 +33,12 @@ def register(sub) -> None:
     p = sub.add_parser("web", help="serve the localizer as a web page (trame-slicer; needs the 'web' extra)",
                        description="Serve Localize, Refine, one-shot Find and export in a browser, with Slicer's "
                        "slice views and 3D view (trame-slicer). Serves on 127.0.0.1 unless --host names another "
-                       "address; then an access token is printed and every request without it is refused. Images "
-                       "are opened only from --data-folder, or uploaded (at most --max-upload-mb).",
+                       "address beyond this machine; then an access token is printed and every request without it "
+                       "is refused. Images are opened only from --data-folder, or uploaded (at most --max-upload-mb).",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to serve on (default: 127.0.0.1, this machine only); any other needs the token")
+                   help="address to serve on (default: 127.0.0.1, this machine only); one reachable from other "
+                   "machines (e.g. 0.0.0.0) needs the access token printed at start")
     p.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
     p.add_argument("--data-folder", default=".",
                    help="the only folder images are opened from, by a path relative to it (default: .)")
