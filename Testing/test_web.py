@@ -58,8 +58,11 @@ if _missing():
         raise RuntimeError(f"CI must run the browser tests: {_missing()}")
     pytest.skip(_missing(), allow_module_level=True)
 
+from LandmarkLocalizerLib.models import inspect_model  # noqa: E402
 from PIL import Image  # noqa: E402
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+from landmarkloc.io.modelfile import models_folder  # noqa: E402
 
 # --------------------------------------------------------------------------- servers and browser
 
@@ -279,10 +282,6 @@ def test_localize_on_the_sample_shows_the_points_in_the_table_and_the_views(page
     print(f"\nLocalize on the MNI152 sample: points shown {seconds:.1f} s after the click")
     assert seconds < 15, "the target is 5 s on a 2-core CPU (docs/web.md, Measured)"
     expect(page.locator("#message")).to_have_text("Found 16 landmarks.")
-
-    from LandmarkLocalizerLib.models import inspect_model
-
-    from landmarkloc.io.modelfile import models_folder
 
     model = inspect_model(models_folder() / f"{FCN_MODEL}.json", "fcn")
     table = rows(page)

@@ -28,6 +28,7 @@ from .session import EXPORT_FORMATS, WebSession
 
 POLL_SECONDS = 0.1
 LAYOUT = "Quad View"
+CELL_STYLE = "white-space: nowrap; padding: 0 6px;"
 ROW_HEADERS = [{"title": "Landmark", "key": "label"}, {"title": "R, A, S (mm)", "key": "position"},
                {"title": "Confidence", "key": "confidence"}, {"title": "Radius (mm)", "key": "radius"}]
 
@@ -244,7 +245,7 @@ class WebApp:
         with SinglePageWithDrawerLayout(self.server, full_height=True) as page:
             page.title.set_text("landmarkloc")
             page.footer.hide()
-            page.drawer.width = 430
+            page.drawer.width = 440
             with page.toolbar:
                 v3.VSpacer()
                 html.Div("{{ volume_name }}", classes="text-body-2 mr-4", id="volume-name")
@@ -309,7 +310,7 @@ class WebApp:
             with v3.VTable(density="compact", id="results", v_if="rows.length", style="font-size: 12px;"):
                 with html.Thead(), html.Tr():
                     for header in ROW_HEADERS:
-                        html.Th(header["title"])
+                        html.Th(header["title"], style=CELL_STYLE)
                 with html.Tbody(), html.Tr(
                         v_for="row in rows", key="row.index", click="trigger('select_point', [row.index])",
                         style=("{cursor: 'pointer', background: row.status == 'uncertain' ? 'rgba(230,159,0,0.35)' "
@@ -317,7 +318,7 @@ class WebApp:
                         __properties=[("data_label", "data-label"), ("data_status", "data-status")],
                         data_label=("row.label",), data_status=("row.status",)):
                     for header in ROW_HEADERS:
-                        html.Td(f"{{{{ row.{header['key']} }}}}", style="white-space: nowrap;")
+                        html.Td(f"{{{{ row.{header['key']} }}}}", style=CELL_STYLE)
             with html.Div(v_if="rows.length", classes="d-flex mt-2"):
                 for fmt, mime in EXPORT_FORMATS.items():
                     v3.VBtn(f".{fmt}", size="small", classes="mr-2", id=f"export-{fmt.replace('.', '-')}",
