@@ -76,6 +76,9 @@ def run(args) -> int:
         raise InputError(f"landmarkloc web cannot start ({exc}); {EXTRA_HELP}") from None
     app = WebApp(config)
     print(f"landmarkloc web: serving {config.url()} (data folder {config.data_folder}; Ctrl-C stops)", flush=True)
+    if config.token:
+        print(f"landmarkloc web: every request needs the access token; from another machine open "
+              f"{config.url('THIS-MACHINE')} with this machine's name or address", flush=True)
     try:
         app.start()
     finally:  # also on Ctrl-C or SIGTERM: a running worker (in its own process group) is ended
