@@ -288,6 +288,7 @@ class ResultRow:
     position_ras: tuple
     confidence: object  # float or None
     uncertain: bool
+    error_radius_mm: object = None  # calibrated models: the 90 % error radius (float), else None
 
     @property
     def position_text(self) -> str:
@@ -297,9 +298,14 @@ class ResultRow:
     def confidence_text(self) -> str:
         return "" if self.confidence is None else f"{self.confidence:.2f}"
 
+    @property
+    def radius_text(self) -> str:
+        return "" if self.error_radius_mm is None else f"{self.error_radius_mm:.1f}"
+
 
 def result_rows(node) -> list:
-    """Rows (label, RAS world position, confidence) for each point of ``node``, as Slicer shows coordinates;
+    """Rows (label, RAS world position, confidence, error radius) for each point of ``node``, as Slicer shows
+    coordinates;
     uncertain = unselected, as the views draw it."""
     rows = []
     for i in range(node.GetNumberOfControlPoints()):
@@ -308,8 +314,10 @@ def result_rows(node) -> list:
         _, props = split_description(node.GetNthControlPointDescription(i))
         confidence = props.get("confidence")
         confidence = float(confidence) if isinstance(confidence, (int, float)) else None
+        radius = props.get("error_radius_mm")
+        radius = float(radius) if isinstance(radius, (int, float)) else None
         rows.append(ResultRow(i, node.GetNthControlPointLabel(i), tuple(ras), confidence,
-                              not node.GetNthControlPointSelected(i)))
+                              not node.GetNthControlPointSelected(i), radius))
     return rows
 
 
@@ -467,9 +475,11 @@ def show_evidence(scene, image: sitk.Image, name: str, node=None):
 # --------------------------------------------------------------------------- export
 
 
-def export_points(node, path, coordinate_system: str = "LPS") -> None:
-    """Write a point list node to .mrk.json, .fcsv or .csv (world coordinates, LPS by default)."""
-    write_points(path, points_from_node(node), coordinate_system=coordinate_system, name=node.GetName())
+def export_points(node, path, coordinate_system: str = "LPS", name: str = None) -> None:
+    """Write a point list node to .mrk.json, .fcsv or .csv (world coordinates, LPS by default); the list is called
+    ``name`` in the file (default: the node's name; "" names it after the file, as the command line does)."""
+    write_points(path, points_from_node(node), coordinate_system=coordinate_system,
+                 name=node.GetName() if name is None else name)
 
 
 def export_boxes(roi_nodes, path, coordinate_system: str = "LPS") -> None:

@@ -7,14 +7,12 @@ released model into the cache folder, for both modules).
 
 from __future__ import annotations
 
-import sys
-
 from landmarkloc.errors import InputError
 
 from . import engine
 from .devices import run_with_cpu_fallback
 from .exchange import point_from_dict, point_to_dict, read_temporary_image, write_temporary_image
-from .jobs import run_worker
+from .jobs import exit_worker, run_worker
 
 
 def handle(request: dict, workdir, report) -> dict:
@@ -61,4 +59,4 @@ def download(request: dict, report) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(run_worker(handle))
+    exit_worker(run_worker(handle))

@@ -8,8 +8,6 @@ points each; the template, once saved, replaces the support for rpr.
 
 from __future__ import annotations
 
-import sys
-
 from LandmarkLocalizerLib.devices import run_with_cpu_fallback
 from LandmarkLocalizerLib.exchange import (
     box_to_dict,
@@ -17,7 +15,7 @@ from LandmarkLocalizerLib.exchange import (
     point_to_dict,
     read_temporary_image,
 )
-from LandmarkLocalizerLib.jobs import run_worker
+from LandmarkLocalizerLib.jobs import exit_worker, run_worker
 
 from landmarkloc.errors import InputError
 
@@ -80,4 +78,4 @@ def handle(request: dict, workdir, report) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(run_worker(handle))
+    exit_worker(run_worker(handle))

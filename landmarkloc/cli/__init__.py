@@ -21,6 +21,7 @@ from ..runtime import DEVICE_CHOICES
 # Subcommands; each is the module of that name (dashes as underscores) with register(subparsers) and run(args).
 SUBCOMMANDS = [
     "demo", "derive", "evaluate", "train-fcn", "localize", "calibrate", "train-rpr", "oneshot", "import-model", "bench",
+    "web",
 ]
 
 EXIT_USER_ERROR = 2

@@ -1,0 +1,1 @@
+"""``landmarkloc web``: the Landmark Localizer and RPR One-Shot logic in a browser, over trame-slicer."""
