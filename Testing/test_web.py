@@ -12,6 +12,7 @@ through 127.0.0.1 only).
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import re
@@ -37,6 +38,7 @@ MAX_UPLOAD_MB = 1
 AXIAL_VIEW = 3  # the views of the "Quad View" layout in page order: coronal, sagittal, 3D, axial
 CONFIDENT_RGB = (0, 158, 115)  # LandmarkLocalizerLib.mrml.CONFIDENT_COLOR, as the slice views draw it
 UNCERTAIN_RGB = (230, 158, 0)  # ... UNCERTAIN_COLOR
+CONFIDENT_INDEX = 1  # 4thVentricle, confident on the MNI152 template (checked in the tests that use it)
 BOX_RGB = (87, 181, 232)  # LandmarkLocWebLib.session.BOX_COLOR
 FCN_MODEL = "brain-t1-ixi16"
 
@@ -264,7 +266,16 @@ def test_a_request_without_the_token_is_refused_beyond_loopback(browser, tmp_pat
         running.stop()
 
 
-def test_localize_on_the_sample_shows_the_points_in_the_table_and_the_views(page, server, tmp_path):
+def cli_uncertain(cli_outputs) -> list:
+    """The landmarks `landmarkloc localize` writes unselected (uncertain) for the MNI152 template."""
+    out, runs = cli_outputs
+    for run in runs:
+        assert run.wait(timeout=120) == 0
+    with open(out / "csv" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.csv", newline="") as f:
+        return [row["label"] for row in csv.DictReader(f) if row["selected"].lower() in ("0", "false")]
+
+
+def test_localize_on_the_sample_shows_the_points_in_the_table_and_the_views(page, server, cli_outputs, tmp_path):
     page.click("#open-sample")
     expect(page.locator("#volume-name")).to_have_text("MNI152_T1", timeout=30_000)
     expect(page.locator("#message")).to_contain_text("Opened the sample")
@@ -290,10 +301,11 @@ def test_localize_on_the_sample_shows_the_points_in_the_table_and_the_views(page
         assert len(position.split(",")) == 3 and 0 <= float(confidence) <= 1 and float(radius) > 0, label
         assert status in ("ok", "uncertain")
     uncertain = [r[0] for r in table if r[4] == "uncertain"]
-    assert uncertain == ["3rdVentricle", "CorpusCallosum"]  # as `landmarkloc localize` reports them
+    assert uncertain and uncertain == cli_uncertain(cli_outputs)  # as `landmarkloc localize` reports them
 
     # each point's glyph is where the views centre when its row is clicked, in its colour
-    for index, rgb in ((1, CONFIDENT_RGB), (0, UNCERTAIN_RGB)):
+    first_uncertain = [r[0] for r in table].index(uncertain[0])
+    for index, rgb in ((CONFIDENT_INDEX, CONFIDENT_RGB), (first_uncertain, UNCERTAIN_RGB)):
         centre_on(page, index)
         pixels = view_pixels(page, AXIAL_VIEW)
         assert glyph_at_centre(pixels, rgb), f"no glyph of {table[index][0]} at the centre of the axial view"
@@ -319,7 +331,8 @@ def test_export_downloads_what_the_command_line_writes(page, cli_outputs, fmt):
 
 
 def test_move_a_point_then_refine_it(page):
-    index = 1  # 4thVentricle: confident
+    index = CONFIDENT_INDEX
+    assert rows(page)[index][4] == "ok"
     shown = rows(page)[index][1]
     before = np.array([float(v) for v in shown.split(",")])
     centre_on(page, index)
@@ -336,12 +349,13 @@ def test_move_a_point_then_refine_it(page):
     assert moved[0] < before[0] - 3 and abs(moved[1] - before[1]) < 0.2 and abs(moved[2] - before[2]) < 0.2
 
     page.click("#refine")  # the mouse leaves the views: the glyph is drawn in its own colour again
-    expect(page.locator("#message")).to_have_text("Refined 4thVentricle.", timeout=60_000)
+    expect(page.locator("#message")).to_have_text(f"Refined {rows(page)[index][0]}.", timeout=60_000)
     refined = np.array([float(v) for v in rows(page)[index][1].split(",")])
     assert np.linalg.norm(refined - before) < 2.0 < np.linalg.norm(moved - before)
     page.mouse.move(view["x"] + 40, view["y"] + 40)  # off the glyph: Slicer draws a hovered point highlighted
     centre_on(page, index)
-    assert glyph_at_centre(view_pixels(page, AXIAL_VIEW), CONFIDENT_RGB)
+    status = rows(page)[index][4]  # as Refine judged the refined point: its glyph in that colour
+    assert glyph_at_centre(view_pixels(page, AXIAL_VIEW), CONFIDENT_RGB if status == "ok" else UNCERTAIN_RGB), status
 
 
 def test_one_shot_find_with_a_saved_template_shows_its_boxes(page):
