@@ -180,6 +180,16 @@ def test_a_local_ensemble_stacked_from_separately_trained_members_averages_them(
         assert np.linalg.norm(c.position[:2] - truth[c.name]) < SPACING
 
 
+def _parameters(net) -> torch.Tensor:
+    return torch.cat([p.flatten() for p in net.parameters()])
+
+
+def _assert_finds_held_out(loc, held_out, tolerance_mm):
+    for image, truth in held_out:
+        for lm in loc.localize(image).landmarks:
+            assert lm.found and np.linalg.norm(lm.position[:2] - truth[lm.name]) < tolerance_mm
+
+
 def test_finetune_continues_both_networks_with_clinical_augmentation(trained):
     """--train-stage finetune: the global and the local networks start as the model's (both trained on from
     there, none frozen), with the appearance augmentation; the result still finds held-out landmarks."""
@@ -192,13 +202,10 @@ def test_finetune_continues_both_networks_with_clinical_augmentation(trained):
     assert tuned_meta["train_config"]["augment"]["bias_field"] == AUGMENT_PRESETS["appearance"].bias_field
     tuned = Localizer.from_file(root / "tuned.safetensors", "cpu")
     for part in ("global_net", "local_net"):  # trained on: changed, yet close to where they started
-        before = torch.cat([p.flatten() for p in getattr(base.network, part).parameters()])
-        after = torch.cat([p.flatten() for p in getattr(tuned.network, part).parameters()])
+        before, after = _parameters(getattr(base.network, part)), _parameters(getattr(tuned.network, part))
         assert not torch.equal(before, after), part
         assert torch.norm(after - before) < 0.5 * torch.norm(before), part
-    for image, truth in held_out:
-        for lm in tuned.localize(image).landmarks:
-            assert lm.found and np.linalg.norm(lm.position[:2] - truth[lm.name]) < 2 * SPACING
+    _assert_finds_held_out(tuned, held_out, 2 * SPACING)
 
 
 def test_finetune_refuses_a_model_with_a_fine_stage(trained):
@@ -224,16 +231,12 @@ def test_global_stage_alone_trains_the_global_network_and_keeps_the_later_stages
     for (key, before), after in zip(base.network.local_net.state_dict().items(),
                                     tuned.network.local_net.state_dict().values()):
         assert torch.equal(before, after), key
-    before = torch.cat([p.flatten() for p in base.network.global_net.parameters()])
-    after = torch.cat([p.flatten() for p in tuned.network.global_net.parameters()])
-    assert not torch.equal(before, after)
+    assert not torch.equal(_parameters(base.network.global_net), _parameters(tuned.network.global_net))
     for (key, stat), tuned_stat in zip(base.network.global_net.state_dict().items(),
                                        tuned.network.global_net.state_dict().values()):
         if "running_" in key:  # batch-norm statistics as first trained
             assert torch.equal(stat, tuned_stat), key
-    for image, truth in held_out:
-        for lm in tuned.localize(image).landmarks:
-            assert lm.found and np.linalg.norm(lm.position[:2] - truth[lm.name]) < 2 * SPACING
+    _assert_finds_held_out(tuned, held_out, 2 * SPACING)
 
 
 def test_global_stage_alone_keeps_a_fine_stage_and_needs_a_local_one(trained):
