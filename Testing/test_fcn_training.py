@@ -248,3 +248,19 @@ def test_global_stage_alone_keeps_a_fine_stage_and_needs_a_local_one(trained):
     assert local.to_dict() == meta["local_architecture"] and fine.to_dict() == fine_arch
     with pytest.raises(InputError, match="has none"):
         network_configs(cfg, 2, {**meta, "local_architecture": None})
+
+
+def test_networks_trained_further_keep_their_batch_norm_statistics_unless_told(trained):
+    """train-fcn --update-batch-norm (the behaviour before batch-norm statistics were kept) trains them on."""
+    from landmarkloc.training.fcn import train_mode
+
+    _, _, base, _ = trained
+    model = base.network
+    for stage, keep, updated in (("global", True, False), ("finetune", True, False), ("global", False, True),
+                                 ("all", True, True)):
+        cfg = train_config("compact", 2, iterations=10, intensity="ct", init_from="unused", train_stage=stage,
+                           keep_batch_norm=keep)
+        train_mode(model, cfg)
+        norms = [m for m in model.global_net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert norms and all(m.training == updated for m in norms), (stage, keep)
+    model.eval()

@@ -77,6 +77,10 @@ def register(sub) -> None:
                    help="cut every image to its anatomy plus this margin in mm before normalization, in training "
                    "and (stored in the model) at every localization: a wider or off-centre field of view then "
                    "looks like the training images (default: off; a --init-from model's setting)")
+    p.add_argument("--update-batch-norm", action="store_true",
+                   help="finetune / global: update the batch-norm statistics of the networks trained further "
+                   "(default: keep them as first trained; updating them made small batches under strong "
+                   "appearance changes swing)")
     p.add_argument("--masked-copies", action="store_true",
                    help="also train on a copy of each image with its mask applied (CSV list 'mask' column), "
                    "e.g. skull-stripped brains")
@@ -124,7 +128,7 @@ def run(args) -> int:
     image, _ = dataset.cases[0].load(dataset.names, spacing=input_spacing)
     overrides = {
         "intensity": args.intensity, "variant": args.variant, "use_local": not args.global_only, "seed": args.seed,
-        "masked_copies": args.masked_copies,
+        "masked_copies": args.masked_copies, "keep_batch_norm": not args.update_batch_norm,
         "global_overrides": _json_dict(args.global_arch, "--global-arch"),
         "local_overrides": _json_dict(args.local_arch, "--local-arch"),
         "fine_overrides": _json_dict(args.fine_arch, "--fine-arch"), "train_stage": args.train_stage,

@@ -85,6 +85,8 @@ class FCNTrainConfig:
     # Train also on a copy of every image that has a mask, with the mask applied (e.g. skull-stripped brains),
     # so the model works on images that were masked before they reach it.
     masked_copies: bool = False
+    # networks trained further (finetune, global) keep their batch-norm statistics (see ``train_mode``)
+    keep_batch_norm: bool = True
     local_members: int = 1  # local networks per landmark (an ensemble when > 1)
     init_from: str | None = None  # a trained FCN model to start from (its global network, grid and intensity)
     train_stage: str = "all"  # "all": global and local together; "local" or "fine": only that stage;
@@ -710,7 +712,7 @@ def train_mode(model: GlobalToLocal, cfg: FCNTrainConfig) -> None:
     model.train()
     for part in frozen_parts(model, cfg):
         part.eval()
-    if cfg.train_stage in ("finetune", "global"):
+    if cfg.keep_batch_norm and cfg.train_stage in ("finetune", "global"):
         for module in model.modules():
             if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d)):
                 module.eval()

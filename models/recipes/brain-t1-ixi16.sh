@@ -40,9 +40,11 @@
 # local one, once the global estimates came near (a coil profile scales one 32 mm sub-image by 0.5-1.5).
 #   4a. the global network alone, trained further with the appearance terms (--train-stage global --augment
 #       appearance, lr 3e-4, cosine over 3000 iterations, best validation MRE at 2250, 19 min on one thread).
-#       This run predates keeping the batch-norm statistics in train-fcn (it updated them; its validation MRE
-#       swung 1.08-1.32 mm between checkpoints); the same run with --augment appearance-strong swung to 53 mm
-#       and was stopped, which is why train-fcn now keeps them.
+#       This run updated the batch-norm statistics (--update-batch-norm, then train-fcn's only behaviour; its
+#       validation MRE swung 1.08-1.32 mm between checkpoints); the same run with --augment appearance-strong
+#       swung to 53 mm and was stopped, which is why train-fcn now keeps them by default. Rerun with them kept
+#       (3000 iterations, 11 min), composed with 4b's local networks, it was worse on the validation subjects
+#       and their shifted copies (errors above 3 mm pooled 254 against 217, tilted 30 degrees median 1.45 mm).
 #   4b. both networks trained further (--train-stage finetune --augment appearance-strong, batch-norm statistics
 #       kept): 3000 iterations, best validation MRE at 2500 (1.044 mm, median 0.892; step 2: 1.057 / 0.855),
 #       53 min on one thread beside other jobs. Its local networks read biased images (validation, bias field:
@@ -66,8 +68,9 @@ python models/recipes/prepare_ixi.py
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 if [[ "${1:-}" == "--step4" ]]; then  # issue 24: step 4 from the step-2 model (see above)
   landmarkloc train-fcn runs/ixi/train.csv --val runs/ixi/val.csv -o runs/fcn/brain-global-appearance \
-      --init-from runs/fcn/brain-local3 --train-stage global --augment appearance --foreground-margin 20 \
-      --masked-copies --seed 0 --iterations 3000 --validate-every 250 --lr 3e-4 --max-minutes 60 --device cpu
+      --init-from runs/fcn/brain-local3 --train-stage global --augment appearance --update-batch-norm \
+      --foreground-margin 20 --masked-copies --seed 0 --iterations 3000 --validate-every 250 --lr 3e-4 \
+      --max-minutes 60 --device cpu
   landmarkloc train-fcn runs/ixi/train.csv --val runs/ixi/val.csv -o runs/fcn/brain-finetune-bn \
       --init-from runs/fcn/brain-local3 --train-stage finetune --augment appearance-strong --foreground-margin 20 \
       --masked-copies --seed 0 --iterations 3000 --validate-every 250 --lr 3e-4 --max-minutes 60 --device cpu
