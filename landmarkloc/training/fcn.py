@@ -152,11 +152,9 @@ def network_configs(cfg: FCNTrainConfig, num_landmarks: int, start: dict | None 
     g = FCNConfig.from_dict(start["global_architecture"]) if start else \
         global_config(cfg.preset, cfg.ndim, num_landmarks, **cfg.global_overrides)
     loc, fine = None, None
-    if cfg.train_stage == "finetune":
-        if not start.get("local_architecture") or start.get("fine_stage"):
+    if cfg.train_stage in ("finetune", "global"):  # the networks of the model started from, trained further
+        if cfg.train_stage == "finetune" and (not start.get("local_architecture") or start.get("fine_stage")):
             raise InputError("finetune continues a model with a global and a local stage and no fine stage")
-        loc = FCNConfig.from_dict(start["local_architecture"])
-    elif cfg.train_stage == "global":
         if not start.get("local_architecture"):
             raise InputError("training the global stage alone keeps a local stage: the model started from has none")
         loc = FCNConfig.from_dict(start["local_architecture"])
@@ -518,7 +516,7 @@ def _build_model(cfg: FCNTrainConfig, configs: tuple, init_weights: dict | None,
     frozen = frozen_parts(model, cfg)
     if init_weights is not None:
         kept = {"fine": ("global_net.", "local_net."), "finetune": ("global_net.", "local_net."),
-                "global": ("global_net.", "local_net.", "fine_net.")}.get(cfg.train_stage, ("global_net.",))
+                "global": ("",)}.get(cfg.train_stage, ("global_net.",))  # global: every network kept
         model.load_state_dict({k: v for k, v in init_weights.items() if k.startswith(kept)}, strict=False)
     for part in frozen:
         part.requires_grad_(False)
