@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from landmarkloc.geometry.rotations import rotation_matrix
+
 
 @dataclass
 class AugmentConfig:
@@ -93,19 +95,12 @@ class PreparedCase:
 
 
 def _rotation(ndim: int, max_deg: float, rng: np.random.Generator) -> np.ndarray:
+    """A random rotation, angles up to ``max_deg`` about each axis, from a numpy generator (the crops' draws)."""
     if max_deg <= 0:
         return np.eye(ndim)
-    angles = np.deg2rad(rng.uniform(-max_deg, max_deg, size=1 if ndim == 2 else 3))
-    if ndim == 2:
-        c, s = math.cos(angles[0]), math.sin(angles[0])
-        return np.array([[c, -s], [s, c]])
-    rot = np.eye(3)
-    for axis, a in enumerate(angles):
-        c, s = math.cos(a), math.sin(a)
-        r = np.eye(3)
-        i, j = [x for x in range(3) if x != axis]
-        r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-        rot = rot @ r
+    rot = np.eye(ndim)
+    for axis, degrees in enumerate(rng.uniform(-max_deg, max_deg, size=1 if ndim == 2 else 3)):
+        rot = rot @ rotation_matrix(ndim, float(degrees), axis)
     return rot
 
 
