@@ -126,6 +126,9 @@ def test_a_point_below_the_confidence_guard_is_never_written_as_reliable(model):
     assert any(lm.uncertain for lm in result.landmarks)
     with_calibration(model, {**cal, "guards": {"global_spread_mm": {"above": -1.0}}})  # every spread is beyond
     assert all(lm.uncertain for lm in Localizer.from_file(model, "cpu").localize(volume).landmarks)
+    # the local estimate far from the global one: never reliable (every distance is beyond a negative limit)
+    with_calibration(model, {**cal, "guards": {"global_local_mm": {"above": -1.0}}})
+    assert all(lm.uncertain for lm in Localizer.from_file(model, "cpu").localize(volume).landmarks)
 
 
 @pytest.mark.parametrize("suffix", [".mrk.json", ".fcsv", ".csv"])
@@ -203,7 +206,7 @@ def test_calibrate_with_shifts_counts_the_budget_on_unshifted_images_and_fits_gu
     cal = _meta(model)["calibration"]
     assert cal["fit"]["shifts"] == ["pad80"] and cal["fit"]["unshifted_points"] == 40
     assert cal["fit"]["out_of_fold"]["flagged"] <= 0.2  # of the unshifted points
-    assert set(cal["guards"]) == {"confidence", "global_spread_mm"}
+    assert set(cal["guards"]) == {"confidence", "global_spread_mm", "global_local_mm"}
     radius = cal["error_radius"]
     assert radius["coverage"] == 0.9 and radius["flagged_mm"] > max(radius["landmarks_mm"].values())
     assert radius["points_flagged"] + radius["points_not_flagged"] == 80
