@@ -126,9 +126,14 @@ def test_a_point_below_the_confidence_guard_is_never_written_as_reliable(model):
     assert any(lm.uncertain for lm in result.landmarks)
     with_calibration(model, {**cal, "guards": {"global_spread_mm": {"above": -1.0}}})  # every spread is beyond
     assert all(lm.uncertain for lm in Localizer.from_file(model, "cpu").localize(volume).landmarks)
-    # the local estimate far from the global one: never reliable (every distance is beyond a negative limit)
+    # the local estimate far from the global one: never reliable (every distance is beyond a negative limit), and
+    # the description says why, before the (low) probability
     with_calibration(model, {**cal, "guards": {"global_local_mm": {"above": -1.0}}})
-    assert all(lm.uncertain for lm in Localizer.from_file(model, "cpu").localize(volume).landmarks)
+    for lm in Localizer.from_file(model, "cpu").localize(volume).landmarks:
+        point = lm.to_control_point()
+        assert lm.uncertain and not point.selected
+        assert point.description.startswith("uncertain: local and global estimates ")
+        assert "mm apart; <1% chance of an error > " in point.description
 
 
 @pytest.mark.parametrize("suffix", [".mrk.json", ".fcsv", ".csv"])
@@ -146,6 +151,8 @@ def test_the_error_radius_is_written_in_every_format_and_a_wide_one_flags(model,
     assert read["Apex"].properties["error_radius_mm"] == 2.25 and read["Apex"].selected
     assert read["Base"].properties["error_radius_mm"] == 3.5 and not read["Base"].selected
     assert "within 2.2 mm (90% of such points)" in read["Apex"].description
+    assert read["Base"].description.startswith("uncertain: this landmark's error radius exceeds 3 mm; ")
+    assert "uncertain" not in read["Apex"].description
 
 
 def test_conformal_quantile_holds_its_rate():
@@ -292,3 +299,12 @@ def test_a_turned_grid_keeps_every_position_and_covers_the_image(ndim):
         assert _value_at(out, p) == pytest.approx(_value_at(img, p), rel=0.08, abs=5.0)
     extent = np.array(img.GetSize()) * np.array(img.GetSpacing())
     assert np.prod(np.array(out.GetSize()) * 2.5) >= 0.99 * np.prod(extent)
+
+
+def test_calibrate_localizes_again_when_the_stored_records_lack_the_masked_copies(model, tmp_path, capsys):
+    path = tmp_path / "records.json"
+    path.write_text(json.dumps({"shifts": ["pad80"], "records": _records()}))  # stored without masked copies
+    assert main(["calibrate", str(model), "--val", str(tmp_path / "missing.csv"), "--records", str(path),
+                 "--shifts", "pad80", "--masked-copies", "--radius", "3"]) == 2  # it goes back to the images
+    out = capsys.readouterr()
+    assert "without masked copies: localizing again" in out.out and "missing.csv" in out.err

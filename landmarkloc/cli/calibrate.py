@@ -335,6 +335,10 @@ def run(args) -> int:
     if stored is not None and list(stored.get("shifts", [])) != shifts:
         print(f"{records_path} holds the localizations under other shifts: localizing again")
         stored = None
+    if stored is not None and bool(stored.get("masked_copies", False)) != bool(args.masked_copies):
+        print(f"{records_path} holds the localizations {'without' if args.masked_copies else 'with'} masked copies: "
+              "localizing again")
+        stored = None
     if stored is not None:
         records = stored["records"]
         print(f"read {len(records)} localized points from {records_path}")
@@ -349,7 +353,8 @@ def run(args) -> int:
                           args.quiet, shifts)
         if records_path:
             write_text_atomic(records_path, json.dumps({"model": str(args.model), "sha256": meta["sha256"],
-                                                        "shifts": shifts, "records": records}) + "\n")
+                                                        "shifts": shifts, "masked_copies": bool(args.masked_copies),
+                                                        "records": records}) + "\n")
     warn_if_few_large_errors(records, radius, args.catch)
     shape = add_shape_signal(records, meta["landmark_names"])
     measured = [n for n in SIGNALS if n != "landmark_rate" and all(n in r["signals"] for r in records)]

@@ -486,6 +486,7 @@ class LandmarkEstimate:
     # (e.g. 90 %; conformal on validation images and shifted copies of them); None: not calibrated
     error_radius_mm: float | None = None
     error_radius_coverage: float | None = None  # that rate
+    reasons: tuple = ()  # why the point is uncertain beyond its probability (guards crossed, a wide radius)
     signals: dict = field(default_factory=dict)  # uncertainty signals (see fcn_uncertainty)
 
     def to_control_point(self) -> ControlPoint:
@@ -514,7 +515,8 @@ class LandmarkEstimate:
         elif self.unlike_training:
             text = "uncertain: image unlike the training data" + (f"; {chance}" if chance else "")
         elif self.uncertain:
-            text = f"uncertain: {chance}" if chance else "uncertain"
+            why = "; ".join(self.reasons + ((chance,) if chance else ()))
+            text = f"uncertain: {why}" if why else "uncertain"
         else:
             text = chance
         return ControlPoint(label=self.name, position=self.position, description=text,
@@ -745,7 +747,7 @@ class Localizer:
         odd_shape = self._shape_signal(signals, positions, found)
         unlike = unlike or odd_shape
         p_large = self._p_large_error(signals, local is None)
-        uncertain, error_radius = self._flags(signals, p_large)
+        uncertain, error_radius, reasons = self._flags(signals, p_large)
         landmarks = []
         for n, name in enumerate(self.names):
             landmarks.append(LandmarkEstimate(
@@ -760,7 +762,7 @@ class Localizer:
                 radius_mm=None if p_large is None else self.calibration.radius_mm,
                 error_radius_mm=None if error_radius is None else float(error_radius[n]),
                 error_radius_coverage=None if error_radius is None else self.calibration.error_radius["coverage"],
-                signals={k: float(v[n]) for k, v in signals.items()}))
+                reasons=tuple(reasons[n]), signals={k: float(v[n]) for k, v in signals.items()}))
         label_map = label_map_warning(image)
         result = LocalizationResult(landmarks=landmarks, warnings=[w for w in (label_map, unlike) if w])
         wanted = self.names if evidence is True else list(evidence or ())
@@ -790,20 +792,25 @@ class Localizer:
                 "them (contrast, field of view, anatomy)? Its points are marked uncertain")
 
     def _flags(self, signals: dict, p_large) -> tuple:
-        """(uncertain per point, conformal error radius per point or None).
+        """(uncertain per point, conformal error radius per point or None, why in words per point).
 
         Uncertain: the calibrated probability reaches its threshold, a guard is crossed (near-zero
         confidence, votes that disagree) or the point's error radius exceeds the model's tolerance;
-        uncalibrated models: confidence below ``uncertain_below``.
+        uncalibrated models: confidence below ``uncertain_below``. The words name the guards crossed and a
+        landmark whose radius alone exceeds the tolerance (the probability speaks for itself).
         """
         if p_large is None:
-            return np.asarray(signals["confidence"]) < self.uncertain_below, None
+            return np.asarray(signals["confidence"]) < self.uncertain_below, None, [[] for _ in self.names]
         cal = self.calibration
-        flagged = (p_large >= cal.threshold) | cal.guarded(signals)
+        reasons = cal.guard_reasons(signals)
+        flagged = (p_large >= cal.threshold) | np.array([bool(r) for r in reasons])
         radius = cal.radius_of(self.names, flagged)
         if radius is not None:
-            flagged = flagged | (radius > cal.radius_mm)
-        return flagged, radius
+            wide = ~flagged & (radius > cal.radius_mm)
+            for i in np.flatnonzero(wide):
+                reasons[i].append(f"this landmark's error radius exceeds {cal.radius_mm:g} mm")
+            flagged = flagged | wide
+        return flagged, radius, reasons
 
     def _p_large_error(self, signals: dict, global_only: bool):
         """Calibrated P(error > radius) per landmark, or None (no calibration, or it does not cover this case)."""

@@ -184,6 +184,9 @@ class Calibration:
     def guarded(self, signals: dict) -> np.ndarray:
         return beyond_guards(self.guards, signals)
 
+    def guard_reasons(self, signals: dict) -> list:
+        return guard_reasons(self.guards, signals)
+
     def radius_of(self, names, flagged: np.ndarray) -> np.ndarray | None:
         """The conformal error radius of each point (None without one): the flagged points' radius for
         flagged points, else their landmark's (the largest landmark radius for a landmark not calibrated)."""
@@ -215,17 +218,39 @@ def choose_guards(table: dict, counted: np.ndarray) -> dict:
     return guards
 
 
+def _beyond(limits: dict, values: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(values), dtype=bool)
+    if "below" in limits:
+        out |= ~(values >= limits["below"])
+    if "above" in limits:
+        out |= ~(values <= limits["above"])
+    return out
+
+
 def beyond_guards(guards: dict, signals: dict) -> np.ndarray:
     """Points beyond a guard; a signal a guard needs but the point lacks counts as beyond."""
     n = len(next(iter(signals.values())))
     out = np.zeros(n, dtype=bool)
     for name, limits in guards.items():
-        values = np.asarray(signals.get(name, np.full(n, np.nan)), dtype=np.float64)
-        if "below" in limits:
-            out |= ~(values >= limits["below"])
-        if "above" in limits:
-            out |= ~(values <= limits["above"])
+        out |= _beyond(limits, np.asarray(signals.get(name, np.full(n, np.nan)), dtype=np.float64))
     return out
+
+
+# What a crossed guard tells the user, in the point's description.
+GUARD_WORDS = {"confidence": "confidence {:.2f}", "global_spread_mm": "global votes spread {:.0f} mm",
+               "global_local_mm": "local and global estimates {:.0f} mm apart"}
+
+
+def guard_reasons(guards: dict, signals: dict) -> list:
+    """Per point, the guards it crossed in words (empty list: none), for its description."""
+    n = len(next(iter(signals.values())))
+    reasons = [[] for _ in range(n)]
+    for name, limits in guards.items():
+        values = np.asarray(signals.get(name, np.full(n, np.nan)), dtype=np.float64)
+        for i in np.flatnonzero(_beyond(limits, values)):
+            words = GUARD_WORDS.get(name, name + " {:.3g}")
+            reasons[i].append(words.format(values[i]) if np.isfinite(values[i]) else f"no {name}")
+    return reasons
 
 
 def conformal_quantile(errors, coverage: float) -> float:
