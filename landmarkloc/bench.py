@@ -30,6 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from landmarkloc.errors import InputError, LandmarkLocError
+from landmarkloc.inference.refine_modes import DEFAULT_REFINE_MODE
 from landmarkloc.points import ControlPoint
 
 BRAIN_MODEL = "brain-t1-ixi16"
@@ -360,7 +361,7 @@ def run_bench(config: BenchConfig, models_dir=None, device: str = "auto", output
                     "pixel_type": spec.pixel_type}
 
         # the shipped configuration: coarse agent + anchor map + NCC search (the fine model is not used with it)
-        rpr = {"coarse": models["rpr_coarse"].path, "fine": None, "refine": "ncc", "runs": config.runs}
+        rpr = {"coarse": models["rpr_coarse"].path, "fine": None, "refine": DEFAULT_REFINE_MODE, "runs": config.runs}
         jobs = [
             ("fcn_brain", {"scenario": "fcn", "model": models["brain"].path, "image": image(config.brain)}),
             ("fcn_ct", {"scenario": "fcn", "model": models["brain"].path, "image": image(config.ct)}),

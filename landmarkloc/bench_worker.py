@@ -100,7 +100,8 @@ def run_rpr(spec: dict, device, synchronize) -> dict:
     step_median = {k: statistics.median(s[k] for s in steps[1:] or steps) for k in steps[0]}
     grid = loc.prepare(query)[0].geometry.size
     configuration = ("coarse+fine" if spec.get("fine") else "coarse") + {
-        "none": "", "affine": " + anchor map", "ncc": " + anchor map + NCC search"}[refine]
+        "none": "", "affine": " + anchor map", "ncc": " + anchor map + NCC search",
+        "local-affine": " + anchor map + NCC search + local affine"}[refine]
     return {"load_s": load_s, **timing, "prepare_median_s": prep["median_s"], "points": len(points),
             "configuration": configuration, "step_median_s": step_median,
             "boxes": len(result.boxes), "runs": spec["runs"], "model_grid": list(grid),

@@ -22,6 +22,7 @@ import SimpleITK as sitk
 from .errors import InputError
 from .geometry.frames import ImageGeometry
 from .geometry.resample import crop_or_pad
+from .inference.refine_modes import DEFAULT_REFINE_MODE
 from .io.image import read_image
 from .io.markups import write_points
 from .io.modelfile import shipped_model
@@ -107,7 +108,7 @@ def run_demo(out_dir, device: str = "auto", say=print) -> dict:
     template = Template.load(shipped_model(SUPPORT_TEMPLATE))
     timings["load RPR models + support template"] = time.perf_counter() - t0
     query, motion = moved_query(image)
-    found = locator.locate(query, template, runs=15, seed=0, refine="ncc")
+    found = locator.locate(query, template, runs=15, seed=0, refine=DEFAULT_REFINE_MODE)
     timings["one-shot 16 points, K=15 (RPR + refinement)"] = found.seconds
     truth = np.array([motion.TransformPoint(tuple(float(v) for v in p)) for p in template.support_positions])
     errors = np.linalg.norm(np.array([p.position for p in found.points]) - truth, axis=1)

@@ -14,6 +14,7 @@ from LandmarkLocalizerLib.progress import reporting_stages
 
 from landmarkloc.errors import InputError
 from landmarkloc.geometry.labels import group_extreme_points
+from landmarkloc.inference.refine_modes import DEFAULT_REFINE_MODE
 from landmarkloc.io.image import squeeze_single_slice
 
 METHODS = ("rpr", "ncc", "registration")
@@ -52,7 +53,7 @@ def load_template(path):
     return Template.load(path)
 
 
-def locate_rpr(locator, template, query: sitk.Image, runs: int, seed: int = 0, refine: str = "ncc",
+def locate_rpr(locator, template, query: sitk.Image, runs: int, seed: int = 0, refine: str = DEFAULT_REFINE_MODE,
                report=None) -> tuple:
     """(points, boxes, warnings); uncertain points come unselected with the reason in their description.
 

@@ -16,6 +16,7 @@ from LandmarkLocalizerLib.logic import checked_image
 from LandmarkLocalizerLib.models import ModelInfo, check_model_fits
 
 from landmarkloc.errors import InputError, ModelError
+from landmarkloc.inference.refine_modes import DEFAULT_REFINE_MODE
 from landmarkloc.io.modelfile import model_paths, read_metadata
 
 from .engine import METHODS
@@ -88,7 +89,7 @@ def _check_models(model: ModelInfo, fine: ModelInfo, method: str) -> None:
 
 def start_find(query_volume, support: Support, method: str = "rpr", model: ModelInfo = None,
                fine_model: ModelInfo = None, template_path: str = "", runs: int = 15, steps: int = 1,
-               device: str = "Auto", python: str = None, refine: str = "ncc") -> Job:
+               device: str = "Auto", python: str = None, refine: str = DEFAULT_REFINE_MODE) -> Job:
     """Check everything, write the inputs and start the worker that locates the support's points in the query.
 
     ``refine`` (rpr): ``'ncc'`` (default: anchor map + local image match), ``'affine'`` or ``'none'``.

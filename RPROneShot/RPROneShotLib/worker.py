@@ -18,6 +18,7 @@ from LandmarkLocalizerLib.exchange import (
 from LandmarkLocalizerLib.jobs import exit_worker, run_worker
 
 from landmarkloc.errors import InputError
+from landmarkloc.inference.refine_modes import DEFAULT_REFINE_MODE
 
 from . import engine
 
@@ -68,7 +69,7 @@ def handle(request: dict, workdir, report) -> dict:
         report(0.4, f"Locating ({request.get('runs', 15)} runs)")
         found, boxes, warnings = engine.locate_rpr(locator, template, read_temporary_image(request["query"]),
                                                    request.get("runs", 15), request.get("seed", 0),
-                                                   request.get("refine", "ncc"), report)
+                                                   request.get("refine", DEFAULT_REFINE_MODE), report)
         return {"points": [point_to_dict(p) for p in found], "boxes": [box_to_dict(b) for b in boxes],
                 "warnings": warnings}, str(locator.device)
 

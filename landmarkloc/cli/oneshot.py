@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, InputWarning
+from ..inference.refine_modes import DEFAULT_REFINE_MODE, REFINE_MODES
 from ..io.atomic import check_writable
 from ..io.image import check_image_file, check_spacing_applies, read_image
 from ..io.markups import read_points, write_boxes, write_points
@@ -33,6 +34,8 @@ EXAMPLE = """examples:
       -o out/ --rois out/
   landmarkloc oneshot --refine none --query q.nii.gz --template brain3.safetensors --model brain-t1-rpr-coarse \\
       --fine-model brain-t1-rpr-fine -o q.mrk.json     (the paper's coarse + fine agent, no refinement)
+  landmarkloc oneshot --refine ncc --query q.nii.gz --template brain3.safetensors --model brain-t1-rpr-coarse \
+      -o q.mrk.json     (faster, less accurate: no local affine step; also for templates of older versions)
   landmarkloc oneshot --method registration --query q.nii.gz --support s.nii.gz \\
       --support-markups s.mrk.json -o q.mrk.json
   landmarkloc oneshot --query q.nii.gz --support s1.nii.gz --support-labels s1_seg.nii.gz --support s2.nii.gz \\
@@ -75,11 +78,12 @@ def register(sub) -> None:
                    help="rpr (default): the one-shot agent; ncc: template matching; registration: SimpleITK "
                    "rigid + affine; deformable: ANTs SyN after affine (antspyx: pip install "
                    "'landmarkloc[deformable]'): the most accurate baseline, 10-20 s per query on a 2-core CPU")
-    p.add_argument("--refine", choices=("none", "affine", "ncc"), default="ncc",
+    p.add_argument("--refine", choices=REFINE_MODES, default=DEFAULT_REFINE_MODE,
                    help="rpr: after the coarse agent, 'affine' maps the points by a robust affine fit to the "
-                   "template's anchor points, 'ncc' (default) then searches the best local image match "
-                   "(+-6 mm); 'none' is the paper's agent alone. Templates saved before this option need "
-                   "--refine none or remaking")
+                   "template's anchor points, 'ncc' then searches the best local image match (+-6 mm), "
+                   "'local-affine' (default) then fits each point's own affine map of a 40 mm support patch "
+                   "to the query; 'none' is the paper's agent alone. Templates saved by older versions need "
+                   "--refine ncc (or none) or remaking")
     p.add_argument("--ncc-stride", type=int, default=0,
                    help="ncc: sliding-window stride (the paper's 2); 0 (default) = FFT at every voxel")
     p.add_argument("--bspline", action="store_true", help="registration: add a B-spline stage after affine")

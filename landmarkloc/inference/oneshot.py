@@ -31,9 +31,11 @@ from landmarkloc.geometry.labels import box_from_points, group_extreme_points, l
 from landmarkloc.inference.patches import PreparedVolume, extract_patches, prepare_volume
 from landmarkloc.inference.refine import (
     DEFAULT_REFINE,
+    DEFAULT_REFINE_MODE,
     REFINE_MODES,
     RefineConfig,
     fit_affine,
+    local_affine_search,
     map_locally,
     ncc_search,
     sample_anchors,
@@ -60,7 +62,9 @@ class Template:
     Refinement (format 2): ``anchor_positions`` / ``anchor_latents`` ``(A, D)``:
     points spread over the (first) support's body and their coarse latents;
     ``patches`` ``(P, n, ...)``: the support's intensity patches around each
-    point (``patch_mm`` wide, sampled every ``step_mm`` along LPS axes).
+    point (``patch_mm`` wide, sampled every ``step_mm`` along LPS axes);
+    ``affine_patches``: wider, coarser ones for the local affine refinement
+    (``affine_patch_mm``, ``affine_step_mm``; templates made before it have none).
     """
 
     names: list[str]
@@ -77,6 +81,9 @@ class Template:
     patch_mm: float = 24.0
     step_mm: float = 2.0
     point_positions: np.ndarray | None = None  # (P, D) LPS in the first support (the anchors' frame)
+    affine_patches: np.ndarray | None = None  # (P, m, m[, m]) support intensities (first support)
+    affine_patch_mm: float = 40.0
+    affine_step_mm: float = 4.0
 
     @property
     def has_refinement(self) -> bool:
@@ -89,7 +96,7 @@ class Template:
         tensors = {"coarse_latents": torch.as_tensor(self.coarse_latents, dtype=torch.float32)}
         if self.fine_latents is not None:
             tensors["fine_latents"] = torch.as_tensor(self.fine_latents, dtype=torch.float32)
-        for key in ("anchor_positions", "anchor_latents", "patches", "point_positions"):
+        for key in ("anchor_positions", "anchor_latents", "patches", "point_positions", "affine_patches"):
             value = getattr(self, key)
             if value is not None:
                 dtype = torch.float64 if key.endswith("positions") else torch.float32
@@ -97,6 +104,7 @@ class Template:
         meta = {"kind": TEMPLATE_KIND, "template_version": TEMPLATE_VERSION, "names": list(self.names),
                 "ndim": self.ndim, "coarse_model_sha256": self.coarse_sha256, "fine_model_sha256": self.fine_sha256,
                 "supports": self.supports, "patch_mm": self.patch_mm, "step_mm": self.step_mm,
+                "affine_patch_mm": self.affine_patch_mm, "affine_step_mm": self.affine_step_mm,
                 "support_positions_lps": None if self.support_positions is None
                 else np.asarray(self.support_positions).tolist()}
         save_model(path, tensors, meta)
@@ -126,7 +134,10 @@ class Template:
                            anchor_positions=array("anchor_positions", np.float64),
                            anchor_latents=array("anchor_latents"), patches=array("patches"),
                            patch_mm=float(meta.get("patch_mm", 24.0)), step_mm=float(meta.get("step_mm", 2.0)),
-                           point_positions=array("point_positions", np.float64))
+                           point_positions=array("point_positions", np.float64),
+                           affine_patches=array("affine_patches"),
+                           affine_patch_mm=float(meta.get("affine_patch_mm", 40.0)),
+                           affine_step_mm=float(meta.get("affine_step_mm", 4.0)))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ModelError(f"{path}: incomplete one-shot template ({exc})") from None
         if template.coarse_latents.shape != (len(names), template.ndim):
@@ -135,8 +146,10 @@ class Template:
                                         or template.point_positions is None
                                         or template.point_positions.shape != (len(names), template.ndim)):
             raise ModelError(f"{path}: damaged template (refinement arrays do not fit its points)")
-        if template.patches is not None and len(template.patches) != len(names):
-            raise ModelError(f"{path}: damaged template ({len(template.patches)} patches for {len(names)} points)")
+        for key in ("patches", "affine_patches"):
+            value = getattr(template, key)
+            if value is not None and len(value) != len(names):
+                raise ModelError(f"{path}: damaged template ({len(value)} {key} for {len(names)} points)")
         return template
 
 
@@ -359,7 +372,9 @@ class OneShotLocator:
                     anchor_positions=volumes[0].to_physical(anchors),
                     anchor_latents=self._latents(self.coarse, volumes[0], anchors).cpu().numpy(),
                     patches=support_patches(volumes[0], pos, refine.patch_mm, refine.step_mm),
-                    patch_mm=refine.patch_mm, step_mm=refine.step_mm, point_positions=pos)
+                    patch_mm=refine.patch_mm, step_mm=refine.step_mm, point_positions=pos,
+                    affine_patches=support_patches(volumes[0], pos, refine.affine_patch_mm, refine.affine_step_mm),
+                    affine_patch_mm=refine.affine_patch_mm, affine_step_mm=refine.affine_step_mm)
         k = len(support_images)
         return Template(names=names, ndim=self.ndim, coarse_latents=np.asarray(coarse_sum / k, dtype=np.float32),
                         coarse_sha256=self.coarse.sha256,
@@ -384,9 +399,12 @@ class OneShotLocator:
         if refine != "none" and not template.has_refinement:
             raise ModelError("this template has no refinement data (made by an older landmarkloc): make it again "
                              "from the support image (--save-template), or use --refine none")
-        if refine == "ncc" and template.patches is None:
+        if refine in ("ncc", "local-affine") and template.patches is None:
             raise ModelError("this template has no support patches for the NCC search: make it again, or use "
                              "--refine affine")
+        if refine == "local-affine" and template.affine_patches is None:
+            raise ModelError("this template has no support patches for the local affine refinement (made by an "
+                             "older landmarkloc): make it again from the support image, or use --refine ncc")
 
     def _query_starts(self, query_image: sitk.Image, runs: int, seed: int) -> _QueryStarts:
         """The query prepared for the models and the K start patches' latents: shared by every template."""
@@ -402,12 +420,13 @@ class OneShotLocator:
         return _QueryStarts(volumes, start_index, latents, runs, time.perf_counter() - start)
 
     def locate(self, query_image: sitk.Image, template: Template, runs: int = 15, seed: int = 0,
-               refine: str = "ncc", config: RefineConfig = DEFAULT_REFINE) -> OneShotResult:
+               refine: str = DEFAULT_REFINE_MODE, config: RefineConfig = DEFAULT_REFINE) -> OneShotResult:
         """Locate the template's points (and boxes) in ``query_image``.
 
         ``refine``: ``'none'`` (the paper: coarse mean, then the fine model if
-        given), ``'affine'`` (coarse, robust anchor map, fine model if given) or
-        ``'ncc'`` (``'affine'`` then the local NCC search; the default).
+        given), ``'affine'`` (coarse, robust anchor map, fine model if given),
+        ``'ncc'`` (``'affine'`` then the local NCC search) or ``'local-affine'``
+        (``'ncc'`` then a local affine map per point; the default).
         Every point gets ``properties`` (spread of the K runs, map residual, NCC
         peak) and is unselected with the reason in its description when one of
         them says it cannot be trusted (:func:`uncertainty_reasons`).
@@ -417,7 +436,8 @@ class OneShotLocator:
         return self._locate_from(query_image, starts, template, refine, config)
 
     def locate_consensus(self, query_image: sitk.Image, templates: Sequence[Template], runs: int = 15,
-                         seed: int = 0, refine: str = "ncc", config: RefineConfig = DEFAULT_REFINE) -> OneShotResult:
+                         seed: int = 0, refine: str = DEFAULT_REFINE_MODE,
+                         config: RefineConfig = DEFAULT_REFINE) -> OneShotResult:
         """Few-shot: locate with each support's template alone, then take the per-point median (multi-atlas).
 
         One support's anatomy biases every point it gives; supports whose
@@ -511,13 +531,23 @@ class OneShotLocator:
                 props["fine_shift_mm"] = round(float(np.linalg.norm(p - c)), 3)
         timings["fine"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        if refine == "ncc":
+        if refine in ("ncc", "local-affine"):
             position, peak, border = ncc_search(coarse_vol, template.patches, position, fit.matrix,
                                                 template.step_mm, config.search_mm, config.search_passes)
             for props, value, edge in zip(properties, peak, border):
                 props["ncc"] = round(float(value), 4)
                 props["ncc_on_border"] = int(edge)
         timings["ncc search"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if refine == "local-affine":
+            matched = position
+            position, peak = local_affine_search(coarse_vol, template.affine_patches, matched, fit.matrix,
+                                                 template.affine_step_mm, config.affine_iterations,
+                                                 config.affine_learning_rate)
+            for props, value, p, c in zip(properties, peak, position, matched):
+                props["affine_ncc"] = round(float(value), 4)
+                props["affine_shift_mm"] = round(float(np.linalg.norm(p - c)), 3)
+        timings["local affine"] = time.perf_counter() - t0
         result = result_from_positions(template.names, position, query_image, "rpr",
                                        starts.seconds + time.perf_counter() - start, properties)
         if flag:
@@ -528,7 +558,7 @@ class OneShotLocator:
         return result
 
     def locate_boxes(self, query_image: sitk.Image, template: Template, runs: int = 15, seed: int = 0,
-                     refine: str = "ncc", config: RefineConfig = DEFAULT_REFINE) -> OneShotResult:
+                     refine: str = DEFAULT_REFINE_MODE, config: RefineConfig = DEFAULT_REFINE) -> OneShotResult:
         """Like :meth:`locate`; the template must hold organ extreme points (``<organ>_xmin`` ...)."""
         if not group_extreme_points([ControlPoint(n, np.zeros(3)) for n in template.names]):
             raise InputError("the template has no organ extreme points (<organ>_xmin ...); "

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from eval_common import DATA, IXI8, MODELS, RUNS, _lines
 
+from landmarkloc.inference.refine_modes import DEFAULT_REFINE_MODE
+
 OUT = RUNS / "batch"
 
 
@@ -65,8 +67,8 @@ def main() -> None:
     from landmarkloc.io.image import read_image
 
     brain = PRESETS["full"].brain
-    spec = {"scenario": "rpr", "coarse": str(model), "fine": None, "refine": "ncc", "runs": 15, "repeat": 10,
-            "device": "cpu", "image": {"size": list(brain.size), "spacing": brain.spacing,
+    spec = {"scenario": "rpr", "coarse": str(model), "fine": None, "refine": DEFAULT_REFINE_MODE, "runs": 15,
+            "repeat": 10, "device": "cpu", "image": {"size": list(brain.size), "spacing": brain.spacing,
                                        "direction": brain.direction, "pixel_type": brain.pixel_type}}
     with tempfile.TemporaryDirectory(dir=OUT) as tmp:
         bench = run_worker(spec, Path(tmp), 900.0)

@@ -22,7 +22,7 @@ IXI16_LABELS = {"3rdVentricle": 4, "4thVentricle": 11, "BrainStem": 35, "Amygdal
                 "Pallidum_L": 56, "Putamen_R": 57, "Putamen_L": 58, "ThalamusProper_R": 59,
                 "ThalamusProper_L": 60, "CorpusCallosum": 95}
 # The shipped one-shot configuration (chosen on validation): its label in the caches and the report.
-ONESHOT_DEFAULT = "coarse + anchor affine + NCC search (default)"
+ONESHOT_DEFAULT = "coarse + anchor affine + NCC search + local affine (default)"
 # The deformable registration baseline (`oneshot --method deformable`): its label in the caches and the report.
 DEFORMABLE = "registration (deformable, SyN)"
 

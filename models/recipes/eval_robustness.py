@@ -45,6 +45,7 @@ from landmarkloc.inference.baselines import registration_locate
 from landmarkloc.inference.deformable import deformable_locate, require_ants
 from landmarkloc.inference.fcn import Localizer
 from landmarkloc.inference.oneshot import OneShotLocator
+from landmarkloc.inference.refine_modes import DEFAULT_REFINE_MODE
 from landmarkloc.io.image import read_image
 from landmarkloc.io.markups import read_boxes
 from landmarkloc.io.modelfile import read_metadata
@@ -118,12 +119,12 @@ def _robust_query(name: str, image: sitk.Image, references: dict, loc, templates
     rows = {"rpr": out.setdefault("rpr", {"boxes": {}, "points": {}, "seconds": [], "selected": []})}
     support_points = (extreme if ref_boxes else []) + centroids
     if ref_boxes:
-        result = loc.locate(image, templates[0], runs=15, seed=0, refine="ncc")
+        result = loc.locate(image, templates[0], runs=15, seed=0, refine=DEFAULT_REFINE_MODE)
         rows["rpr"]["seconds"].append(result.seconds)
         rows["rpr"]["selected"] += [bool(p.selected) for p in result.points if p.label.rsplit("_", 1)[0] in ref_boxes]
         got = {b.name: b for b in result.boxes}
         rows["rpr"]["boxes"][name] = {n: box_iou(got[n], ref) for n, ref in ref_boxes.items() if n in got}
-    centre = loc.locate(image, templates[1], runs=15, seed=0, refine="ncc")
+    centre = loc.locate(image, templates[1], runs=15, seed=0, refine=DEFAULT_REFINE_MODE)
     if not ref_boxes:
         rows["rpr"]["seconds"].append(centre.seconds)
     rows["rpr"]["selected"] += [bool(p.selected) for p in centre.points if p.label in ref_points]

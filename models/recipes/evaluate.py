@@ -85,14 +85,15 @@ def brain() -> None:
 
 
 # One-shot ablation: (label, use the fine model, refinement). The default (CLI, Slicer, demo) is "rpr + anchor map
-# + NCC search", chosen on the validation split (section oneshot-val).
+# + NCC search + local affine", chosen on the validation split (section oneshot-val).
 ONESHOT_VARIANTS = (
     ("coarse only", False, "none"),
     ("coarse+fine (paper)", True, "none"),
     ("coarse + anchor affine", False, "affine"),
     ("coarse + anchor affine + fine", True, "affine"),
-    (ONESHOT_DEFAULT, False, "ncc"),
+    ("coarse + anchor affine + NCC search", False, "ncc"),
     ("coarse + anchor affine + fine + NCC search", True, "ncc"),
+    (ONESHOT_DEFAULT, False, "local-affine"),
 )
 
 
