@@ -261,3 +261,8 @@ def test_local_affine_refinement_recovers_a_scaled_and_shifted_query_in_2d_and_3
     errors = np.linalg.norm(found - truth, axis=1)
     assert errors.max() < 1.0, errors
     assert np.all(peak > 0.9)
+    with torch.inference_mode():  # as the bench and the Slicer worker call it: the same answer
+        q_inference = prepare_volume(query, spacing, "mr")
+        again, _ = local_affine_search(q_inference, wide, start, np.eye(ndim), config.affine_step_mm,
+                                       config.affine_iterations, config.affine_learning_rate)
+    np.testing.assert_allclose(again, found, atol=1e-4)

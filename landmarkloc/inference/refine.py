@@ -203,7 +203,7 @@ def sample_around(volume: PreparedVolume, centres: np.ndarray, offsets: np.ndarr
     grid = (torch.as_tensor(base, dtype=torch.float32, device=device)[:, None, :]
             + torch.as_tensor(np.asarray(offsets, dtype=np.float64) @ step, dtype=torch.float32,
                               device=device)[None])
-    return _sample_grid(volume, grid)
+    return _sample_grid(volume.data, grid)
 
 
 def _grid_map(volume: PreparedVolume, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -219,11 +219,11 @@ def _grid_map(volume: PreparedVolume, centres: np.ndarray) -> tuple[np.ndarray, 
     return to_index(centres) * scale - 1.0, jacobian_t * scale[None, :]
 
 
-def _sample_grid(volume: PreparedVolume, grid: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of the volume at grid coordinates ``(P, N, D)`` (zeros outside): ``(P, N)``."""
+def _sample_grid(data: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of a volume's ``data`` at grid coordinates ``(P, N, D)`` (zeros outside): ``(P, N)``."""
     p, n, ndim = grid.shape
     grid = grid.reshape(1, -1, *([1] * (ndim - 1)), ndim)  # grid_sample wants (x=i, y=j, z=k)
-    out = F.grid_sample(volume.data[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    out = F.grid_sample(data[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     return out.reshape(p, n)
 
 
@@ -336,10 +336,17 @@ def local_affine_search(volume: PreparedVolume, patches: np.ndarray, centres: np
     patch that can only move cannot. Returns the positions (P, D) and the final
     NCC (P,); a point whose support patch is flat keeps its start.
     """
+    # the gradients need autograd even where the caller runs in inference mode (the bench, the Slicer worker)
+    with torch.inference_mode(False):
+        return _local_affine_search(volume, patches, centres, matrix, step_mm, iterations, learning_rate)
+
+
+def _local_affine_search(volume, patches, centres, matrix, step_mm, iterations, learning_rate):
     ndim = volume.ndim
     count = len(patches)
     m = patches.shape[1]
     device = volume.device
+    data = volume.data.clone() if volume.data.is_inference() else volume.data  # inference tensors: no autograd
     offsets = torch.as_tensor(patch_offsets(m * step_mm, step_mm, ndim), dtype=torch.float32, device=device)
     target = torch.as_tensor(patches.reshape(count, -1), dtype=torch.float32, device=device)
     usable = target.std(dim=1) > 1e-6
@@ -352,7 +359,7 @@ def local_affine_search(volume: PreparedVolume, patches: np.ndarray, centres: np
 
     def score(shift, linear) -> torch.Tensor:
         moved = shift[:, None, :] + torch.einsum("pij,nj->pni", linear, offsets)  # (P, N, D) mm from the centre
-        return _ncc_rows(_sample_grid(volume, base_t[:, None, :] + moved @ to_grid), target)
+        return _ncc_rows(_sample_grid(data, base_t[:, None, :] + moved @ to_grid), target)
 
     # Adam written out (torch.optim's first step costs a second of imports; this is the whole of it)
     params = [shift, linear]
