@@ -184,6 +184,16 @@ def _parameters(net) -> torch.Tensor:
     return torch.cat([p.flatten() for p in net.parameters()])
 
 
+def _trained_further(root, stage: str, augment: str, name: str) -> tuple:
+    """The trained model at ``root / "model"`` trained further (``train_stage`` ``stage``, 300 iterations, an
+    augmentation preset with small geometry), written to ``root / name``: (its metadata, its Localizer)."""
+    cfg = train_config("compact", 2, iterations=300, validate_every=150, crop_size=32, intensity="ct",
+                       learning_rate=3e-4, init_from=str(root / "model"), train_stage=stage,
+                       augment=replace(AUGMENT_PRESETS[augment], rotation_deg=5.0, scale=0.05))
+    meta = train_fcn(load_dataset(root / "train"), root / name, cfg, quiet=True)
+    return meta, Localizer.from_file(root / f"{name}.safetensors", "cpu")
+
+
 def _assert_finds_held_out(loc, held_out, tolerance_mm):
     for image, truth in held_out:
         for lm in loc.localize(image).landmarks:
@@ -194,13 +204,9 @@ def test_finetune_continues_both_networks_with_clinical_augmentation(trained):
     """--train-stage finetune: the global and the local networks start as the model's (both trained on from
     there, none frozen), with the appearance augmentation; the result still finds held-out landmarks."""
     root, meta, base, held_out = trained
-    cfg = train_config("compact", 2, iterations=300, validate_every=150, crop_size=32, intensity="ct",
-                       learning_rate=3e-4, init_from=str(root / "model"), train_stage="finetune",
-                       augment=replace(AUGMENT_PRESETS["appearance"], rotation_deg=5.0, scale=0.05))
-    tuned_meta = train_fcn(load_dataset(root / "train"), root / "tuned", cfg, quiet=True)
+    tuned_meta, tuned = _trained_further(root, "finetune", "appearance", "tuned")
     assert tuned_meta["training"]["init_from"]["sha256"] == meta["sha256"]
     assert tuned_meta["train_config"]["augment"]["bias_field"] == AUGMENT_PRESETS["appearance"].bias_field
-    tuned = Localizer.from_file(root / "tuned.safetensors", "cpu")
     for part in ("global_net", "local_net"):  # trained on: changed, yet close to where they started
         before, after = _parameters(getattr(base.network, part)), _parameters(getattr(tuned.network, part))
         assert not torch.equal(before, after), part
@@ -221,13 +227,9 @@ def test_global_stage_alone_trains_the_global_network_and_keeps_the_later_stages
     """--train-stage global: only the global network trains on (here with the strong appearance
     augmentation); the local stage stays exactly as trained, so its precision cannot suffer."""
     root, meta, base, held_out = trained
-    cfg = train_config("compact", 2, iterations=300, validate_every=150, crop_size=32, intensity="ct",
-                       learning_rate=3e-4, init_from=str(root / "model"), train_stage="global",
-                       augment=replace(AUGMENT_PRESETS["appearance-strong"], rotation_deg=5.0, scale=0.05))
-    tuned_meta = train_fcn(load_dataset(root / "train"), root / "global", cfg, quiet=True)
+    tuned_meta, tuned = _trained_further(root, "global", "appearance-strong", "global")
     assert tuned_meta["training"]["init_from"]["sha256"] == meta["sha256"]
     assert tuned_meta["local_architecture"] == meta["local_architecture"]
-    tuned = Localizer.from_file(root / "global.safetensors", "cpu")
     for (key, before), after in zip(base.network.local_net.state_dict().items(),
                                     tuned.network.local_net.state_dict().values()):
         assert torch.equal(before, after), key

@@ -360,7 +360,7 @@ def run_bench(config: BenchConfig, models_dir=None, device: str = "auto", output
             return {"size": list(spec.size), "spacing": spec.spacing, "direction": spec.direction,
                     "pixel_type": spec.pixel_type}
 
-        # the shipped configuration: coarse agent + anchor map + NCC search (the fine model is not used with it)
+        # the shipped configuration: coarse agent + the default refinement (the fine model is not used with it)
         rpr = {"coarse": models["rpr_coarse"].path, "fine": None, "refine": DEFAULT_REFINE_MODE, "runs": config.runs}
         jobs = [
             ("fcn_brain", {"scenario": "fcn", "model": models["brain"].path, "image": image(config.brain)}),

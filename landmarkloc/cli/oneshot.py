@@ -34,7 +34,7 @@ EXAMPLE = """examples:
       -o out/ --rois out/
   landmarkloc oneshot --refine none --query q.nii.gz --template brain3.safetensors --model brain-t1-rpr-coarse \\
       --fine-model brain-t1-rpr-fine -o q.mrk.json     (the paper's coarse + fine agent, no refinement)
-  landmarkloc oneshot --refine ncc --query q.nii.gz --template brain3.safetensors --model brain-t1-rpr-coarse \
+  landmarkloc oneshot --refine ncc --query q.nii.gz --template brain3.safetensors --model brain-t1-rpr-coarse \\
       -o q.mrk.json     (faster, less accurate: no local affine step; also for templates of older versions)
   landmarkloc oneshot --method registration --query q.nii.gz --support s.nii.gz \\
       --support-markups s.mrk.json -o q.mrk.json

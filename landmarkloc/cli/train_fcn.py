@@ -32,7 +32,7 @@ EXAMPLE = """examples:
    stages and train a fine stage on a finer grid that refines the local estimate; --train-stage finetune:
    train its global and local networks further, e.g. on images changed as clinical ones differ;
    --train-stage global: train only its global network further, its local and fine stages kept as trained)
-  landmarkloc train-fcn ixi_train.csv --val ixi_val.csv -o brain-global --init-from brain-t1-ixi16 \
+  landmarkloc train-fcn ixi_train.csv --val ixi_val.csv -o brain-global --init-from brain-t1-ixi16 \\
       --train-stage global --augment appearance-strong
   (a dataset is a folder of images with IMG.mrk.json/.fcsv/.csv landmark files, a CSV with columns
    image,landmarks, or a pixel table image,landmark,x_px,y_px; writes model.safetensors + model.json,

@@ -181,9 +181,6 @@ class Calibration:
     def threshold_for(self, refine: bool = False) -> float:
         return float(self.refine["threshold"]) if refine else self.threshold
 
-    def guarded(self, signals: dict) -> np.ndarray:
-        return beyond_guards(self.guards, signals)
-
     def guard_reasons(self, signals: dict) -> list:
         return guard_reasons(self.guards, signals)
 

@@ -1,7 +1,7 @@
-"""Refinement of one-shot points across subjects: a robust anchor map, then a local NCC search.
+"""Refinement of one-shot points across subjects: a robust anchor map, a local NCC search, a local affine map.
 
 The coarse RPR agent's estimates are noisy and, across subjects, biased point by
-point. Two cheap steps turn them into positions a user can rely on:
+point. Three steps turn them into positions a user can rely on:
 
 1. **Anchor map.** The template also holds a few hundred *anchor* points spread
    over the support's body, with their coarse latent vectors. Their coarse
@@ -16,9 +16,15 @@ point. Two cheap steps turn them into positions a user can rely on:
    the support's intensity patch around the target (stored in the template) is
    matched by normalised cross-correlation within +-``search_mm``; the best
    window (sub-voxel by a parabola through the peak) is the answer.
+3. **Local affine** (``local-affine``, the default). A wider support patch per
+   point may also stretch and shear into the query: its own affine map, started
+   at the NCC match and the anchor map, follows the gradient of the NCC. This
+   follows structures whose shape differs between the subjects, which a patch
+   that can only move cannot.
 
 Everything is vectorised: the anchor fit is a few 4x4 solves, the search one
-trilinear sampling of all query blocks and one grouped convolution.
+trilinear sampling of all query blocks and one grouped convolution, the local
+affine a few dozen batched samplings and their gradients.
 """
 
 from __future__ import annotations
@@ -343,19 +349,18 @@ def local_affine_search(volume: PreparedVolume, patches: np.ndarray, centres: np
 
 def _local_affine_search(volume, patches, centres, matrix, step_mm, iterations, learning_rate):
     ndim = volume.ndim
-    count = len(patches)
-    m = patches.shape[1]
+    count, width = len(patches), patches.shape[1]
     device = volume.device
     data = volume.data.clone() if volume.data.is_inference() else volume.data  # inference tensors: no autograd
-    offsets = torch.as_tensor(patch_offsets(m * step_mm, step_mm, ndim), dtype=torch.float32, device=device)
+    offsets = torch.as_tensor(patch_offsets(width * step_mm, step_mm, ndim), dtype=torch.float32, device=device)
     target = torch.as_tensor(patches.reshape(count, -1), dtype=torch.float32, device=device)
     usable = target.std(dim=1) > 1e-6
     base, mm_to_grid = _grid_map(volume, np.asarray(centres, dtype=np.float64))
     base_t = torch.as_tensor(base, dtype=torch.float32, device=device)
     to_grid = torch.as_tensor(mm_to_grid, dtype=torch.float32, device=device)
-    shift = torch.zeros((count, ndim), dtype=torch.float32, device=device)  # mm, LPS
+    shift = torch.zeros((count, ndim), dtype=torch.float32, device=device, requires_grad=True)  # mm, LPS
     linear = torch.as_tensor(np.asarray(matrix, dtype=np.float64), dtype=torch.float32, device=device)
-    linear = linear.expand(count, ndim, ndim).clone()
+    linear = linear.expand(count, ndim, ndim).clone().requires_grad_(True)
 
     def score(shift, linear) -> torch.Tensor:
         moved = shift[:, None, :] + torch.einsum("pij,nj->pni", linear, offsets)  # (P, N, D) mm from the centre
@@ -368,14 +373,13 @@ def _local_affine_search(volume, patches, centres, matrix, step_mm, iterations, 
     beta1, beta2 = 0.9, 0.999
     for step in range(1, iterations + 1):
         with torch.enable_grad():
-            live = [x.requires_grad_(True) for x in params]
-            grads = torch.autograd.grad(-score(*live)[usable].sum(), live)
+            grads = torch.autograd.grad(-score(*params)[usable].sum(), params)
         with torch.no_grad():
-            for x, g, m, v in zip(params, grads, first, second):
-                m.mul_(beta1).add_(g, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                denom = (v / (1 - beta2**step)).sqrt_().add_(1e-8)
-                x.requires_grad_(False).addcdiv_(m, denom, value=-learning_rate / (1 - beta1**step))
+            for x, g, mean, square in zip(params, grads, first, second):
+                mean.mul_(beta1).add_(g, alpha=1 - beta1)
+                square.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                denom = (square / (1 - beta2**step)).sqrt_().add_(1e-8)
+                x.addcdiv_(mean, denom, value=-learning_rate / (1 - beta1**step))
     with torch.no_grad():
         final = score(shift, linear)
         moved = torch.where(usable[:, None], shift, torch.zeros_like(shift))

@@ -132,6 +132,7 @@ def train_config(preset: str, ndim: int, **overrides) -> FCNTrainConfig:
 
 
 TRAIN_STAGES = ("all", "local", "fine", "finetune", "global")
+CONTINUED_STAGES = ("finetune", "global")  # stages that train networks of the model started from further
 
 
 def _check(cfg: FCNTrainConfig) -> None:
@@ -152,7 +153,7 @@ def network_configs(cfg: FCNTrainConfig, num_landmarks: int, start: dict | None 
     g = FCNConfig.from_dict(start["global_architecture"]) if start else \
         global_config(cfg.preset, cfg.ndim, num_landmarks, **cfg.global_overrides)
     loc, fine = None, None
-    if cfg.train_stage in ("finetune", "global"):  # the networks of the model started from, trained further
+    if cfg.train_stage in CONTINUED_STAGES:
         if cfg.train_stage == "finetune" and (not start.get("local_architecture") or start.get("fine_stage")):
             raise InputError("finetune continues a model with a global and a local stage and no fine stage")
         if not start.get("local_architecture"):
@@ -435,7 +436,7 @@ def _run_config(cfg: FCNTrainConfig, start: dict | None, dataset: LandmarkDatase
                       variant=start["variant"])
         if cfg.foreground_margin_mm is None:
             cfg = replace(cfg, foreground_margin_mm=start.get("foreground_margin_mm"))
-        if cfg.train_stage in ("fine", "finetune", "global"):
+        if cfg.train_stage == "fine" or cfg.train_stage in CONTINUED_STAGES:
             cfg = replace(cfg, sub_image_size=int(start["sub_image_size"]), local_members=max(1, _members(start)))
         if cfg.train_stage == "global" and start.get("fine_stage"):
             cfg = replace(cfg, fine_spacing=tuple(start["fine_stage"]["spacing"]),
@@ -577,7 +578,7 @@ class _Trainer:
         bank = fine_cfg if fine else local_cfg
         return functools.partial(
             make_batch, self.data.cases, cfg, self.crop,
-            global_cfg.patch_size if cfg.train_stage in ("all", "finetune", "global") else 0,
+            global_cfg.patch_size if cfg.train_stage == "all" or cfg.train_stage in CONTINUED_STAGES else 0,
             bank.patch_size if bank and cfg.train_stage != "global" else 0,
             local_cases=self.data.on_grid(cfg.fine_spacing)[0] if fine else self.data.cases,
             sub_image_size=cfg.fine_sub_image_size if fine else cfg.sub_image_size,
@@ -710,7 +711,7 @@ def train_mode(model: GlobalToLocal, cfg: FCNTrainConfig) -> None:
     model.train()
     for part in frozen_parts(model, cfg):
         part.eval()
-    if cfg.keep_batch_norm and cfg.train_stage in ("finetune", "global"):
+    if cfg.keep_batch_norm and cfg.train_stage in CONTINUED_STAGES:
         for module in model.modules():
             if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d)):
                 module.eval()

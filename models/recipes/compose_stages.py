@@ -18,7 +18,7 @@ import argparse
 from landmarkloc.errors import InputError
 from landmarkloc.io.modelfile import load_model, save_model
 
-KEPT = ("weights", "sha256", "format_version")
+DROPPED = ("weights", "sha256", "format_version")  # the output gets its own
 
 
 def compose(global_from: str, stages_from: str, output: str) -> None:
@@ -29,7 +29,7 @@ def compose(global_from: str, stages_from: str, output: str) -> None:
             raise InputError(f"the two models differ in {key}: they cannot be composed")
     tensors = {**{k: v for k, v in tensors_l.items() if not k.startswith("global_net.")},
                **{k: v for k, v in tensors_g.items() if k.startswith("global_net.")}}
-    meta = {k: v for k, v in meta_l.items() if k not in KEPT}
+    meta = {k: v for k, v in meta_l.items() if k not in DROPPED}
     meta["training"] = {**meta["training"], "composed_from": {
         "global_net": {"model": meta_g.get("weights"), "sha256": meta_g.get("sha256"),
                        "train_config": meta_g.get("train_config"), "iterations": meta_g["training"].get("iterations")},
