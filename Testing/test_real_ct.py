@@ -108,9 +108,6 @@ def test_the_ceph_model_flags_every_point_of_a_ct_slice(tmp_path, capsys):
     assert points and not any(p.selected for p in points)
 
 
-@pytest.mark.xfail(strict=True, reason="the xray-equalized preset flattens every histogram, so the ceph model's "
-                   "out-of-distribution check does not see a CT slice (docs/reliability.md); its points are flagged "
-                   "by the calibration only")
 def test_the_ceph_model_warns_that_a_ct_slice_is_unlike_its_training_images(tmp_path, capsys):
     code, err = _localize("ceph-isbi19", _ct_slice(tmp_path), tmp_path, capsys)
     assert code == 0 and "unlike the model's training images" in err

@@ -729,6 +729,18 @@ def test_training_commands_take_a_folder_as_output(tmp_path, capsys):
     assert {"imgs_coarse.safetensors", "imgs_coarse.json"} <= {p.name for p in (tmp_path / "out").iterdir()}
 
 
+def test_an_equalizing_model_records_its_training_images_percentile_range(tmp_path, capsys):
+    """train-fcn with histogram equalization keeps, for the out-of-distribution check, what equalization takes
+    away: the profile of the images under their percentile range, not the flat equalized histograms."""
+    assert main(["train-fcn", str(_dataset(tmp_path)), "-o", str(tmp_path / "eq"), "--iterations", "1",
+                 "--intensity", "xray-equalized", "-q", "--device", "cpu"]) == 0, capsys.readouterr().err
+    profile = json.loads((tmp_path / "eq.json").read_text())["intensity_profile"]
+    assert profile["preset"] == "xray" and profile["images"] >= 1
+    flat = np.full(16, 1 / 15)
+    flat[0] = 0.0  # an equalized histogram: the foreground spread evenly
+    assert 0.5 * np.abs(np.asarray(profile["mean_histogram"]) - flat).sum() > 0.1
+
+
 OUTPUT_REFUSAL_ROWS = [
     ("localize: several inputs, a file name", lambda m, t: ["localize", str(good(t)), *_two_named(t)[:1],
                                                             "--model", str(m["fcn"]), "-o", str(t / "r.mrk.json")],

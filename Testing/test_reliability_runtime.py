@@ -20,7 +20,7 @@ from RPROneShotLib.selftest import make_tiny_rpr_models
 from landmarkloc.cli import main
 from landmarkloc.errors import InputError
 from landmarkloc.geometry.frames import ImageGeometry
-from landmarkloc.geometry.intensity import get_preset, intensity_profile, normalize, unlike_profile
+from landmarkloc.geometry.intensity import get_preset, intensity_profile, normalize, profile_preset, unlike_profile
 from landmarkloc.geometry.resample import to_model_grid
 from landmarkloc.inference.fcn import Localizer
 from landmarkloc.inference.oneshot import OneShotLocator
@@ -61,6 +61,31 @@ def test_cli_prints_the_warning_on_stderr_and_still_writes_the_points(mr_model, 
     assert "warning:" in err and "unlike" in err and "error" not in err
     points = read_points(tmp_path / "ct.mrk.json")
     assert points and not any(p.selected for p in points)
+
+
+def picture(volume: np.ndarray, exposure: float = 1.0) -> sitk.Image:
+    """The middle slice of ``volume`` as a 2D picture of 0.5 mm pixels, its grey values raised to ``exposure``."""
+    values = np.clip(volume[volume.shape[0] // 2], 0.0, None) ** exposure if exposure != 1.0 \
+        else volume[volume.shape[0] // 2]
+    return image(np.ascontiguousarray(values, dtype=np.float32), spacing=(0.5, 0.5))
+
+
+def test_an_equalizing_model_tells_a_ct_slice_by_the_pictures_own_percentile_range(tmp_path):
+    """Equalization gives every picture the same flat histogram, so the profile is recorded, and compared,
+    under the percentile range: a differently exposed radiograph passes, a CT slice is warned about."""
+    view = profile_preset("xray-equalized")
+    assert view.mode == "percentile" and profile_preset("mr") == get_preset("mr")
+    shape = (3, 44, 48)
+    arrays = [normalize(sitk.GetArrayFromImage(to_model_grid(picture(body_volume(shape, seed=s)), (0.5, 0.5))),
+                        view) for s in range(4)]
+    profile = intensity_profile(arrays, view)
+    assert profile["preset"] == "xray" and profile["typical_distance"] <= profile["max_distance"]
+    model = tiny_fcn(tmp_path / "equalizing", ndim=2, intensity="xray-equalized", spacing=0.5, profile=profile)
+    localizer = Localizer.from_file(model, device="cpu")
+    assert localizer.localize(picture(body_volume(shape, seed=9), exposure=0.8)).warnings == []
+    ct = localizer.localize(picture(ct_like_volume(shape)))
+    assert len(ct.warnings) == 1 and "unlike the model's training images" in ct.warnings[0]
+    assert all(lm.uncertain and lm.unlike_training for lm in ct.landmarks)
 
 
 def test_models_without_a_profile_still_load_and_do_not_warn(tmp_path):

@@ -131,8 +131,20 @@ PROFILE_BINS = 16
 # their share depends on the field of view, not on the kind of image, so the histogram describes the rest.
 PROFILE_BACKGROUND = 0.1
 # A histogram this far (total variation distance, 0..1) from the training mean is always suspicious, even
-# when the training images were all alike; otherwise the limit is twice the farthest training image.
+# when the training images were all alike; otherwise the limit is twice the typical far training image's distance
+# (the 95th percentile; profiles recorded without it: the farthest image).
 MIN_UNLIKE_DISTANCE = 0.25
+TYPICAL_PERCENTILE = 95
+# Equalization gives every image the same flat histogram, so for a model that equalizes the check compares
+# what equalization takes away: the image's own percentile range.
+EQUALIZED_PROFILE_VIEW = "xray"
+
+
+def profile_preset(preset) -> IntensityPreset:
+    """The normalization under which the out-of-distribution check compares images, for a model normalizing
+    with ``preset``: the model's own, or for an equalizing preset the image's percentile range."""
+    preset = get_preset(preset)
+    return get_preset(EQUALIZED_PROFILE_VIEW) if preset.mode == "equalize" else preset
 
 
 def intensity_histogram(normalized: np.ndarray) -> np.ndarray:
@@ -150,12 +162,19 @@ def histogram_distance(a, b) -> float:
     return 0.5 * float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).sum())
 
 
-def intensity_profile(normalized_arrays) -> dict:
-    """What the training images look like to the network, stored in a model's metadata."""
+def intensity_profile(normalized_arrays, preset=None) -> dict:
+    """What the training images look like under ``preset`` (:func:`profile_preset`; None: as the network sees
+    them), stored in a model's metadata."""
     hists = np.array([intensity_histogram(a) for a in normalized_arrays])
     mean = hists.mean(axis=0)
-    return {"bins": PROFILE_BINS, "mean_histogram": [round(float(v), 6) for v in mean],
-            "max_distance": round(max(histogram_distance(h, mean) for h in hists), 6), "images": len(hists)}
+    distances = [histogram_distance(h, mean) for h in hists]
+    profile = {"bins": PROFILE_BINS, "mean_histogram": [round(float(v), 6) for v in mean],
+               "max_distance": round(max(distances), 6),
+               "typical_distance": round(float(np.percentile(distances, TYPICAL_PERCENTILE)), 6),
+               "images": len(hists)}
+    if preset is not None:
+        profile["preset"] = get_preset(preset).name
+    return profile
 
 
 def unlike_profile(normalized: np.ndarray, profile) -> str | None:
@@ -168,7 +187,7 @@ def unlike_profile(normalized: np.ndarray, profile) -> str | None:
         return None  # older models carry no profile: nothing to compare with
     try:
         mean = np.asarray(profile["mean_histogram"], dtype=np.float64)
-        limit = max(MIN_UNLIKE_DISTANCE, 2.0 * float(profile["max_distance"]))
+        limit = max(MIN_UNLIKE_DISTANCE, 2.0 * float(profile.get("typical_distance", profile["max_distance"])))
     except (KeyError, TypeError, ValueError):
         return None
     if mean.shape != (PROFILE_BINS,):

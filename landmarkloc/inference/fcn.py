@@ -31,7 +31,7 @@ import torch
 
 from ..errors import InputError, ModelError
 from ..geometry.frames import ImageGeometry, from_point3, to_point3
-from ..geometry.intensity import get_preset, normalizer, unlike_profile
+from ..geometry.intensity import PRESETS, get_preset, normalizer, unlike_profile
 from ..geometry.resample import (
     canonical_orientation,
     crop_to_foreground,
@@ -654,6 +654,17 @@ class Localizer:
                                                 foreground_margin_mm=self.foreground_margin_mm)
         return image, array, geometry, normalize
 
+    def _unlike_training(self, image: sitk.Image, array: np.ndarray) -> str | None:
+        """The warning when the image's intensities are unlike the training images', compared under the
+        normalization the profile was recorded with (an equalizing model's: the percentile range)."""
+        profile = self.metadata.get("intensity_profile")
+        view = profile.get("preset") if isinstance(profile, dict) else None
+        if view is not None and view != get_preset(self.intensity).name:
+            if view not in PRESETS:
+                return None  # a profile this version cannot read: nothing to compare with
+            array = preprocess(image, self.spacing, view, foreground_margin_mm=self.foreground_margin_mm)[0]
+        return unlike_profile(array, profile)
+
     def _grids(self, image: sitk.Image, array: np.ndarray, geometry: ImageGeometry, normalize):
         """``grid(spacing)`` -> (array, geometry) of ``image`` for the stages, each made once.
 
@@ -715,7 +726,7 @@ class Localizer:
         """(result, model grid geometry, whether the intensities were unlike the training images') of one pass;
         evidence maps on ``evidence_grid`` (the user's image)."""
         image, array, geometry, normalize = self._prepare(image)
-        unlike = other_intensities = unlike_profile(array, self.metadata.get("intensity_profile"))
+        unlike = other_intensities = self._unlike_training(image, array)
         glob = run_global(self.network.global_net, array, self.variant, geometry.spacing, self.device,
                           self.amp, self.channels_last)
         final, local, augmented = glob, None, None

@@ -42,7 +42,7 @@ from torch import nn
 
 from ..errors import InputError, LandmarkLocError, ModelError
 from ..geometry.frames import ImageGeometry
-from ..geometry.intensity import get_preset, intensity_profile
+from ..geometry.intensity import get_preset, intensity_profile, profile_preset
 from ..geometry.resample import resample_to_grid
 from ..inference.fcn import grid_key
 from ..io.datasets import LandmarkDataset
@@ -490,7 +490,17 @@ class _TrainingData:
                 "validation_held_out": self.held_out, "landmarks": names,
                 "annotations": self.train.summary()["annotations_per_landmark"],
                 # what the images look like to the network, to warn about inputs unlike them
-                "intensity_profile": intensity_profile([c.array for c in self.cases])}
+                "intensity_profile": self._intensity_profile()}
+
+    def _intensity_profile(self) -> dict:
+        """The training images' intensity profile, under the normalization the check compares (for an
+        equalizing preset the images are read again with their percentile range)."""
+        cfg, view = self._cfg, profile_preset(self._cfg.intensity)
+        if view == get_preset(cfg.intensity):
+            return intensity_profile([c.array for c in self.cases])
+        cases = prepare_cases(self.share, cfg.spacing, view, self._input_spacing, quiet=True,
+                              masked_copies=cfg.masked_copies, foreground_margin_mm=cfg.foreground_margin_mm)
+        return intensity_profile([c.array for c in cases], view)
 
 
 def _validation_stages(cfg: FCNTrainConfig, configs: tuple, data: _TrainingData) -> list:
