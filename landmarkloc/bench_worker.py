@@ -61,7 +61,7 @@ def run_fcn(spec: dict, device, synchronize) -> dict:
     result = loc.localize(image)
     first_s = time.perf_counter() - first0
     timing = _timed(lambda: loc.localize(image), spec["repeat"], synchronize)
-    _, array, geometry, _ = loc._prepare(image)
+    geometry = loc._prepare(image).geometry
     prep = _timed(lambda: loc._prepare(image), max(1, spec["repeat"] // 3), synchronize)
     return {"load_s": load_s, "first_s": first_s, **timing, "prepare_median_s": prep["median_s"],
             "model_grid": list(geometry.size), "model_grid_voxels": int(np.prod(geometry.size)),

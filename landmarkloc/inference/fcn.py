@@ -71,14 +71,35 @@ def preprocess(image: sitk.Image, spacing, intensity, with_normalizer: bool = Fa
     global network sees nor the intensity map. With ``with_normalizer``, the intensity map (fixed to
     this image's statistics) comes third.
     """
+    array, geometry, normalize = normalized_grid(model_grid(image, spacing, foreground_margin_mm), intensity)
+    return (array, geometry, normalize) if with_normalizer else (array, geometry)
+
+
+def model_grid(image: sitk.Image, spacing, foreground_margin_mm: float | None = None) -> sitk.Image:
+    """``image`` resampled onto the model's grid, cut to its anatomy with ``foreground_margin_mm`` (what
+    :func:`preprocess` normalizes)."""
     resampled = to_model_grid(image, spacing)
-    if foreground_margin_mm is not None:
-        resampled = crop_to_foreground(resampled, foreground_margin_mm)
-    geometry = ImageGeometry.from_image(resampled)
+    return resampled if foreground_margin_mm is None else crop_to_foreground(resampled, foreground_margin_mm)
+
+
+def normalized_grid(resampled: sitk.Image, intensity) -> tuple:
+    """(normalized float32 array [k, j, i], geometry, intensity map) of an image on the model's grid."""
     raw = sitk.GetArrayViewFromImage(resampled)
     normalize = normalizer(raw, get_preset(intensity))
-    array = np.ascontiguousarray(normalize(raw), dtype=np.float32)
-    return (array, geometry, normalize) if with_normalizer else (array, geometry)
+    return np.ascontiguousarray(normalize(raw), dtype=np.float32), ImageGeometry.from_image(resampled), normalize
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An input on the model's grid: the (squeezed) image, its normalized array, the grid, the intensity map
+    (fixed to this image) and, where the out-of-distribution check compares another normalization, the
+    resampled image it normalizes (None otherwise)."""
+
+    image: sitk.Image
+    array: np.ndarray
+    geometry: ImageGeometry
+    normalize: object
+    resampled: sitk.Image | None = None
 
 
 def _median_shape_residual(result: LocalizationResult) -> float:
@@ -642,28 +663,34 @@ class Localizer:
     def has_local_stage(self) -> bool:
         return self.network.local_net is not None
 
-    def _prepare(self, image: sitk.Image) -> tuple:
-        """(image, normalized array, grid geometry, intensity map) on the model's grid (the local stage's too)."""
+    def _prepare(self, image: sitk.Image) -> PreparedImage:
+        """``image`` on the model's grid (the local stage's too)."""
         if image.GetDimension() == 3 and self.ndim == 2:
             image = squeeze_single_slice(image)
         if image.GetDimension() != self.ndim:
             raise InputError(f"this model localizes in {self.ndim}D images, got a {image.GetDimension()}D image")
         check_image(image)
         check_not_constant(image)
-        array, geometry, normalize = preprocess(image, self.spacing, self.intensity, with_normalizer=True,
-                                                foreground_margin_mm=self.foreground_margin_mm)
-        return image, array, geometry, normalize
+        resampled = model_grid(image, self.spacing, self.foreground_margin_mm)
+        return PreparedImage(image, *normalized_grid(resampled, self.intensity),
+                             resampled if self._profile_view() else None)
 
-    def _unlike_training(self, image: sitk.Image, array: np.ndarray) -> str | None:
-        """The warning when the image's intensities are unlike the training images', compared under the
-        normalization the profile was recorded with (an equalizing model's: the percentile range)."""
+    def _profile_view(self) -> str | None:
+        """The preset under which the intensity profile compares images when it is not the model's own (an
+        equalizing model's: the percentile range), else None."""
         profile = self.metadata.get("intensity_profile")
         view = profile.get("preset") if isinstance(profile, dict) else None
-        if view is not None and view != get_preset(self.intensity).name:
-            if view not in PRESETS:
-                return None  # a profile this version cannot read: nothing to compare with
-            array = preprocess(image, self.spacing, view, foreground_margin_mm=self.foreground_margin_mm)[0]
-        return unlike_profile(array, profile)
+        return view if view is not None and view != get_preset(self.intensity).name else None
+
+    def _unlike_training(self, prepared: PreparedImage) -> str | None:
+        """The warning when the image's intensities are unlike the training images', compared under the
+        normalization the profile was recorded with."""
+        profile, view = self.metadata.get("intensity_profile"), self._profile_view()
+        if view is None:
+            return unlike_profile(prepared.array, profile)
+        if view not in PRESETS:
+            return None  # a profile this version cannot read: nothing to compare with
+        return unlike_profile(normalized_grid(prepared.resampled, view)[0], profile)
 
     def _grids(self, image: sitk.Image, array: np.ndarray, geometry: ImageGeometry, normalize):
         """``grid(spacing)`` -> (array, geometry) of ``image`` for the stages, each made once.
@@ -725,8 +752,9 @@ class Localizer:
     def _localize(self, image: sitk.Image, evidence, use_local: bool, tta, evidence_grid: sitk.Image) -> tuple:
         """(result, model grid geometry, whether the intensities were unlike the training images') of one pass;
         evidence maps on ``evidence_grid`` (the user's image)."""
-        image, array, geometry, normalize = self._prepare(image)
-        unlike = other_intensities = self._unlike_training(image, array)
+        prepared = self._prepare(image)
+        image, array, geometry, normalize = prepared.image, prepared.array, prepared.geometry, prepared.normalize
+        unlike = other_intensities = self._unlike_training(prepared)
         glob = run_global(self.network.global_net, array, self.variant, geometry.spacing, self.device,
                           self.amp, self.channels_last)
         final, local, augmented = glob, None, None
@@ -854,7 +882,9 @@ class Localizer:
         if not self.has_local_stage:
             raise ModelError("this model has no local stage (trained as 'global only')")
         n = self._name_index(name)
-        image, first_array, first_geometry, normalize = self._prepare(image)
+        prepared = self._prepare(image)
+        image, first_array, first_geometry = prepared.image, prepared.array, prepared.geometry
+        normalize = prepared.normalize
         start = first_geometry.physical_to_index(from_point3(np.asarray(position_lps, dtype=np.float64), self.ndim))
         centres = np.zeros((len(self.names), self.ndim))
         centres[n] = start

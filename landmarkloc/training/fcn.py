@@ -496,10 +496,9 @@ class _TrainingData:
         """The training images' intensity profile, under the normalization the check compares (for an
         equalizing preset the images are read again with their percentile range)."""
         cfg, view = self._cfg, profile_preset(self._cfg.intensity)
-        if view == get_preset(cfg.intensity):
-            return intensity_profile([c.array for c in self.cases])
-        cases = prepare_cases(self.share, cfg.spacing, view, self._input_spacing, quiet=True,
-                              masked_copies=cfg.masked_copies, foreground_margin_mm=cfg.foreground_margin_mm)
+        cases = self.cases if view == get_preset(cfg.intensity) else prepare_cases(
+            self.share, cfg.spacing, view, self._input_spacing, quiet=True, masked_copies=cfg.masked_copies,
+            foreground_margin_mm=cfg.foreground_margin_mm)
         return intensity_profile([c.array for c in cases], view)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from landmarkloc.geometry.intensity import get_preset, intensity_profile, profile_preset
+from landmarkloc.geometry.intensity import intensity_profile, profile_preset
 from landmarkloc.io.atomic import write_text_atomic
 from landmarkloc.io.datasets import load_dataset
 from landmarkloc.io.modelfile import model_paths, read_metadata
@@ -33,8 +33,7 @@ def main() -> None:
     cases = prepare_cases(load_dataset(args.dataset), meta["spacing"], view, args.spacing,
                           quiet=False, masked_copies=args.masked_copies,
                           foreground_margin_mm=meta.get("foreground_margin_mm"))
-    own = view == get_preset(meta["intensity"])
-    meta["intensity_profile"] = intensity_profile([c.array for c in cases], None if own else view)
+    meta["intensity_profile"] = intensity_profile([c.array for c in cases], view)
     _, meta_path = model_paths(args.model)
     write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
     print(f"added the intensity profile of {len(cases)} training images to {meta_path}")
